@@ -1,0 +1,153 @@
+"""`fvlp` command line: one subcommand per flow, flags generated from the typed configs.
+
+Each flag maps to one config field (nested groups are prefixed: ``--http-timeout-s``).
+Values are handed to :func:`fvlp_core.config.resolve_config`, so the CLI, the
+environment and Prefect deployment parameters go through the same validation.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from fvlp_core.config import (
+    CleanConfig,
+    ConfigError,
+    EvaluateConfig,
+    FinetuneConfig,
+    IngestConfig,
+    PipelineConfig,
+    PretrainConfig,
+    resolve_config,
+)
+
+# subcommand -> (config model, "module:flow function", one-line help)
+COMMANDS: dict[str, tuple[type[BaseModel], str, str]] = {
+    "ingest": (IngestConfig, "flows.ingest:ingest_flow", "Fetch LAION-Face images into sharded Parquet"),
+    "clean": (CleanConfig, "flows.clean:clean_flow", "Detect/crop faces and filter captions with Dask"),
+    "pretrain": (PretrainConfig, "flows.pretrain:pretrain_flow", "Image-text pretraining (ITC + ITM)"),
+    "finetune": (FinetuneConfig, "flows.finetune:finetune_flow", "Sketch-text fusion fine-tuning (ITC + ITSC + ITM)"),
+    "evaluate": (EvaluateConfig, "flows.evaluate:evaluate_flow", "SLFIR metrics into the DuckDB results store"),
+    "run": (PipelineConfig, "flows.pipeline:pipeline_flow", "The whole DAG: ingest -> clean -> pretrain -> finetune -> evaluate"),
+}
+
+# Flags shared by every stage's `paths` group are spelled without a prefix.
+FLAT_GROUPS = {"paths"}
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _flag_kwargs(annotation: Any) -> dict[str, Any]:
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is list:
+        return {"nargs": "+", "type": args[0] if args and args[0] in (Path, str, int, float) else str}
+    if origin is typing.Literal:
+        return {"choices": [str(a) for a in args]}
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return _flag_kwargs(args[0])
+    return {}
+
+
+def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], prefix: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per leaf field of ``model``; dest encodes the nesting path."""
+    for name, field in model.model_fields.items():
+        path = prefix + (name,)
+        if _is_model(field.annotation):
+            add_model_flags(parser, field.annotation, path)
+            continue
+        visible = [p for p in path if p not in FLAT_GROUPS]
+        flag = "--" + "-".join(visible).replace("_", "-")
+        if any(flag in action.option_strings for action in parser._actions):
+            continue  # the pipeline has one --data-root for every stage's paths
+        default = field.default if field.default_factory is None else field.default_factory()
+        parser.add_argument(
+            flag,
+            dest="__".join(path),
+            default=argparse.SUPPRESS,
+            help=f"{field.description or ''} (default: {default})".strip(),
+            **_flag_kwargs(field.annotation),
+        )
+
+
+def _overrides(namespace: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    """Turn ``a__b__c=value`` dests into nested dicts; a flat --data-root reaches every ``paths``."""
+    flat = {k: v for k, v in vars(namespace).items() if "__" in k or k in model.model_fields}
+    nested: dict[str, Any] = {}
+    for dest, value in flat.items():
+        node = nested
+        *parents, leaf = dest.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    paths = _collect_paths(nested)
+    return _spread_paths(model, nested, paths) if paths else nested
+
+
+def _collect_paths(tree: dict[str, Any]) -> dict[str, Any]:
+    for key, value in tree.items():
+        if key == "paths":
+            return value
+        if isinstance(value, dict):
+            found = _collect_paths(value)
+            if found:
+                return found
+    return {}
+
+
+def _spread_paths(model: type[BaseModel], tree: dict[str, Any], paths: dict[str, Any]) -> dict[str, Any]:
+    out = dict(tree)
+    for name, field in model.model_fields.items():
+        if name == "paths":
+            out[name] = paths
+        elif _is_model(field.annotation):
+            out[name] = _spread_paths(field.annotation, out.get(name, {}), paths)
+    return out
+
+
+def _load(target: str) -> Callable[..., Any]:
+    module_name, attr = target.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fvlp", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (model, _, help_text) in COMMANDS.items():
+        add_model_flags(sub.add_parser(name, help=help_text, description=help_text), model)
+    return parser
+
+
+def _quiet_prefect() -> None:
+    # Offline machines: no telemetry, and no attempt to phone home.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    model, target, _ = COMMANDS[args.command]
+    try:
+        config = resolve_config(model, _overrides(args, model))
+    except ConfigError as err:
+        parser.error(str(err))
+    _quiet_prefect()
+    result = _load(target)(config)
+    if result is not None:
+        print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Typed run configuration, validated once at the edge (CLI, Prefect form, env).
+
+Every stage takes one frozen pydantic model. Unknown keys are rejected with a
+message naming them, so a typo in a deployment's parameters fails before any
+work starts. All on-disk locations hang off :class:`Paths`.
+
+Precedence when a config is built by :func:`resolve_config`:
+defaults < environment (``FVLP_<FIELD>``, nested ``FVLP_<GROUP>__<FIELD>``) < explicit overrides.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "FVLP_"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Paths(StrictModel):
+    """Where everything lives. Only ``data_root`` is required; the rest derive from it."""
+
+    data_root: Path = Field(Path("fvlp-data"), description="Root folder for shards, checkpoints and artifacts")
+    results_path: Path | None = Field(None, description="DuckDB results store (default: <data_root>/results.duckdb)")
+
+    @property
+    def source_dir(self) -> Path:
+        """Embedded corpus metadata and ground truth (LAION-Face-shaped input)."""
+        return self.data_root / "source"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_root / "raw"
+
+    @property
+    def clean_dir(self) -> Path:
+        return self.data_root / "clean"
+
+    @property
+    def episodes_dir(self) -> Path:
+        return self.data_root / "episodes"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.data_root / "checkpoints"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_root / "artifacts"
+
+    @property
+    def results_store(self) -> Path:
+        return self.results_path or self.data_root / "results.duckdb"
+
+
+class HttpFetchConfig(StrictModel):
+    concurrency: int = Field(16, ge=1, le=512, description="Simultaneous HTTP requests")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(2, ge=0, le=10, description="Retries on timeouts and 5xx, with exponential backoff")
+    backoff_s: float = Field(0.5, ge=0)
+    max_bytes: int = Field(10_000_000, gt=0, description="Bodies larger than this are refused (read incrementally)")
+    max_redirects: int = Field(5, ge=0)
+    allow_private_addresses: bool = Field(
+        False, description="Allow URLs resolving to loopback/private/link-local addresses (local testing only)"
+    )
+
+
+class IngestConfig(StrictModel):
+    paths: Paths = Paths()
+    source: Literal["embedded", "folder", "tar", "url"] = Field(
+        "embedded", description="Where image bytes come from"
+    )
+    metadata: list[Path] = Field(
+        default_factory=list,
+        description="LAION-style metadata Parquet files (empty with source=embedded: the corpus is generated)",
+    )
+    images: Path | None = Field(None, description="Folder or tar of images named <SAMPLE_ID>.<ext> (source folder/tar)")
+    rows: int = Field(3000, ge=1, description="Embedded corpus size in rows")
+    identities: int = Field(1200, ge=2, description="Embedded corpus: distinct face identities")
+    seed: int = Field(0, description="Embedded corpus seed (same seed, same bytes)")
+    shard_size: int = Field(500, ge=1, description="Rows per output shard")
+    http: HttpFetchConfig = HttpFetchConfig()
+
+    @model_validator(mode="after")
+    def _source_inputs(self) -> "IngestConfig":
+        if self.source in ("folder", "tar") and self.images is None:
+            raise ValueError(f"source={self.source!r} needs --images pointing at the {self.source}")
+        if self.source != "embedded" and not self.metadata:
+            raise ValueError(f"source={self.source!r} needs --metadata Parquet file(s)")
+        return self
+
+
+class CleanConfig(StrictModel):
+    paths: Paths = Paths()
+    detector: Literal["auto", "insightface", "retinaface"] = Field(
+        "auto", description="auto: insightface when --insightface-model is set, else the bundled RetinaFace"
+    )
+    insightface_model: Path | None = Field(None, description="Local SCRFD/RetinaFace ONNX (e.g. det_10g.onnx)")
+    dask_address: str | None = Field(None, description="Existing Dask scheduler (tcp://host:8786); default LocalCluster")
+    workers: int = Field(2, ge=1, description="LocalCluster worker processes")
+
+
+class TrainConfig(StrictModel):
+    """Shared by pretraining and fine-tuning."""
+
+    paths: Paths = Paths()
+    model: str = Field("fvlp-vit-tiny", description="open_clip model config name (ViT-B-16 on GPU)")
+    init_checkpoint: Path | None = Field(None, description="open_clip or fvlp checkpoint to start from")
+    run_id: str | None = Field(None, description="Names the checkpoint folder; default: generated")
+    seed: int = 0
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=2)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    nproc_per_node: int = Field(1, ge=1, description="torchrun processes per node")
+    nnodes: int = Field(1, ge=1, description="torchrun nodes")
+    checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints")
+
+
+class PretrainConfig(TrainConfig):
+    momentum: float = Field(0.995, gt=0, lt=1, description="Momentum encoder EMA")
+    queue_size: int = Field(1024, ge=0)
+    alpha: float = Field(0.4, ge=0, le=1, description="Soft-target weight for ITC distillation")
+
+
+class FinetuneConfig(TrainConfig):
+    lr: float = Field(1e-4, gt=0)
+    fusion_lr: float = Field(1e-3, gt=0, description="Learning rate of the fusion conv/attention head")
+    pretrained_checkpoint: Path | None = Field(None, description="FVLP pretraining checkpoint (default: latest)")
+    steps_per_episode: int = Field(50, ge=1, description="T: sketch steps per drawing episode")
+    fs2k_sde: Path | None = Field(None, description="FS2K-SDE root (annotation JSON + images); default: generated")
+
+
+class EvaluateConfig(StrictModel):
+    paths: Paths = Paths()
+    checkpoint: Path | None = Field(None, description="Fine-tuned checkpoint (default: latest)")
+    split: str = "test"
+    batch_size: int = Field(128, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class PipelineConfig(StrictModel):
+    ingest: IngestConfig = IngestConfig()
+    clean: CleanConfig = CleanConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+ConfigT = TypeVar("ConfigT", bound=StrictModel)
+
+
+def _env_overrides(model: type[BaseModel], prefix: str = ENV_PREFIX) -> dict[str, Any]:
+    """Collect FVLP_* variables for the fields of ``model`` (nested groups use ``__``)."""
+    found: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name.upper()}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            nested = _env_overrides(annotation, key + "__")
+            if nested:
+                found[name] = nested
+        elif key in os.environ:
+            raw = os.environ[key]
+            # Lists and dicts come as JSON; scalars are left for pydantic to coerce.
+            found[name] = json.loads(raw) if raw[:1] in "[{" else raw
+    return found
+
+
+def _paths_env() -> dict[str, Any]:
+    """FVLP_DATA_ROOT / FVLP_RESULTS_PATH apply to every stage's ``paths``."""
+    return _env_overrides(Paths)
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _with_paths(model: type[BaseModel], values: dict[str, Any], paths_env: dict[str, Any]) -> dict[str, Any]:
+    """Apply the shared path variables to every ``paths`` field, however deep."""
+    if not paths_env:
+        return values
+    out = dict(values)
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if annotation is Paths:
+            out[name] = _deep_merge(paths_env, out.get(name, {}))
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out[name] = _with_paths(annotation, out.get(name, {}), paths_env)
+    return out
+
+
+class ConfigError(ValueError):
+    """A configuration that failed validation; the message lists every offending key."""
+
+
+def resolve_config(model: type[ConfigT], overrides: dict[str, Any] | None = None) -> ConfigT:
+    """Build ``model`` from defaults, FVLP_* environment and ``overrides`` (CLI/form values)."""
+    values = _with_paths(model, _env_overrides(model), _paths_env())
+    values = _deep_merge(values, overrides or {})
+    try:
+        return model.model_validate(values)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<config>'}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"invalid {model.__name__}: {problems}") from err
