@@ -1,0 +1,155 @@
+"""The DuckDB results store: schema, views, one-transaction writes, failed runs, lock handling."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from storage.results import ResultsStore, ResultsStoreLocked
+
+ANALYST_QUERIES = Path(__file__).resolve().parents[1] / "docs" / "analyst_queries.sql"
+
+
+def _evaluation_rows(wm_b: float) -> dict:
+    metrics = [
+        {"split": "test", "variant": variant, "name": name, "value": value}
+        for variant in ("sketch", "sketch+text")
+        for name, value in (("m_at_A", 90.0), ("m_at_B", 40.0), ("wm_at_A", 55.0), ("wm_at_B", wm_b))
+    ]
+    curves = [
+        {"variant": variant, "step": step, "metric": "acc_at_10", "value": float(step * 10)}
+        for variant in ("sketch", "sketch+text")
+        for step in range(1, 11)
+    ]
+    return {"metrics": metrics, "curves": curves, "artifacts": [{"kind": "plot", "path": "/tmp/curve.png"}]}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ResultsStore:
+    return ResultsStore(tmp_path / "results.duckdb", lock_timeout_s=2.0)
+
+
+def test_schema_has_documented_tables_and_views(store: ResultsStore) -> None:
+    store.ensure_schema()
+    names = {row[0] for row in store.query("SELECT table_name FROM information_schema.tables")}
+    assert {"runs", "metrics", "curves", "cleaning_stats", "artifacts"} <= names
+    assert {"latest_metrics", "early_stage_by_variant", "cleaning_yield"} <= names
+    columns = [row[0] for row in store.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs' ORDER BY ordinal_position")]
+    assert columns == ["run_id", "flow", "config", "code_version", "dataset_fingerprint", "model_fingerprint",
+                       "started_at", "finished_at", "status", "error"]
+
+
+def test_finished_run_is_visible_in_views(store: ResultsStore) -> None:
+    with store.run("evaluate", config={"split": "test"}, model_fingerprint="model-a") as old:
+        store.record_results(old, **_evaluation_rows(wm_b=10.0))
+    with store.run("evaluate", config={"split": "test"}, model_fingerprint="model-a") as new:
+        store.record_results(new, **_evaluation_rows(wm_b=20.0))
+
+    status, config, finished = store.query("SELECT status, config->>'split', finished_at FROM runs WHERE run_id = ?", [new])[0]
+    assert (status, config) == ("finished", "test") and finished is not None
+
+    latest = store.query("SELECT DISTINCT run_id FROM latest_metrics WHERE model_fingerprint = 'model-a'")
+    assert latest == [(new,)]
+    early = store.query(
+        "SELECT variant, wm_at_B, acc_at_10_at_20pct FROM early_stage_by_variant WHERE run_id = ? ORDER BY variant", [new])
+    # T = 10 curve steps, so 20 % of the episode is step 2 (value 20).
+    assert early == [("sketch", 20.0, 20.0), ("sketch+text", 20.0, 20.0)]
+
+
+def test_cleaning_yield_view(store: ResultsStore) -> None:
+    with store.run("clean") as run_id:
+        store.record_results(run_id, cleaning_stats=[
+            {"rule": "face_size", "kept": 75, "rejected": 25, "precision": 0.9, "recall": 0.8},
+            {"rule": "language", "kept": 50, "rejected": 50},
+        ])
+    rows = store.query("SELECT rule, yield_pct, precision, recall FROM cleaning_yield")
+    assert rows == [("face_size", 75.0, 0.9, 0.8), ("language", 50.0, None, None)]
+
+
+def test_bad_row_writes_nothing(store: ResultsStore) -> None:
+    with store.run("evaluate") as run_id:
+        rows = _evaluation_rows(wm_b=1.0)
+        rows["curves"].append({"variant": "sketch", "stepp": 3, "metric": "acc_at_1", "value": 1.0})
+        with pytest.raises(ValueError, match="curves row 20"):
+            store.record_results(run_id, **rows)
+        # A database-side failure (duplicate key) mid-insert also rolls back everything.
+        duplicate = _evaluation_rows(wm_b=1.0)
+        duplicate["curves"] = duplicate["curves"] + duplicate["curves"][:1]
+        with pytest.raises(duckdb.ConstraintException):
+            store.record_results(run_id, **duplicate)
+        assert store.query("SELECT count(*) FROM metrics")[0][0] == 0
+        assert store.query("SELECT count(*) FROM artifacts")[0][0] == 0
+
+
+def test_crash_leaves_failed_run_and_no_results(store: ResultsStore) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.run("evaluate") as run_id:
+            store.record_results(run_id, **_evaluation_rows(wm_b=5.0))
+            raise RuntimeError("boom")
+    assert store.query("SELECT status, error FROM runs WHERE run_id = ?", [run_id]) == [("failed", "RuntimeError: boom")]
+    for table in ("metrics", "curves", "artifacts", "latest_metrics", "early_stage_by_variant"):
+        assert store.query(f"SELECT count(*) FROM {table}")[0][0] == 0, table
+    with pytest.raises(ValueError, match="is failed"):
+        store.record_results(run_id, **_evaluation_rows(wm_b=5.0))
+
+
+def _hold_read_only(path: Path, seconds: float) -> subprocess.Popen:
+    """An 'analyst' process holding the file read-only for ``seconds``."""
+    code = textwrap.dedent(f"""
+        import duckdb, sys, time
+        conn = duckdb.connect({str(path)!r}, read_only=True)
+        print("open", flush=True)
+        time.sleep({seconds})
+        conn.close()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "open"
+    return proc
+
+
+def test_writer_waits_for_reader_then_succeeds(store: ResultsStore) -> None:
+    store.ensure_schema()
+    reader = _hold_read_only(store.path, seconds=0.5)
+    try:
+        run_id = store.start_run("evaluate")  # retries until the reader lets go
+    finally:
+        reader.wait()
+    assert store.query("SELECT status FROM runs WHERE run_id = ?", [run_id]) == [("running",)]
+
+
+def test_writer_gives_up_with_clear_message(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "results.duckdb", lock_timeout_s=0.3)
+    store.ensure_schema()
+    reader = _hold_read_only(store.path, seconds=5)
+    try:
+        with pytest.raises(ResultsStoreLocked, match="locked by another process.*-readonly"):
+            store.start_run("evaluate")
+    finally:
+        reader.kill()
+        reader.wait()
+
+
+def _analyst_snippets() -> list[str]:
+    text = ANALYST_QUERIES.read_text()
+    return [s.strip() for s in text.split(";") if any(
+        line.strip() and not line.strip().startswith("--") for line in s.splitlines())]
+
+
+def test_analyst_guide_queries_run_as_written(store: ResultsStore) -> None:
+    with store.run("clean") as clean_id:
+        store.record_results(clean_id, cleaning_stats=[{"rule": "face_size", "kept": 3, "rejected": 1}])
+    with store.run("evaluate", model_fingerprint="m") as eval_id:
+        store.record_results(eval_id, **_evaluation_rows(wm_b=7.0))
+    snippets = _analyst_snippets()
+    assert len(snippets) >= 5
+    conn = duckdb.connect(str(store.path), read_only=True)
+    try:
+        for sql in snippets:
+            assert conn.execute(sql).fetchall() is not None, sql
+    finally:
+        conn.close()
