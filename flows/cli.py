@@ -37,6 +37,12 @@ COMMANDS: dict[str, tuple[type[BaseModel], str, str]] = {
     "run": (PipelineConfig, "flows.pipeline:pipeline_flow", "The whole DAG: ingest -> clean -> pretrain -> finetune -> evaluate"),
 }
 
+# subcommand -> ("module:main", one-line help): operations with a few flags of their own, no config.
+TOOLS: dict[str, tuple[str, str]] = {
+    "serve": ("flows.serve:main", "Register prefect.yaml's deployments with a Prefect server and run them"),
+    "status": ("flows.status:main", "Summarise the last runs in the results store"),
+}
+
 # Flags shared by every stage's `paths` group are spelled without a prefix.
 FLAT_GROUPS = {"paths"}
 
@@ -66,7 +72,8 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], pre
         if _is_model(field.annotation):
             add_model_flags(parser, field.annotation, path)
             continue
-        visible = [p for p in path if p not in FLAT_GROUPS]
+        flat = [i for i, part in enumerate(path) if part in FLAT_GROUPS]
+        visible = path[flat[-1] + 1 :] if flat else path
         flag = "--" + "-".join(visible).replace("_", "-")
         if any(flag in action.option_strings for action in parser._actions):
             continue  # the pipeline has one --data-root for every stage's paths
@@ -125,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (model, _, help_text) in COMMANDS.items():
         add_model_flags(sub.add_parser(name, help=help_text, description=help_text), model)
+    for name, (_, help_text) in TOOLS.items():
+        sub.add_parser(name, help=help_text, add_help=False)  # listed here, parsed by the tool itself
     return parser
 
 
@@ -135,6 +144,10 @@ def _quiet_prefect() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        _quiet_prefect()
+        return _load(TOOLS[argv[0]][0])(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     model, target, _ = COMMANDS[args.command]

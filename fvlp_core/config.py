@@ -151,11 +151,22 @@ class EvaluateConfig(StrictModel):
 
 
 class PipelineConfig(StrictModel):
+    """Every stage's config; a stage reads its upstream's output under its own ``paths``."""
+
     ingest: IngestConfig = IngestConfig()
     clean: CleanConfig = CleanConfig()
     pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    refresh: bool = Field(False, description="Re-run every stage even when a finished run had the same inputs")
+
+    @model_validator(mode="after")
+    def _one_data_root(self) -> "PipelineConfig":
+        stages = {name: getattr(self, name).paths for name in ("ingest", "clean", "pretrain", "finetune", "evaluate")}
+        if len(set(stages.values())) > 1:
+            listed = ", ".join(f"{name}: {paths.data_root}" for name, paths in stages.items())
+            raise ValueError(f"all stages must share one data root and results store, got {listed}")
+        return self
 
 
 ConfigT = TypeVar("ConfigT", bound=StrictModel)
