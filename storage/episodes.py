@@ -1,0 +1,113 @@
+"""Sketch-episode datasets: ``episodes_dir/photos/`` and ``episodes_dir/sketches/``.
+
+Both are sharded Parquet (see :mod:`storage.shards`). Shard ``k`` of ``photos`` and shard
+``k`` of ``sketches`` hold the same episodes; the sketches shard is written first, so an
+existing photos shard means the chunk is complete and a rerun can skip it. The manifest
+(written last) records the build settings; :func:`is_complete` compares it with the
+settings of the requested build.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from storage.shards import list_shards, read_manifest, shard_index, shard_path, write_manifest, write_shard
+
+PHOTO_SCHEMA = pa.schema([
+    pa.field("photo_id", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("image", pa.binary(), nullable=False),
+    pa.field("caption", pa.string(), nullable=False),
+    pa.field("captions", pa.list_(pa.string()), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+])
+SKETCH_SCHEMA = pa.schema([
+    pa.field("photo_id", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("step", pa.int32(), nullable=False),
+    pa.field("image", pa.binary(), nullable=False),
+])
+
+
+def photos_dir(episodes_dir: Path) -> Path:
+    return Path(episodes_dir) / "photos"
+
+
+def sketches_dir(episodes_dir: Path) -> Path:
+    return Path(episodes_dir) / "sketches"
+
+
+def write_episode_chunk(episodes_dir: Path, index: int, photos: Sequence[dict[str, Any]],
+                        sketches: Sequence[dict[str, Any]]) -> None:
+    """Write chunk ``index``: sketches first, then photos (the photos shard marks it complete)."""
+    sketch_ids = {row["photo_id"] for row in sketches}
+    photo_ids = [row["photo_id"] for row in photos]
+    if sketch_ids != set(photo_ids):
+        raise ValueError(f"episode chunk {index}: photos and sketches disagree on photo ids "
+                         f"(only photos: {sorted(set(photo_ids) - sketch_ids)[:5]}, "
+                         f"only sketches: {sorted(sketch_ids - set(photo_ids))[:5]})")
+    write_shard(pa.Table.from_pylist(list(sketches), schema=SKETCH_SCHEMA), shard_path(sketches_dir(episodes_dir), index))
+    write_shard(pa.Table.from_pylist(list(photos), schema=PHOTO_SCHEMA), shard_path(photos_dir(episodes_dir), index))
+
+
+def complete_chunks(episodes_dir: Path) -> set[int]:
+    """Chunk indices whose photos shard (written last) and sketches shard both exist."""
+    sketches = {shard_index(p) for p in list_shards(sketches_dir(episodes_dir))}
+    return {shard_index(p) for p in list_shards(photos_dir(episodes_dir))} & sketches
+
+
+def drop_chunks_from(episodes_dir: Path, first_stale: int) -> None:
+    """Remove chunk shards with index >= ``first_stale`` (a rebuild with fewer chunks)."""
+    for folder in (photos_dir(episodes_dir), sketches_dir(episodes_dir)):
+        for path in list_shards(folder):
+            if shard_index(path) >= first_stale:
+                path.unlink()
+
+
+def write_episodes_manifest(episodes_dir: Path, manifest: dict[str, Any]) -> None:
+    write_manifest(Path(episodes_dir), {**manifest, "complete": True})
+
+
+def clear_episodes_manifest(episodes_dir: Path) -> None:
+    """Mark a build as in progress (a missing manifest = not complete)."""
+    (Path(episodes_dir) / "manifest.json").unlink(missing_ok=True)
+
+
+def read_episodes_manifest(episodes_dir: Path) -> dict[str, Any]:
+    return read_manifest(Path(episodes_dir))
+
+
+def is_complete(episodes_dir: Path, expected: dict[str, Any]) -> bool:
+    """True when a finished build with the same settings (every key of ``expected``) is on disk."""
+    manifest = read_episodes_manifest(episodes_dir)
+    if not manifest.get("complete"):
+        return False
+    if any(manifest.get(key) != value for key, value in expected.items()):
+        return False
+    return len(complete_chunks(episodes_dir)) == manifest.get("chunks")
+
+
+def _split_filter(table: pa.Table, split: str | None) -> pa.Table:
+    return table if split is None else table.filter(pc.equal(table["split"], split))
+
+
+def read_photos(episodes_dir: Path, split: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Episode photos (optionally one split), in chunk order."""
+    shards = list_shards(photos_dir(episodes_dir))
+    if not shards:
+        raise FileNotFoundError(f"no episode photos in {photos_dir(episodes_dir)} (build the episodes first)")
+    wanted = None if columns is None else sorted(set(columns) | {"split"}, key=PHOTO_SCHEMA.names.index)
+    table = pa.concat_tables([_split_filter(pq.read_table(p, columns=wanted), split) for p in shards])
+    return table if columns is None else table.select(columns)
+
+
+def iter_sketch_chunks(episodes_dir: Path, split: str | None = None) -> Iterator[pa.Table]:
+    """Sketch rows chunk by chunk (one shard in memory at a time), sorted by photo then step."""
+    for path in list_shards(sketches_dir(episodes_dir)):
+        table = _split_filter(pq.read_table(path), split)
+        if table.num_rows:
+            yield table.sort_by([("photo_id", "ascending"), ("step", "ascending")])
