@@ -1,0 +1,187 @@
+"""Deterministic, resumable batch streams for pretraining and fine-tuning.
+
+Every order is a pure function of (seed, epoch), so a run resumed at optimizer step s
+replays exactly the batches an uninterrupted run would have seen: the stream is rebuilt
+and the first ``start_batch`` batches are skipped without decoding any image.
+Each rank takes its own slice of every global batch (batch_size x world_size rows).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+from fvlp_core.models.factory import IMAGE_MEAN, IMAGE_STD
+from storage.training_data import (
+    episode_lengths,
+    episode_photos,
+    face_sample_ids,
+    face_shards,
+    read_face_pairs,
+    read_sketch_steps,
+)
+
+Tokenizer = Callable[[list[str]], torch.Tensor]
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB with transparent areas on white: sketches are dark strokes on a white page."""
+    if image.mode in ("RGBA", "LA", "P"):
+        image = image.convert("RGBA")
+        page = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(page, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def image_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """CLIP preprocessing: RGB (grayscale sketches replicated to 3 channels), resize, mean/std."""
+    image = to_rgb(image).resize((size, size), Image.BICUBIC)
+    return TF.normalize(TF.to_tensor(image), IMAGE_MEAN, IMAGE_STD)
+
+
+def decode_png(data: bytes, size: int, record: str) -> torch.Tensor:
+    try:
+        return image_tensor(Image.open(io.BytesIO(data)), size)
+    except Exception as err:  # PIL raises several types for corrupt bytes
+        raise ValueError(f"{record}: undecodable image ({err})") from err
+
+
+def caption_group(caption: str) -> int:
+    """Stable id shared by identical captions (they are positives of each other, not negatives)."""
+    return int.from_bytes(hashlib.blake2b(caption.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def is_held_out(sample_id: int, fraction: float) -> bool:
+    """Stable hash split of the cleaned pairs: the same samples are held out in every run."""
+    digest = hashlib.blake2b(str(sample_id).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") % 10_000 < fraction * 10_000
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    batch_size: int
+    world_size: int = 1
+    rank: int = 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    def my_rows(self, rows: list) -> list:
+        return rows[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+
+class FacePairStream:
+    """Cleaned (crop, caption) pairs streamed shard by shard in a seeded shard/row order."""
+
+    def __init__(self, clean_dir: Path, tokenizer: Tokenizer, image_size: int, seed: int,
+                 holdout_fraction: float, plan: StreamPlan):
+        self.clean_dir = Path(clean_dir)
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.seed = seed
+        self.holdout_fraction = holdout_fraction
+        self.plan = plan
+        self.shards = face_shards(clean_dir)
+        self.train_ids = {
+            shard: [s for s in face_sample_ids(shard) if not is_held_out(s, holdout_fraction)] for shard in self.shards
+        }
+        self.train_rows = sum(len(ids) for ids in self.train_ids.values())
+        if self.train_rows < plan.global_batch:
+            raise ValueError(f"{self.clean_dir}: {self.train_rows} training pairs, fewer than one batch "
+                             f"({plan.global_batch})")
+
+    def batches_per_epoch(self) -> int:
+        return self.train_rows // self.plan.global_batch
+
+    def _order(self, epoch: int) -> Iterator[tuple[Path, int]]:
+        rng = random.Random(f"{self.seed}-{epoch}")
+        shards = list(self.shards)
+        rng.shuffle(shards)
+        for shard in shards:
+            ids = list(self.train_ids[shard])
+            rng.shuffle(ids)
+            for sample_id in ids:
+                yield shard, sample_id
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        order = self._order(epoch)
+        loaded: dict[Path, dict[int, tuple[bytes, str]]] = {}
+        for index in range(self.batches_per_epoch()):
+            rows = [next(order) for _ in range(self.plan.global_batch)]
+            if index < start_batch:
+                continue
+            images, captions = [], []
+            for shard, sample_id in self.plan.my_rows(rows):
+                if shard not in loaded:
+                    # One shard in memory at a time: the order visits shards contiguously.
+                    loaded.clear()
+                    table = read_face_pairs(shard)
+                    loaded[shard] = dict(zip(table.column("SAMPLE_ID").to_pylist(),
+                                             zip(table.column("crop").to_pylist(), table.column("caption").to_pylist())))
+                crop, caption = loaded[shard][sample_id]
+                images.append(decode_png(crop, self.image_size, f"{shard} SAMPLE_ID {sample_id}"))
+                captions.append(caption)
+            yield {
+                "images": torch.stack(images),
+                "text": self.tokenizer(captions),
+                "groups": torch.tensor([caption_group(c) for c in captions]),
+            }
+
+
+class SketchEpisodeStream:
+    """(photo, one random step of its sketch episode, caption) triples of the train split."""
+
+    def __init__(self, episodes_dir: Path, tokenizer: Tokenizer, image_size: int, seed: int, plan: StreamPlan,
+                 split: str = "train", max_steps: int | None = None):
+        self.episodes_dir = Path(episodes_dir)
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.seed = seed
+        self.plan = plan
+        self.split = split
+        photos = episode_photos(episodes_dir, split)
+        self.photo_ids = photos.column("photo_id").to_pylist()
+        self.photos = dict(zip(self.photo_ids, photos.column("image").to_pylist()))
+        self.captions = dict(zip(self.photo_ids, photos.column("caption").to_pylist()))
+        lengths = episode_lengths(episodes_dir, split)
+        without = [p for p in self.photo_ids if p not in lengths]
+        if without:
+            raise ValueError(f"{episodes_dir}: photo_id {without[0]} ({split}) has no sketches "
+                             f"({len(without)} such photos)")
+        self.lengths = {p: min(lengths[p], max_steps or lengths[p]) for p in self.photo_ids}
+        if len(self.photo_ids) < plan.global_batch:
+            raise ValueError(f"{episodes_dir}: {len(self.photo_ids)} {split} photos, fewer than one batch "
+                             f"({plan.global_batch})")
+
+    def batches_per_epoch(self) -> int:
+        return len(self.photo_ids) // self.plan.global_batch
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        rng = random.Random(f"{self.seed}-{epoch}")
+        order = list(self.photo_ids)
+        rng.shuffle(order)
+        steps = {p: rng.randrange(self.lengths[p]) for p in order}
+        count = self.batches_per_epoch() * self.plan.global_batch
+        mine = [self.plan.my_rows(order[i:i + self.plan.global_batch])
+                for i in range(start_batch * self.plan.global_batch, count, self.plan.global_batch)]
+        if not mine:
+            return
+        sketches = read_sketch_steps(self.episodes_dir, self.split,
+                                     {p: steps[p] for rows in mine for p in rows})
+        for rows in mine:
+            captions = [self.captions[p] for p in rows]
+            yield {
+                "photos": torch.stack([decode_png(self.photos[p], self.image_size, f"photo_id {p}") for p in rows]),
+                "sketches": torch.stack([decode_png(sketches[p], self.image_size, f"photo_id {p} step {steps[p]}")
+                                         for p in rows]),
+                "text": self.tokenizer(captions),
+                "groups": torch.tensor([caption_group(c) for c in captions]),
+            }

@@ -1,0 +1,246 @@
+"""The training loop shared by pretraining and fine-tuning.
+
+Single process or under ``torchrun`` (DistributedDataParallel; contrastive negatives and
+queues are gathered across ranks). bf16 autocast on CUDA, gradient accumulation, warm-up +
+cosine schedule, separate learning rate for the fusion head, per-step JSON loss lines on
+stdout, a tqdm bar on stderr, periodic atomic checkpoints and exact resume: rerunning the
+same config with the same run id continues from the last checkpoint and ends with the
+parameters an uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from fvlp_core.config import FinetuneConfig, PretrainConfig, TrainConfig
+from fvlp_core.models import FVLPFusion, FVLPPretrain, get_tokenizer
+from fvlp_core.models.factory import image_size
+from fvlp_core.train.checkpoint import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    checkpoint_config,
+    load_checkpoint,
+    mark_latest,
+    run_dir,
+    save_checkpoint,
+    write_text_atomic,
+)
+from fvlp_core.train.data import FacePairStream, SketchEpisodeStream, StreamPlan
+from fvlp_core.train.validate import validate_finetune, validate_pretrain
+
+STAGES = ("pretrain", "finetune")
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int
+    world_size: int
+    local_rank: int
+    autocast_dtype: torch.dtype | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(config: TrainConfig) -> Runtime:
+    """Device, precision and (under torchrun) the process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda requested but CUDA is not available")
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if config.precision == "bf16" and not use_cuda:
+        raise RuntimeError("precision=bf16 is for CUDA; use fp32 (or auto) on CPU")
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and use_cuda)
+    return Runtime(device, rank, world_size, local_rank, torch.bfloat16 if bf16 else None)
+
+
+def seed_everything(seed: int, runtime: Runtime) -> None:
+    torch.manual_seed(seed)
+    if runtime.device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on 1-d parameters (norms, biases, logit scale); head lr for fusion."""
+    learning_rates = {"backbone": config.lr, "head": getattr(config, "fusion_lr", config.lr)}
+    groups = []
+    for name, params in model.trainable_groups().items():
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups.append({"params": decay, "lr": learning_rates[name], "weight_decay": config.weight_decay})
+        groups.append({"params": no_decay, "lr": learning_rates[name], "weight_decay": 0.0})
+    return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.98), eps=1e-6)
+
+
+def build_model(stage: str, config: TrainConfig) -> nn.Module:
+    if stage == "pretrain":
+        assert isinstance(config, PretrainConfig)
+        return FVLPPretrain(config.model, config.init_checkpoint, config.queue_size, config.momentum, config.alpha)
+    assert isinstance(config, FinetuneConfig)
+    return FVLPFusion(
+        config.model,
+        config.pretrained_checkpoint or config.init_checkpoint,
+        fusion_layers=config.fusion_layers,
+        conv_channels=config.fusion_channels,
+        attention_channels=config.fusion_attention_channels,
+        embed_dim=config.fusion_embed_dim,
+    )
+
+
+def build_stream(stage: str, config: TrainConfig, model: nn.Module, runtime: Runtime):
+    tokenizer = get_tokenizer(config.model)
+    size = image_size(model.backbone)
+    plan = StreamPlan(config.batch_size, runtime.world_size, runtime.rank)
+    if stage == "pretrain":
+        return FacePairStream(config.paths.clean_dir, tokenizer, size, config.seed, config.holdout_fraction, plan)
+    return SketchEpisodeStream(config.paths.episodes_dir, tokenizer, size, config.seed, plan,
+                               max_steps=config.steps_per_episode)
+
+
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """Seed for the random draws inside one micro-batch (hard negatives); resume-stable."""
+    return (seed * 1_000_003 + step * 1_009 + micro * 31 + rank) % (2**63)
+
+
+def train(stage: str, config: TrainConfig) -> dict[str, Any]:
+    """Train ``stage`` to completion (resuming if a checkpoint of this run exists).
+
+    Returns ``{"run_id", "checkpoint", "steps", "metrics"}`` (metrics from rank 0's held-out
+    validation; other ranks return an empty dict for them).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if config.run_id is None:
+        raise ValueError("config.run_id must be set (the launcher names the run)")
+    runtime = setup_runtime(config)
+    seed_everything(config.seed, runtime)
+    folder = run_dir(config.paths.checkpoints_dir, stage, config.run_id)
+    checkpoint_path = folder / CHECKPOINT_NAME
+    config_json = config.model_dump_json()
+
+    model = build_model(stage, config).to(runtime.device)
+    stream = build_stream(stage, config, model, runtime)
+    micro_per_epoch = stream.batches_per_epoch()
+    steps_per_epoch = micro_per_epoch // config.grad_accum
+    if steps_per_epoch == 0:
+        raise ValueError(f"{micro_per_epoch} batches per epoch cannot fill grad_accum={config.grad_accum}")
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, total_steps))
+
+    step = 0
+    if checkpoint_path.is_file():
+        state = load_checkpoint(checkpoint_path)
+        if checkpoint_config(state) != json.loads(config_json):
+            raise ValueError(f"{checkpoint_path} was written with a different config; "
+                             "resume needs the same config (or pick a new run id)")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+    elif runtime.is_main:
+        write_text_atomic(folder / CONFIG_NAME, json.dumps(json.loads(config_json), indent=2) + "\n")
+
+    wrapped: nn.Module = model
+    if runtime.world_size > 1:
+        if runtime.device.type == "cuda":
+            wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        wrapped = DistributedDataParallel(
+            wrapped, device_ids=[runtime.local_rank] if runtime.device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
+
+    def save(at_step: int, metrics: dict[str, float] | None = None) -> None:
+        if runtime.is_main:
+            save_checkpoint(checkpoint_path, stage=stage, model_name=config.model, config_json=config_json,
+                            model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), step=at_step, total_steps=total_steps,
+                            metrics=metrics)
+
+    autocast = (torch.autocast(device_type=runtime.device.type, dtype=runtime.autocast_dtype)
+                if runtime.autocast_dtype is not None else nullcontext())
+    bar = tqdm(total=total_steps, initial=step, desc=f"{stage} {config.run_id}", disable=not runtime.is_main,
+               file=sys.stderr, mininterval=2.0, dynamic_ncols=True)
+    wrapped.train()
+    last: dict[str, float] = {}
+    while step < total_steps:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        batches = stream.epoch(epoch, start_batch=in_epoch * config.grad_accum)
+        for _ in range(in_epoch, steps_per_epoch):
+            started = time.perf_counter()
+            sums: dict[str, float] = {}
+            for micro in range(config.grad_accum):
+                batch = {k: v.to(runtime.device, non_blocking=True) for k, v in next(batches).items()}
+                sync = micro == config.grad_accum - 1 or runtime.world_size == 1
+                with (nullcontext() if sync else wrapped.no_sync()), autocast:
+                    losses = wrapped(**batch, seed=step_seed(config.seed, step, micro, runtime.rank))
+                (losses["loss"] / config.grad_accum).backward()
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.detach()) / config.grad_accum
+            if not all(math.isfinite(v) for v in sums.values()):
+                raise FloatingPointError(f"{stage} step {step}: non-finite loss {sums}")
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            last = sums
+            if runtime.is_main:
+                samples = config.batch_size * config.grad_accum * runtime.world_size
+                log = {"event": "step", "stage": stage, "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                       "samples_per_s": round(samples / (time.perf_counter() - started), 2),
+                       **{k: round(v, 5) for k, v in sums.items()}}
+                print(json.dumps(log), flush=True)
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums['loss']:.3f}")
+            if step % config.checkpoint_every == 0 and step < total_steps:
+                save(step)
+    bar.close()
+
+    metrics: dict[str, float] = {f"final_{k}": v for k, v in last.items()}
+    if runtime.is_main:
+        model.eval()
+        with torch.no_grad(), autocast:
+            metrics.update(validate_pretrain(model, config, runtime.device) if stage == "pretrain"
+                           else validate_finetune(model, config, runtime.device))
+        save(step, metrics)
+        write_text_atomic(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        mark_latest(config.paths.checkpoints_dir, stage, config.run_id)
+        print(json.dumps({"event": "done", "stage": stage, "run_id": config.run_id, "step": step,
+                          "checkpoint": str(checkpoint_path), "metrics": metrics}), flush=True)
+    if runtime.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"run_id": config.run_id, "checkpoint": str(checkpoint_path), "steps": step, "metrics": metrics}

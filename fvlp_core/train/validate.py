@@ -1,0 +1,117 @@
+"""Held-out checks run at the end of training, so every run reports whether it learned.
+
+Pretraining: text->image R@1 over held-out cleaned pairs, next to chance 1/N.
+Fine-tuning: sketch(+caption)->photo m@B over the test episodes, next to chance H_N/N
+(the expected reciprocal rank of a uniformly random rank among N), and text->image R@1.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fvlp_core.config import FinetuneConfig, PretrainConfig
+from fvlp_core.metrics import rank_true_items, sketch_retrieval_metrics, text_image_recall
+from fvlp_core.models import FVLPFusion, FVLPPretrain, get_tokenizer
+from fvlp_core.models.factory import encode_image_tokens, encode_text_tokens, image_size
+from fvlp_core.train.data import decode_png, is_held_out
+from storage.training_data import episode_photos, face_shards, iter_sketches, read_face_pairs
+
+EVAL_BATCH = 128
+MAX_HELD_OUT_PAIRS = 1000
+
+
+def chance_reciprocal_rank(gallery_size: int) -> float:
+    """E[1/r] for r uniform on 1..N: H_N / N."""
+    return float(np.sum(1.0 / np.arange(1, gallery_size + 1)) / gallery_size)
+
+
+def _batched(items: list, size: int = EVAL_BATCH):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def validate_pretrain(model: FVLPPretrain, config: PretrainConfig, device: torch.device) -> dict[str, float]:
+    crops, captions = [], []
+    for shard in face_shards(config.paths.clean_dir):
+        table = read_face_pairs(shard)
+        for sample_id, crop, caption in zip(*(table.column(c).to_pylist() for c in ("SAMPLE_ID", "crop", "caption"))):
+            if is_held_out(sample_id, config.holdout_fraction) and len(crops) < MAX_HELD_OUT_PAIRS:
+                crops.append((shard, sample_id, crop))
+                captions.append(caption)
+    if len(crops) < 2:
+        return {"heldout_pairs": float(len(crops))}
+    tokenizer = get_tokenizer(config.model)
+    size = image_size(model.backbone)
+    images, texts = [], []
+    for chunk in _batched(list(zip(crops, captions))):
+        pixels = torch.stack([decode_png(c, size, f"{s} SAMPLE_ID {i}") for (s, i, c), _ in chunk]).to(device)
+        images.append(F.normalize(encode_image_tokens(model.backbone, pixels)[0].float(), dim=-1).cpu())
+        text = tokenizer([caption for _, caption in chunk]).to(device)
+        texts.append(F.normalize(encode_text_tokens(model.backbone, text)[0].float(), dim=-1).cpu())
+    recall = text_image_recall(torch.cat(texts), torch.cat(images), np.arange(len(crops)))
+    return {
+        "heldout_pairs": float(len(crops)),
+        "heldout_t2i_r_at_1": recall["t2i_r_at_1"],
+        "heldout_i2t_r_at_1": recall["i2t_r_at_1"],
+        "heldout_t2i_r_at_10": recall["t2i_r_at_10"],
+        "chance_r_at_1": 100.0 / len(crops),
+    }
+
+
+def validate_finetune(model: FVLPFusion, config: FinetuneConfig, device: torch.device,
+                      split: str = "test") -> dict[str, float]:
+    tokenizer = get_tokenizer(config.model)
+    size = image_size(model.backbone)
+    photos = episode_photos(config.paths.episodes_dir, split)
+    photo_ids = photos.column("photo_id").to_pylist()
+    row = {p: i for i, p in enumerate(photo_ids)}
+    captions = photos.column("caption").to_pylist()
+    gallery = torch.cat([
+        model.encode_images(torch.stack([decode_png(b, size, f"photo {p}") for p, b in chunk]).to(device)).float().cpu()
+        for chunk in _batched(list(zip(photo_ids, photos.column("image").to_pylist())))
+    ])
+    text_emb = torch.cat([model.encode_texts(tokenizer(chunk).to(device)).float().cpu() for chunk in _batched(captions)])
+
+    steps = config.steps_per_episode
+    fused = torch.zeros(len(photo_ids), steps, gallery.shape[1])
+    sketch_only = torch.zeros_like(fused)
+    filled = torch.zeros(len(photo_ids), steps, dtype=torch.bool)
+    pending: list[tuple[int, int, bytes]] = []
+
+    def flush() -> None:
+        pixels = torch.stack([decode_png(b, size, f"photo {photo_ids[r]} step {s}") for r, s, b in pending]).to(device)
+        text = tokenizer([captions[r] for r, _, _ in pending]).to(device)
+        index = ([r for r, _, _ in pending], [s for _, s, _ in pending])
+        fused[index] = model.encode_sketches(pixels, text).float().cpu()
+        sketch_only[index] = model.encode_sketches(pixels).float().cpu()
+        filled[index] = True
+        pending.clear()
+
+    for photo_id, step, image in iter_sketches(config.paths.episodes_dir, split):
+        if photo_id in row and step < steps:
+            pending.append((row[photo_id], step, image))
+            if len(pending) == EVAL_BATCH:
+                flush()
+    if pending:
+        flush()
+    complete = filled.all(dim=1)
+    if not complete.any():
+        raise ValueError(f"{config.paths.episodes_dir}: no {split} episode has {steps} sketch steps")
+    # Episodes shorter than T are left out (counted in the output) so ranks stay one array.
+    targets = torch.arange(len(photo_ids))[complete]
+    gallery_size = len(photo_ids)
+    with_text = sketch_retrieval_metrics(rank_true_items(fused[complete], gallery, targets), gallery_size)
+    without_text = sketch_retrieval_metrics(rank_true_items(sketch_only[complete], gallery, targets), gallery_size)
+    recall = text_image_recall(text_emb, gallery, np.arange(gallery_size))
+    return {
+        "test_episodes": float(complete.sum()),
+        "gallery_size": float(gallery_size),
+        "m_at_B": with_text["m_at_B"],
+        "m_at_A": with_text["m_at_A"],
+        "wm_at_B": with_text["wm_at_B"],
+        "sketch_only_m_at_B": without_text["m_at_B"],
+        "chance_m_at_B": 100.0 * chance_reciprocal_rank(gallery_size),
+        "t2i_r_at_1": recall["t2i_r_at_1"],
+        "chance_r_at_1": 100.0 / gallery_size,
+    }
