@@ -112,34 +112,57 @@ class TrainConfig(StrictModel):
 
     paths: Paths = Paths()
     model: str = Field("fvlp-vit-tiny", description="open_clip model config name (ViT-B-16 on GPU)")
-    init_checkpoint: Path | None = Field(None, description="open_clip or fvlp checkpoint to start from")
-    run_id: str | None = Field(None, description="Names the checkpoint folder; default: generated")
-    seed: int = 0
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(32, ge=2)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(3e-4, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_steps: int = Field(20, ge=0)
+    init_checkpoint: Path | None = Field(
+        None, description="open_clip weights (.pt/.bin/.safetensors) or fvlp checkpoint to start from; default random"
+    )
+    run_id: str | None = Field(None, description="Names the checkpoint folder; an existing run with it is resumed")
+    seed: int = Field(0, description="Seeds initialisation, data order and hard-negative sampling")
+    epochs: int = Field(3, ge=1, description="Passes over the training data")
+    batch_size: int = Field(32, ge=2, description="Examples per process per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step")
+    lr: float = Field(3e-4, gt=0, description="Peak AdamW learning rate of the encoders")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (not on norms, biases, scales)")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps before the cosine decay")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
-    nproc_per_node: int = Field(1, ge=1, description="torchrun processes per node")
+    nproc_per_node: int = Field(1, ge=1, description="torchrun processes per node (1: plain python)")
     nnodes: int = Field(1, ge=1, description="torchrun nodes")
-    checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints")
+    rdzv_endpoint: str | None = Field(None, description="torchrun rendezvous host:port when nnodes > 1")
+    checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints")
+
+    @model_validator(mode="after")
+    def _multi_node(self) -> "TrainConfig":
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of the rendezvous)")
+        if self.nnodes * self.nproc_per_node > 1 and not self.run_id:
+            raise ValueError("multi-process training needs an explicit run_id shared by every node")
+        return self
 
 
 class PretrainConfig(TrainConfig):
     momentum: float = Field(0.995, gt=0, lt=1, description="Momentum encoder EMA")
-    queue_size: int = Field(1024, ge=0)
+    queue_size: int = Field(1024, ge=0, description="ITC feature queue length (0: in-batch negatives only)")
     alpha: float = Field(0.4, ge=0, le=1, description="Soft-target weight for ITC distillation")
+    holdout_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of cleaned pairs (stable hash of SAMPLE_ID) kept out for validation"
+    )
 
 
 class FinetuneConfig(TrainConfig):
-    lr: float = Field(1e-4, gt=0)
+    epochs: int = Field(10, ge=1, description="Passes over the training photos (one random sketch step each)")
+    batch_size: int = Field(16, ge=2, description="Examples per process per micro-batch")
+    lr: float = Field(1e-4, gt=0, description="Peak AdamW learning rate of the encoders")
     fusion_lr: float = Field(1e-3, gt=0, description="Learning rate of the fusion conv/attention head")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps before the cosine decay")
     pretrained_checkpoint: Path | None = Field(None, description="FVLP pretraining checkpoint (default: latest)")
     steps_per_episode: int = Field(50, ge=1, description="T: sketch steps per drawing episode")
     fs2k_sde: Path | None = Field(None, description="FS2K-SDE root (annotation JSON + images); default: generated")
+    fusion_layers: list[int] | None = Field(
+        None, description="ViT blocks (0-based) for multi-scale features; default 3/5/7/11 scaled to the depth"
+    )
+    fusion_channels: int | None = Field(None, ge=1, description="Fusion conv width; default 2048 x ViT width / 768")
+    fusion_attention_channels: int | None = Field(None, ge=1, description="Attention hidden width; default conv / 4")
+    fusion_embed_dim: int = Field(256, ge=1, description="Retrieval embedding size")
 
 
 class EvaluateConfig(StrictModel):
