@@ -21,3 +21,11 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def small_corpus():
+    """A 200-row embedded corpus of 80 people (metadata in milliseconds, images on demand)."""
+    from fvlp_core.corpus import EmbeddedCorpus
+
+    return EmbeddedCorpus(rows=200, identities=80, seed=1)

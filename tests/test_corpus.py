@@ -1,0 +1,198 @@
+"""The embedded corpus: determinism, noise labels, decodability, strokes and attributes."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fvlp_core.attributes import ATTRIBUTE_INDEX
+from fvlp_core.corpus import (
+    NOISE_LABELS,
+    STROKE_GROUPS,
+    EmbeddedCorpus,
+    attributes_of,
+    face_strokes,
+    render_face,
+    sample_identity,
+)
+from fvlp_core.corpus.laion import CAPTION_NOISE, DUPLICATE_NOISE, IMAGE_NOISE
+from storage.source import read_ground_truth, read_metadata, write_embedded_source
+
+
+@pytest.fixture(scope="module")
+def corpus() -> EmbeddedCorpus:
+    return EmbeddedCorpus(rows=400, identities=150, seed=3)
+
+
+def _rows_with(corpus: EmbeddedCorpus, label: str) -> list[int]:
+    truth = corpus.ground_truth()
+    return truth.loc[truth["noise"].map(lambda n: label in n), "SAMPLE_ID"].tolist()
+
+
+def test_same_seed_same_metadata_and_bytes(corpus):
+    again = EmbeddedCorpus(rows=400, identities=150, seed=3)
+    pd.testing.assert_frame_equal(corpus.metadata(), again.metadata())
+    pd.testing.assert_frame_equal(corpus.ground_truth(), again.ground_truth())
+    ids = corpus.metadata()["SAMPLE_ID"].tolist()
+    for sample_id in ids[:5] + ids[-3:]:
+        assert corpus.image_bytes(sample_id) == again.image_bytes(sample_id)
+    # The order images are asked for does not matter.
+    assert again.image_bytes(ids[-1]) == corpus.image_bytes(ids[-1])
+
+
+def test_different_seed_different_corpus(corpus):
+    other = EmbeddedCorpus(rows=400, identities=150, seed=4)
+    assert not corpus.metadata()["TEXT"].equals(other.metadata()["TEXT"])
+    assert corpus.image_bytes(corpus.sample_ids()[0]) != other.image_bytes(other.sample_ids()[0])
+    assert corpus.identity_params(0) != other.identity_params(0)
+
+
+def test_ground_truth_shape_and_labels(corpus):
+    meta, truth = corpus.metadata(), corpus.ground_truth()
+    assert len(meta) == len(truth) == 400
+    assert meta["SAMPLE_ID"].is_unique and (meta["SAMPLE_ID"].to_numpy() == truth["SAMPLE_ID"].to_numpy()).all()
+    assert set(truth["noise"].explode().dropna()) <= set(NOISE_LABELS)
+    assert (truth["expected_keep"] == truth["noise"].map(len).eq(0)).all()
+    assert set(truth["split"]) == {"train", "test"}
+    # Every identity appears, and an identity never spans both splits.
+    people = truth[truth["identity_id"] >= 0]
+    assert set(people["identity_id"]) == set(range(150))
+    assert people.groupby("identity_id")["split"].nunique().max() == 1
+    assert (truth.loc[truth["identity_id"] < 0, "noise"].map(lambda n: "no_face" in n or "multi_face" in n)).all()
+
+
+def test_noise_proportions():
+    truth = EmbeddedCorpus(rows=3000, identities=1200, seed=0).ground_truth()
+    counts = truth["noise"].explode().value_counts()
+    for label, share in {**IMAGE_NOISE, **CAPTION_NOISE, **DUPLICATE_NOISE}.items():
+        assert abs(counts.get(label, 0) / 3000 - share) < max(0.5 * share, 0.01), label
+    assert 0.55 < truth["expected_keep"].mean() < 0.75
+    multi = truth[truth["noise"].map(lambda n: "multi_face" in n)]
+    assert (multi["n_faces"] >= 2).all()
+    assert (truth.loc[truth["noise"].map(lambda n: "no_face" in n), "n_faces"] == 0).all()
+
+
+def test_broken_images_fail_to_decode(corpus):
+    for label in ("corrupt_image", "truncated_image"):
+        rows = _rows_with(corpus, label)
+        assert rows, label
+        for sample_id in rows:
+            with pytest.raises(Exception):
+                image = Image.open(io.BytesIO(corpus.image_bytes(sample_id)))
+                image.load()
+
+
+def test_images_decode_with_metadata_sizes(corpus):
+    meta = corpus.metadata().set_index("SAMPLE_ID")
+    for label in ("no_face", "multi_face", "tiny_face", "low_resolution", "near_duplicate"):
+        sample_id = _rows_with(corpus, label)[0]
+        image = corpus.image(sample_id)
+        assert image.size == (meta.loc[sample_id, "WIDTH"], meta.loc[sample_id, "HEIGHT"]), label
+    truth = corpus.ground_truth()
+    clean = truth.loc[truth["expected_keep"], "SAMPLE_ID"].iloc[0]
+    assert corpus.image(clean).size == (meta.loc[clean, "WIDTH"], meta.loc[clean, "HEIGHT"])
+
+
+def test_duplicates_repeat_an_original(corpus):
+    truth = corpus.ground_truth().set_index("SAMPLE_ID")
+    exact = _rows_with(corpus, "duplicate")
+    originals = {corpus.image_bytes(s): s for s in corpus.sample_ids() if s not in exact and s < exact[0]}
+    assert corpus.image_bytes(exact[0]) in originals
+    source = originals[corpus.image_bytes(exact[0])]
+    assert truth.loc[source, "identity_id"] == truth.loc[exact[0], "identity_id"]
+
+
+def test_caption_noise_matches_text(corpus):
+    meta = corpus.metadata().set_index("SAMPLE_ID")
+    for sample_id in _rows_with(corpus, "empty_caption"):
+        text = meta.loc[sample_id, "TEXT"]
+        assert pd.isna(text) or not str(text).strip()
+    clean = corpus.ground_truth().query("expected_keep")["SAMPLE_ID"]
+    assert meta.loc[clean, "TEXT"].map(lambda t: isinstance(t, str) and len(t) > 3).all()
+
+
+def test_source_round_trip(tmp_path, corpus):
+    meta_path, truth_path = write_embedded_source(tmp_path, corpus)
+    assert meta_path.exists() and truth_path.exists()
+    truth = read_ground_truth(tmp_path)
+    expected = corpus.ground_truth()
+    assert truth["SAMPLE_ID"].tolist() == expected["SAMPLE_ID"].tolist()
+    assert truth["noise"].tolist() == expected["noise"].tolist()
+    assert truth["attributes"].tolist() == expected["attributes"].tolist()
+    meta = read_metadata(tmp_path)
+    assert meta["TEXT"].isna().sum() == corpus.metadata()["TEXT"].isna().sum()
+
+
+def test_read_ground_truth_names_bad_record(tmp_path, corpus):
+    write_embedded_source(tmp_path, corpus)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "ground_truth.parquet").to_pandas()
+    table.loc[0, "noise"] = ["cosmic_rays"]
+    table.to_parquet(tmp_path / "ground_truth.parquet")
+    with pytest.raises(ValueError, match=f"SAMPLE_ID {table.loc[0, 'SAMPLE_ID']}.*cosmic_rays"):
+        read_ground_truth(tmp_path)
+
+
+def test_attributes_from_vocabulary():
+    rng = np.random.default_rng(7)
+    seen = set()
+    for _ in range(300):
+        names = attributes_of(sample_identity(rng))
+        assert all(name in ATTRIBUTE_INDEX for name in names)
+        assert not ("No_Beard" in names and "Goatee" in names)
+        assert not ("Bald" in names and "Bangs" in names)
+        seen.update(names)
+    assert {"Male", "Young", "Eyeglasses", "Smiling", "Bangs", "Blond_Hair", "Goatee", "Wearing_Hat"} <= seen
+
+
+def test_identities_are_distinct():
+    rng = np.random.default_rng(11)
+    people = [sample_identity(rng) for _ in range(1000)]
+    assert len(set(people)) == 1000
+    assert len({tuple(attributes_of(p)) for p in people}) > 300
+
+
+def test_strokes_in_frame_and_in_group_order():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        params = sample_identity(rng)
+        strokes = face_strokes(params, 224)
+        assert 25 <= len(strokes) <= 90
+        order = [STROKE_GROUPS.index(s.group) for s in strokes]
+        assert order == sorted(order)
+        assert {"hair", "contour", "mouth", "eyes", "nose"} <= {s.group for s in strokes} | (
+            {"hair"} if params.hair_style == "bald" and params.hat == "none" else set())
+        for stroke in strokes:
+            assert stroke.points.ndim == 2 and stroke.points.shape[1] == 2 and len(stroke.points) >= 2
+            assert (stroke.points >= 0).all() and (stroke.points <= 223).all()
+            assert stroke.width >= 1
+
+
+def test_strokes_trace_the_rendered_face():
+    """Line art and photo share one frame: stroke pixels sit on strong edges of the photo."""
+    params = sample_identity(np.random.default_rng(2))
+    photo = np.asarray(render_face(params, 192).convert("L"), np.float32)
+    edges = np.hypot(*np.gradient(photo))
+    on_stroke = np.concatenate([s.points for s in face_strokes(params, 192) if s.group in ("contour", "eyes", "mouth")])
+    xs, ys = on_stroke[:, 0].round().astype(int), on_stroke[:, 1].round().astype(int)
+    near = np.max([edges[np.clip(ys + dy, 0, 191), np.clip(xs + dx, 0, 191)] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+    assert np.median(near) > 2 * np.median(edges)
+
+
+def test_render_jitter_changes_photo_not_person():
+    params = sample_identity(np.random.default_rng(9))
+    plain = render_face(params, 128)
+    assert plain.size == (128, 128) and plain.mode == "RGB"
+    assert np.array_equal(np.asarray(plain), np.asarray(render_face(params, 128)))
+    a = np.asarray(render_face(params, 128, np.random.default_rng(1)))
+    b = np.asarray(render_face(params, 128, np.random.default_rng(2)))
+    assert not np.array_equal(a, b)
+
+
+def test_too_many_identities_is_a_clear_error():
+    with pytest.raises(ValueError, match="identities"):
+        EmbeddedCorpus(rows=50, identities=200, seed=0)
