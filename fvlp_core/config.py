@@ -60,16 +60,19 @@ class Paths(StrictModel):
 
 
 class HttpFetchConfig(StrictModel):
+    """How image URLs are fetched (source=url). Unsafe targets are refused, never fetched."""
+
     concurrency: int = Field(16, ge=1, le=512, description="Simultaneous HTTP requests")
-    connect_timeout_s: float = Field(5.0, gt=0)
-    read_timeout_s: float = Field(10.0, gt=0)
-    retries: int = Field(2, ge=0, le=10, description="Retries on timeouts and 5xx, with exponential backoff")
-    backoff_s: float = Field(0.5, ge=0)
-    max_bytes: int = Field(10_000_000, gt=0, description="Bodies larger than this are refused (read incrementally)")
-    max_redirects: int = Field(5, ge=0)
+    connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to open a connection")
+    read_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for any one read")
+    total_timeout_s: float = Field(30.0, gt=0, description="Seconds for one attempt, redirects and body included")
+    retries: int = Field(2, ge=0, le=10, description="Retries on timeouts, connection errors, 429 and 5xx")
+    backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles on every further retry")
+    max_redirects: int = Field(5, ge=0, description="Redirect hops followed (each hop re-checked)")
     allow_private_addresses: bool = Field(
         False, description="Allow URLs resolving to loopback/private/link-local addresses (local testing only)"
     )
+    user_agent: str = Field("fvlp-ingest/0.1", description="User-Agent header sent with every request")
 
 
 class IngestConfig(StrictModel):
@@ -86,6 +89,9 @@ class IngestConfig(StrictModel):
     identities: int = Field(1200, ge=2, description="Embedded corpus: distinct face identities")
     seed: int = Field(0, description="Embedded corpus seed (same seed, same bytes)")
     shard_size: int = Field(500, ge=1, description="Rows per output shard")
+    max_image_bytes: int = Field(
+        10_000_000, gt=0, description="Images larger than this get fetch_status too_large (any source)"
+    )
     http: HttpFetchConfig = HttpFetchConfig()
 
     @model_validator(mode="after")

@@ -1,0 +1,439 @@
+"""Fetchers: turn (SAMPLE_ID, URL) requests into image bytes plus a per-row status.
+
+Each source is a small class with one method, ``fetch(requests) -> results`` (same length,
+same order), and ``close()``. No row is ever dropped: every failure becomes a
+:class:`FetchResult` with a status from ``storage.raw.FETCH_STATUSES`` and a message.
+
+* :class:`EmbeddedFetcher` - the generated corpus (``fvlp_core.corpus.EmbeddedCorpus``).
+* :class:`FolderFetcher` - files named ``<SAMPLE_ID>.<ext>`` anywhere under a folder.
+* :class:`TarFetcher` - members named ``<SAMPLE_ID>.<ext>`` in a tar; read in memory, never
+  extracted, and members with absolute or ``..`` names or that are links are refused.
+* :class:`HttpFetcher` - http(s) URLs with bounded concurrency, connect/read/total timeouts,
+  retries with exponential backoff, a byte cap enforced while reading, manual redirects,
+  and (unless ``allow_private_addresses``) a refusal of any host that resolves to a
+  loopback, private, link-local, metadata or other non-global address. The socket connects
+  to the very address that was checked, so a DNS answer cannot change between check and use.
+"""
+from __future__ import annotations
+
+import http.client
+import io
+import ipaddress
+import os
+import socket
+import ssl
+import tarfile
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol, Sequence
+from urllib.parse import urljoin, urlsplit
+
+from PIL import Image
+
+from fvlp_core.config import HttpFetchConfig
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    sample_id: int
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    status: str
+    image: bytes | None = None
+    error: str | None = None
+
+
+class Fetcher(Protocol):
+    def fetch(self, requests: Sequence[FetchRequest]) -> list[FetchResult]: ...
+
+    def close(self) -> None: ...
+
+
+def check_image(data: bytes, max_bytes: int) -> FetchResult:
+    """``ok`` with the bytes if they are a supported image within the cap, else why not."""
+    if len(data) > max_bytes:
+        return FetchResult("too_large", error=f"{len(data)} bytes > max {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Parses the header only; decoding is the cleaning stage's job.
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+                width, height = image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        return FetchResult("too_large", error=f"decompression bomb: {err}")
+    except Exception as err:  # PIL raises many types for bytes it cannot read
+        head = data[:16]
+        return FetchResult("not_image", error=f"not a supported image ({type(err).__name__}; starts {head!r})")
+    if width <= 0 or height <= 0:
+        return FetchResult("not_image", error=f"image has size {width}x{height}")
+    return FetchResult("ok", image=data)
+
+
+def image_files_by_id(names: Sequence[str]) -> dict[int, list[str]]:
+    """Group names like ``dir/00042.jpg`` by the integer stem (42); other names are ignored."""
+    grouped: dict[int, list[str]] = {}
+    for name in names:
+        path = PurePosixPath(name.replace("\\", "/"))
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        try:
+            sample_id = int(path.stem)
+        except ValueError:
+            continue
+        grouped.setdefault(sample_id, []).append(name)
+    return grouped
+
+
+def _read_capped(handle: Any, size: int, max_bytes: int, what: str) -> FetchResult:
+    if size > max_bytes:
+        return FetchResult("too_large", error=f"{what} is {size} bytes > max {max_bytes}")
+    return check_image(handle.read(max_bytes + 1), max_bytes)
+
+
+def _ambiguous(sample_id: int, names: list[str]) -> FetchResult:
+    return FetchResult("error", error=f"several images for SAMPLE_ID {sample_id}: {', '.join(sorted(names))}")
+
+
+class EmbeddedFetcher:
+    """Images rendered by the embedded corpus generator (deterministic per seed)."""
+
+    def __init__(self, corpus: Any, max_bytes: int):
+        self.corpus = corpus
+        self.max_bytes = max_bytes
+
+    def fetch(self, requests: Sequence[FetchRequest]) -> list[FetchResult]:
+        results = []
+        for request in requests:
+            try:
+                data = self.corpus.image_bytes(request.sample_id)
+            except KeyError:
+                results.append(FetchResult("not_found", error=f"SAMPLE_ID {request.sample_id} not in the embedded corpus"))
+                continue
+            results.append(check_image(data, self.max_bytes))
+        return results
+
+    def close(self) -> None:
+        pass
+
+
+class FolderFetcher:
+    """Files named ``<SAMPLE_ID>.<ext>`` under ``folder`` (subfolders included), indexed once."""
+
+    def __init__(self, folder: Path, max_bytes: int):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.folder}")
+        self.max_bytes = max_bytes
+        names = [
+            os.path.relpath(os.path.join(root, name), self.folder)
+            for root, _, files in os.walk(self.folder)
+            for name in files
+        ]
+        self.index = image_files_by_id(names)
+
+    def fetch(self, requests: Sequence[FetchRequest]) -> list[FetchResult]:
+        return [self._fetch_one(r.sample_id) for r in requests]
+
+    def _fetch_one(self, sample_id: int) -> FetchResult:
+        names = self.index.get(sample_id, [])
+        if not names:
+            return FetchResult("not_found", error=f"no image file for SAMPLE_ID {sample_id} in {self.folder}")
+        if len(names) > 1:
+            return _ambiguous(sample_id, names)
+        path = self.folder / names[0]
+        try:
+            with open(path, "rb") as handle:
+                return _read_capped(handle, os.fstat(handle.fileno()).st_size, self.max_bytes, str(path))
+        except OSError as err:
+            return FetchResult("error", error=f"{path}: {err}")
+
+    def close(self) -> None:
+        pass
+
+
+def unsafe_member_reason(member: tarfile.TarInfo) -> str | None:
+    """Why a tar member must not be read, or None: path traversal, absolute names, links, devices."""
+    name = member.name.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return f"tar member {member.name!r} has an absolute path"
+    if ".." in PurePosixPath(name).parts:
+        return f"tar member {member.name!r} escapes the archive (path traversal)"
+    if not member.isfile():
+        return f"tar member {member.name!r} is not a regular file"
+    return None
+
+
+class TarFetcher:
+    """Members named ``<SAMPLE_ID>.<ext>`` of a (possibly compressed) tar, read without extracting.
+
+    Uncompressed tars read in any order at seek speed; compressed ones are re-decoded from
+    the start when a request goes backwards, so keep metadata in archive order for those.
+    """
+
+    def __init__(self, tar_path: Path, max_bytes: int):
+        self.tar_path = Path(tar_path)
+        if not self.tar_path.is_file():
+            raise FileNotFoundError(f"image tar not found: {self.tar_path}")
+        self.max_bytes = max_bytes
+        self.archive = tarfile.open(self.tar_path, "r:*")
+        members = self.archive.getmembers()
+        by_name = {m.name: m for m in members}
+        self.index = {sid: [by_name[n] for n in names] for sid, names in image_files_by_id(list(by_name)).items()}
+        self._lock = threading.Lock()  # a TarFile is one file position: one reader at a time
+
+    def fetch(self, requests: Sequence[FetchRequest]) -> list[FetchResult]:
+        with self._lock:
+            return [self._fetch_one(r.sample_id) for r in requests]
+
+    def _fetch_one(self, sample_id: int) -> FetchResult:
+        members = self.index.get(sample_id, [])
+        if not members:
+            return FetchResult("not_found", error=f"no member for SAMPLE_ID {sample_id} in {self.tar_path}")
+        if len(members) > 1:
+            return _ambiguous(sample_id, [m.name for m in members])
+        member = members[0]
+        reason = unsafe_member_reason(member)
+        if reason:
+            return FetchResult("refused", error=reason)
+        handle = self.archive.extractfile(member)
+        if handle is None:
+            return FetchResult("error", error=f"tar member {member.name!r} has no data")
+        with handle:
+            return _read_capped(handle, member.size, self.max_bytes, f"tar member {member.name!r}")
+
+    def close(self) -> None:
+        self.archive.close()
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+class _Refused(Exception):
+    """A target the fetcher will not contact (status ``refused``)."""
+
+
+class _Failed(Exception):
+    """A finished attempt with a status; ``retry`` says whether another attempt may help."""
+
+    def __init__(self, status: str, message: str, retry: bool = False):
+        super().__init__(message)
+        self.status, self.retry = status, retry
+
+
+def is_public_address(address: str) -> bool:
+    """True only for globally routable unicast addresses (never loopback, private, link-local,
+    carrier-grade NAT, cloud metadata such as 169.254.169.254 / fd00:ec2::254, or multicast)."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def resolve_target(host: str, port: int, allow_private: bool) -> tuple[str, int]:
+    """The socket address to connect to; refuses hosts with any non-public address."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise _Failed("error", f"cannot resolve {host}: {err}") from err
+    addresses = [info[4][0] for info in infos]
+    if not allow_private:
+        private = [a for a in addresses if not is_public_address(a)]
+        if private:
+            raise _Refused(f"{host} resolves to non-public address {private[0]}")
+    sockaddr = infos[0][4]
+    return sockaddr[0], sockaddr[1]
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to a pre-checked address while sending the URL's host name."""
+
+    def __init__(self, host: str, port: int, address: tuple[str, int], connect_timeout: float, read_timeout: float):
+        super().__init__(host, port, timeout=read_timeout)
+        self.pinned_address, self.connect_timeout = address, connect_timeout
+
+    def _open_socket(self) -> socket.socket:
+        sock = socket.create_connection(self.pinned_address, self.connect_timeout)
+        sock.settimeout(self.timeout)
+        return sock
+
+    def connect(self) -> None:
+        self.sock = self._open_socket()
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    def __init__(self, *args: Any, ssl_context: ssl.SSLContext, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.ssl_context = ssl_context
+
+    def connect(self) -> None:
+        self.sock = self.ssl_context.wrap_socket(self._open_socket(), server_hostname=self.host)
+
+
+class _Deadline:
+    """Aborts a connection when an attempt's total time is spent (stops slow-drip servers)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self._connection: http.client.HTTPConnection | None = None
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def watch(self, connection: http.client.HTTPConnection) -> None:
+        self._connection = connection
+
+    def _expire(self) -> None:
+        self.expired = True
+        sock = self._connection.sock if self._connection else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+
+
+class HttpFetcher:
+    """Fetch http(s) URLs with a thread pool of ``config.concurrency`` workers."""
+
+    def __init__(self, config: HttpFetchConfig, max_bytes: int):
+        self.config = config
+        self.max_bytes = max_bytes
+        self.ssl_context = ssl.create_default_context()
+        self.pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="fvlp-http")
+
+    def fetch(self, requests: Sequence[FetchRequest]) -> list[FetchResult]:
+        return list(self.pool.map(lambda r: self.fetch_url(r.url), requests))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def fetch_url(self, url: str | None) -> FetchResult:
+        """One URL, retried with exponential backoff while the failure is transient."""
+        if not url:
+            return FetchResult("refused", error="no URL")
+        attempts = self.config.retries + 1
+        for attempt in range(attempts):
+            try:
+                return check_image(self._attempt(url), self.max_bytes)
+            except _Refused as err:
+                return FetchResult("refused", error=str(err))
+            except _Failed as err:
+                if not err.retry or attempt == attempts - 1:
+                    suffix = f" (after {attempts} attempts)" if err.retry and attempts > 1 else ""
+                    return FetchResult(err.status, error=f"{err}{suffix}")
+            time.sleep(self.config.backoff_s * 2**attempt)
+        raise AssertionError("unreachable: the last attempt always returns")
+
+    def _attempt(self, url: str) -> bytes:
+        with _Deadline(self.config.total_timeout_s) as deadline:
+            try:
+                for _ in range(self.config.max_redirects + 1):
+                    location, body = self._request(url, deadline)
+                    if location is None:
+                        return body
+                    url = urljoin(url, location)
+                raise _Failed("http_error", f"more than {self.config.max_redirects} redirects")
+            except (TimeoutError, socket.timeout) as err:
+                raise _Failed("timeout", f"timed out: {err or 'no data'}", retry=True) from err
+            except (OSError, http.client.HTTPException) as err:
+                if deadline.expired:
+                    raise _Failed("timeout", f"gave up after {self.config.total_timeout_s}s in total", retry=True) from err
+                raise _Failed("error", f"{type(err).__name__}: {err}", retry=True) from err
+
+    def _connection(self, url: str) -> tuple[http.client.HTTPConnection, str]:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise _Refused(f"scheme {parts.scheme or '(none)'!r} is not http/https: {url[:200]}")
+        if not parts.hostname:
+            raise _Refused(f"no host in URL: {url[:200]}")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as err:
+            raise _Refused(f"bad port in URL: {url[:200]}") from err
+        address = resolve_target(parts.hostname, port, self.config.allow_private_addresses)
+        timeouts = dict(connect_timeout=self.config.connect_timeout_s, read_timeout=self.config.read_timeout_s)
+        if parts.scheme == "https":
+            connection = _PinnedHTTPSConnection(parts.hostname, port, address, ssl_context=self.ssl_context, **timeouts)
+        else:
+            connection = _PinnedHTTPConnection(parts.hostname, port, address, **timeouts)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return connection, target
+
+    def _request(self, url: str, deadline: _Deadline) -> tuple[str | None, bytes]:
+        """One hop: (redirect location, b"") or (None, body)."""
+        connection, target = self._connection(url)
+        deadline.watch(connection)
+        try:
+            connection.request(
+                "GET",
+                target,
+                headers={"User-Agent": self.config.user_agent, "Accept": "image/*", "Accept-Encoding": "identity"},
+            )
+            response = connection.getresponse()
+            if response.status in REDIRECT_CODES:
+                location = response.getheader("Location")
+                if not location:
+                    raise _Failed("http_error", f"HTTP {response.status} redirect without a Location")
+                return location, b""
+            if response.status in (404, 410):
+                raise _Failed("not_found", f"HTTP {response.status}")
+            if response.status == 429 or response.status >= 500:
+                raise _Failed("http_error", f"HTTP {response.status}", retry=True)
+            if not 200 <= response.status < 300:
+                raise _Failed("http_error", f"HTTP {response.status}")
+            return None, self._read_body(response, deadline)
+        finally:
+            connection.close()
+
+    def _read_body(self, response: http.client.HTTPResponse, deadline: _Deadline) -> bytes:
+        declared = response.getheader("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise _Failed("too_large", f"Content-Length {declared} > max {self.max_bytes}")
+        chunks, size = [], 0
+        while True:
+            chunk = response.read1(_READ_CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise _Failed("too_large", f"body exceeds max {self.max_bytes} bytes")
+            chunks.append(chunk)
+        if deadline.expired:
+            raise _Failed("timeout", f"gave up after {self.config.total_timeout_s}s in total", retry=True)
+        return b"".join(chunks)
+
+
+def open_fetcher(source: str, *, images: Path | None, max_bytes: int, http: HttpFetchConfig, corpus: Any = None) -> Fetcher:
+    """The fetcher for an ingest ``source`` (``embedded`` needs the ``corpus`` object)."""
+    if source == "embedded":
+        if corpus is None:
+            raise ValueError("source=embedded needs the embedded corpus")
+        return EmbeddedFetcher(corpus, max_bytes)
+    if source in ("folder", "tar") and images is None:
+        raise ValueError(f"source={source!r} needs an images path")
+    if source == "folder":
+        return FolderFetcher(images, max_bytes)
+    if source == "tar":
+        return TarFetcher(images, max_bytes)
+    if source == "url":
+        return HttpFetcher(http, max_bytes)
+    raise ValueError(f"unknown ingest source {source!r}")

@@ -1,0 +1,461 @@
+"""The raw dataset: LAION-style metadata in, fetched image bytes + metadata out.
+
+Input (``metadata`` Parquet, LAION / LAION-Face column names) is validated here once:
+
+=============  =============================================  ======================
+column         accepted input types                           raw shard type
+=============  =============================================  ======================
+``SAMPLE_ID``  any integer; float only if every value whole   int64, never null
+``URL``        string                                         string (nullable)
+``TEXT``       string, or binary (decoded as UTF-8)           string (nullable)
+``WIDTH``      integer or float                               int64 (nullable)
+``HEIGHT``     integer or float                               int64 (nullable)
+``similarity`` integer or float                               float64 (nullable)
+=============  =============================================  ======================
+
+Any other input column is carried unchanged ("extras"; files lacking one get nulls).
+A missing required column, a required column of another type, or an extra whose type
+differs between files is a :class:`MetadataError` naming the file and the column.
+
+Hostile *values* never stop an ingest: the row is kept and the problem is listed in its
+``metadata_issues`` (NaN/non-integral/non-positive WIDTH or HEIGHT -> null or kept
+as-is and listed, NaN similarity -> null, captions that are not valid UTF-8 -> decoded
+with U+FFFD replacement). A null ``SAMPLE_ID`` cannot be tracked at all and is an error.
+
+Each raw shard holds the required columns, the extras, then:
+``image`` binary (nullable), ``fetch_status`` string (one of :data:`FETCH_STATUSES`),
+``fetch_error`` string (nullable), ``metadata_issues`` list<string> (empty when clean),
+``input_file`` string, ``input_row`` int64 (row index within ``input_file``).
+
+Rows are laid out in input order (files in the order given, rows in file order); shard
+``i`` holds global rows ``[i * shard_size, (i + 1) * shard_size)``. Every shard carries
+the ingest plan's fingerprint in its Parquet metadata, so a re-run knows whether an
+existing shard belongs to the same plan and is complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pyarrow.types as pat
+
+from storage.shards import list_shards, shard_index, shard_path, write_manifest, write_shard
+
+REQUIRED_COLUMNS: dict[str, pa.DataType] = {
+    "SAMPLE_ID": pa.int64(),
+    "URL": pa.string(),
+    "TEXT": pa.string(),
+    "WIDTH": pa.int64(),
+    "HEIGHT": pa.int64(),
+    "similarity": pa.float64(),
+}
+
+FETCH_STATUSES: tuple[str, ...] = (
+    "ok",            # image bytes present and recognised as an image
+    "not_found",     # no such object (HTTP 404/410, no file for the id, unknown embedded id)
+    "http_error",    # any other non-2xx answer, or too many redirects
+    "timeout",       # connect/read/total time limit hit (after retries)
+    "too_large",     # body or file over the byte cap
+    "not_image",     # bytes that no supported image decoder recognises
+    "refused",       # unsafe target: bad scheme, private address, tar path traversal, no URL
+    "duplicate_id",  # SAMPLE_ID already seen earlier in the input; not fetched again
+    "error",         # anything else (DNS, connection reset, ambiguous files); see fetch_error
+)
+
+FETCH_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("image", pa.binary()),
+    pa.field("fetch_status", pa.string(), nullable=False),
+    pa.field("fetch_error", pa.string()),
+    pa.field("metadata_issues", pa.list_(pa.string()), nullable=False),
+    pa.field("input_file", pa.string(), nullable=False),
+    pa.field("input_row", pa.int64(), nullable=False),
+)
+RESERVED_NAMES = frozenset(f.name for f in FETCH_FIELDS)
+# The fetch fields that come from reading the metadata rather than from fetching.
+_ROW_FIELDS = ("metadata_issues", "input_file", "input_row")
+
+PLAN_KEY = b"fvlp.raw.plan"
+FIRST_ROW_KEY = b"fvlp.raw.first_row"
+
+
+class MetadataError(ValueError):
+    """Input metadata that cannot be ingested; the message names the file and column."""
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pat.is_integer(t) or pat.is_floating(t) or pat.is_null(t)
+
+
+def _text_like(t: pa.DataType) -> bool:
+    return pat.is_string(t) or pat.is_large_string(t) or pat.is_null(t)
+
+
+_ACCEPTS = {
+    "SAMPLE_ID": (lambda t: pat.is_integer(t) or pat.is_floating(t), "an integer"),
+    "URL": (_text_like, "a string"),
+    "TEXT": (lambda t: _text_like(t) or pat.is_binary(t) or pat.is_large_binary(t), "a string or binary"),
+    "WIDTH": (_numeric, "a number"),
+    "HEIGHT": (_numeric, "a number"),
+    "similarity": (_numeric, "a number"),
+}
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Shard ``index`` holds global input rows ``[start, stop)``."""
+
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:05d}.parquet"
+
+
+def plan_shards(total_rows: int, shard_size: int) -> list[ShardSpec]:
+    """Fixed-size shards over the input rows in order: the same input always maps the same way."""
+    return [
+        ShardSpec(i, start, min(start + shard_size, total_rows))
+        for i, start in enumerate(range(0, total_rows, shard_size))
+    ]
+
+
+@dataclass
+class MetadataFiles:
+    """Validated LAION-style metadata files, read lazily by global row range."""
+
+    files: list[Path]
+    row_counts: list[int]
+    extras: pa.Schema
+    _offsets: list[int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._offsets = [0, *np.cumsum(self.row_counts).tolist()]
+
+    @property
+    def total_rows(self) -> int:
+        return self._offsets[-1]
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The normalised metadata schema (required columns, then extras)."""
+        return pa.schema([pa.field(n, t) for n, t in REQUIRED_COLUMNS.items()] + list(self.extras))
+
+    def read_rows(self, start: int, stop: int) -> pa.Table:
+        """Global rows ``[start, stop)``, normalised, plus ``metadata_issues``, ``input_file``, ``input_row``."""
+        parts = []
+        for i, path in enumerate(self.files):
+            lo, hi = max(start, self._offsets[i]), min(stop, self._offsets[i + 1])
+            if lo < hi:
+                local = lo - self._offsets[i]
+                parts.append(self._read_file_rows(path, local, local + (hi - lo)))
+        if not parts:
+            return pa.schema(list(self.schema) + [f for f in FETCH_FIELDS if f.name in _ROW_FIELDS]).empty_table()
+        return pa.concat_tables(parts)
+
+    def _read_file_rows(self, path: Path, lo: int, hi: int) -> pa.Table:
+        table = _read_row_range(path, lo, hi)
+        columns, issues = _normalise_required(table, path, lo)
+        for extra in self.extras:
+            if extra.name in table.column_names:
+                columns[extra.name] = table.column(extra.name).combine_chunks().cast(extra.type)
+            else:
+                columns[extra.name] = pa.nulls(table.num_rows, extra.type)
+        columns["metadata_issues"] = pa.array(issues, pa.list_(pa.string()))
+        columns["input_file"] = pa.array([str(path)] * table.num_rows, pa.string())
+        columns["input_row"] = pa.array(np.arange(lo, hi, dtype=np.int64))
+        return pa.table(columns)
+
+    def duplicate_rows(self) -> dict[int, tuple[str, int]]:
+        """Global row -> (file, row) of the first row with the same SAMPLE_ID, for every later duplicate."""
+        ids = np.concatenate([_sample_ids(path) for path in self.files]) if self.files else np.array([], np.int64)
+        order = np.argsort(ids, kind="stable")  # stable: equal ids keep input order
+        sorted_ids = ids[order]
+        starts_run = np.ones(len(ids), dtype=bool)
+        starts_run[1:] = sorted_ids[1:] != sorted_ids[:-1]
+        # position (in sorted order) of the first row of each position's run of equal ids
+        run_first = np.maximum.accumulate(np.where(starts_run, np.arange(len(ids)), 0))
+        return {
+            int(order[pos]): self.locate(int(order[run_first[pos]]))
+            for pos in np.flatnonzero(~starts_run).tolist()
+        }
+
+    def locate(self, global_row: int) -> tuple[str, int]:
+        """(input file, row within it) of a global row."""
+        i = int(np.searchsorted(self._offsets, global_row, side="right")) - 1
+        return str(self.files[i]), global_row - self._offsets[i]
+
+    def fingerprint(self, **plan: Any) -> str:
+        """Identity of an ingest plan: the inputs (resolved path, rows, bytes) plus ``plan`` settings."""
+        inputs = [(str(p.resolve()), n, p.stat().st_size) for p, n in zip(self.files, self.row_counts)]
+        blob = json.dumps({"inputs": inputs, **plan}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def open_metadata(paths: Sequence[Path]) -> MetadataFiles:
+    """Validate every file's schema (footers only) and unify the extras; no rows are read."""
+    if not paths:
+        raise MetadataError("no metadata files given")
+    files, counts, extras = [], [], {}
+    extra_origin: dict[str, Path] = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise MetadataError(f"{path}: metadata file not found")
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as err:  # pyarrow raises several types for non-Parquet bytes
+            raise MetadataError(f"{path}: not a readable Parquet file ({err})") from err
+        schema = parquet.schema_arrow
+        missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
+        if missing:
+            raise MetadataError(
+                f"{path}: missing required column(s) {', '.join(missing)} (has: {', '.join(schema.names)})"
+            )
+        for name, (accepts, wanted) in _ACCEPTS.items():
+            found = schema.field(name).type
+            if not accepts(found):
+                raise MetadataError(f"{path}: column {name} has type {found}, expected {wanted}")
+        for column in schema:
+            if column.name in REQUIRED_COLUMNS:
+                continue
+            if column.name in RESERVED_NAMES:
+                raise MetadataError(f"{path}: column {column.name} clashes with a name the raw dataset adds")
+            seen = extras.get(column.name)
+            if seen is None or pat.is_null(seen.type):
+                extras[column.name] = column.remove_metadata().with_nullable(True)
+                extra_origin[column.name] = path
+            elif not pat.is_null(column.type) and seen.type != column.type:
+                raise MetadataError(
+                    f"{path}: column {column.name} has type {column.type}, "
+                    f"but {extra_origin[column.name]} has {seen.type}"
+                )
+        files.append(path)
+        counts.append(parquet.metadata.num_rows)
+    return MetadataFiles(files, counts, pa.schema(list(extras.values())))
+
+
+def read_metadata(paths: Sequence[Path]) -> pa.Table:
+    """All rows of ``paths``, validated and normalised (see the module docstring)."""
+    metadata = open_metadata(paths)
+    return metadata.read_rows(0, metadata.total_rows)
+
+
+def _read_row_range(path: Path, lo: int, hi: int) -> pa.Table:
+    """Rows ``[lo, hi)`` of one file, reading only the row groups that overlap them."""
+    parquet = pq.ParquetFile(path)
+    groups, first, offset = [], None, 0
+    for g in range(parquet.metadata.num_row_groups):
+        n = parquet.metadata.row_group(g).num_rows
+        if offset + n > lo and offset < hi:
+            groups.append(g)
+            first = offset if first is None else first
+        offset += n
+    if not groups:
+        return parquet.schema_arrow.empty_table()
+    table = parquet.read_row_groups(groups)
+    return table.slice(lo - first, hi - lo)
+
+
+def _sample_ids(path: Path) -> np.ndarray:
+    column = pq.read_table(path, columns=["SAMPLE_ID"]).column("SAMPLE_ID").combine_chunks()
+    return _sample_id_array(column, path, 0).to_numpy()
+
+
+def _rows_text(rows: np.ndarray, base: int, limit: int = 5) -> str:
+    shown = ", ".join(str(int(r) + base) for r in rows[:limit])
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def _sample_id_array(column: pa.Array, path: Path, base: int) -> pa.Array:
+    nulls = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
+    if pat.is_floating(column.type):
+        values = column.to_numpy(zero_copy_only=False)
+        nulls = np.flatnonzero(np.isnan(values))
+        fractional = np.flatnonzero(~np.isnan(values) & (values != np.floor(values)))
+        if len(fractional):
+            raise MetadataError(f"{path}: column SAMPLE_ID is not a whole number in row(s) {_rows_text(fractional, base)}")
+    if len(nulls):
+        raise MetadataError(f"{path}: column SAMPLE_ID is null in row(s) {_rows_text(nulls, base)}; every row needs an id")
+    return column.cast(pa.int64())
+
+
+def _normalise_required(table: pa.Table, path: Path, base: int) -> tuple[dict[str, pa.Array], list[list[str]]]:
+    """Canonical required columns and per-row issue lists for rows starting at file row ``base``."""
+    n = table.num_rows
+    issues: list[list[str]] = [[] for _ in range(n)]
+    columns: dict[str, pa.Array] = {
+        "SAMPLE_ID": _sample_id_array(table.column("SAMPLE_ID").combine_chunks(), path, base),
+        "URL": table.column("URL").combine_chunks().cast(pa.string()),
+        "TEXT": _utf8_text(table.column("TEXT").combine_chunks(), issues),
+    }
+    for name in ("WIDTH", "HEIGHT"):
+        columns[name] = _dimension(name, table.column(name).combine_chunks(), issues)
+    columns["similarity"] = _similarity(table.column("similarity").combine_chunks(), issues)
+    return columns, issues
+
+
+def _utf8_text(column: pa.Array, issues: list[list[str]]) -> pa.Array:
+    if pat.is_null(column.type):
+        return column.cast(pa.string())
+    if pat.is_string(column.type) or pat.is_large_string(column.type):
+        try:
+            column.validate(full=True)
+            return column.cast(pa.string())
+        except pa.ArrowInvalid:  # bytes stored under a string type without being UTF-8
+            column = column.view(pa.large_binary() if pat.is_large_string(column.type) else pa.binary())
+    decoded = []
+    for i, raw in enumerate(column.to_pylist()):
+        if raw is None:
+            decoded.append(None)
+            continue
+        try:
+            decoded.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            decoded.append(raw.decode("utf-8", errors="replace"))
+            issues[i].append("TEXT: not valid UTF-8 (undecodable bytes replaced with U+FFFD)")
+    return pa.array(decoded, pa.string())
+
+
+def _dimension(name: str, column: pa.Array, issues: list[list[str]]) -> pa.Array:
+    """WIDTH/HEIGHT as nullable int64; missing, NaN, fractional and non-positive values are listed."""
+    values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)  # null -> NaN
+    missing = np.isnan(values)
+    fractional = ~missing & (values != np.floor(values))
+    for i in np.flatnonzero(missing | fractional | (values <= 0)).tolist():
+        if missing[i]:
+            issues[i].append(f"{name}: missing or NaN")
+        elif fractional[i]:
+            issues[i].append(f"{name}: not a whole number ({float(values[i])})")
+        else:
+            issues[i].append(f"{name}: not positive ({int(values[i])})")
+    keep = ~(missing | fractional)
+    return pa.array(np.where(keep, values, 0).astype(np.int64), pa.int64(), mask=~keep)
+
+
+def _similarity(column: pa.Array, issues: list[list[str]]) -> pa.Array:
+    values = column.cast(pa.float64())
+    nan = pc.fill_null(pc.is_nan(values), False).to_numpy(zero_copy_only=False)
+    for i in np.flatnonzero(nan).tolist():
+        issues[i].append("similarity: NaN")
+    return pc.if_else(pa.array(nan), pa.scalar(None, pa.float64()), values)
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def raw_schema(metadata_schema: pa.Schema, fingerprint: str, first_row: int) -> pa.Schema:
+    """The raw shard schema for ``metadata_schema`` (see :attr:`MetadataFiles.schema`)."""
+    return pa.schema(
+        list(metadata_schema) + list(FETCH_FIELDS),
+        metadata={PLAN_KEY: fingerprint.encode(), FIRST_ROW_KEY: str(first_row).encode()},
+    )
+
+
+def write_raw_shard(
+    raw_dir: Path,
+    spec: ShardSpec,
+    rows: pa.Table,
+    images: Sequence[bytes | None],
+    statuses: Sequence[str],
+    errors: Sequence[str | None],
+    metadata_schema: pa.Schema,
+    fingerprint: str,
+) -> Path:
+    """Write one shard atomically: ``rows`` from :meth:`MetadataFiles.read_rows` plus fetch outcomes."""
+    if not (rows.num_rows == spec.rows == len(images) == len(statuses) == len(errors)):
+        raise ValueError(f"{spec.name}: {rows.num_rows} rows but {len(statuses)} fetch results for {spec.rows}")
+    unknown = set(statuses) - set(FETCH_STATUSES)
+    if unknown:
+        raise ValueError(f"{spec.name}: unknown fetch status(es) {sorted(unknown)}")
+    table = (
+        rows.append_column("image", pa.array(images, pa.binary()))
+        .append_column("fetch_status", pa.array(statuses, pa.string()))
+        .append_column("fetch_error", pa.array(errors, pa.string()))
+    )
+    return write_shard(table, shard_path(raw_dir, spec.index), raw_schema(metadata_schema, fingerprint, spec.start))
+
+
+def shard_plan_fingerprint(path: Path) -> str | None:
+    """The plan fingerprint stored in a raw shard's footer (None for a foreign Parquet file)."""
+    metadata = pq.read_schema(path).metadata or {}
+    value = metadata.get(PLAN_KEY)
+    return value.decode() if value else None
+
+
+def shard_is_complete(raw_dir: Path, spec: ShardSpec, fingerprint: str) -> bool:
+    """True when the shard exists under its final name, from the same plan, with every row."""
+    path = shard_path(raw_dir, spec.index)
+    if not path.exists():
+        return False
+    footer = pq.ParquetFile(path).metadata
+    metadata = footer.metadata or {}
+    return (
+        metadata.get(PLAN_KEY) == fingerprint.encode()
+        and metadata.get(FIRST_ROW_KEY) == str(spec.start).encode()
+        and footer.num_rows == spec.rows
+    )
+
+
+def foreign_shards(raw_dir: Path, fingerprint: str, planned: int) -> list[Path]:
+    """Shards in ``raw_dir`` that belong to a different plan (other inputs or shard size)."""
+    return [
+        p
+        for p in list_shards(raw_dir)
+        if shard_plan_fingerprint(p) != fingerprint or shard_index(p) >= planned
+    ]
+
+
+def shard_status_counts(path: Path) -> dict[str, int]:
+    statuses = pq.read_table(path, columns=["fetch_status"]).column("fetch_status")
+    counts = pc.value_counts(statuses.combine_chunks()).to_pylist()
+    return {item["values"]: item["counts"] for item in counts}
+
+
+def write_raw_manifest(
+    raw_dir: Path,
+    metadata: MetadataFiles,
+    specs: Sequence[ShardSpec],
+    shard_size: int,
+    fingerprint: str,
+    source: str,
+    shard_status: dict[int, dict[str, int]],
+) -> dict[str, Any]:
+    """Write (and return) ``manifest.json``: inputs, complete shards with status counts, totals."""
+    totals: dict[str, int] = {}
+    for counts in shard_status.values():
+        for status, n in counts.items():
+            totals[status] = totals.get(status, 0) + n
+    manifest = {
+        "dataset": "raw",
+        "plan_fingerprint": fingerprint,
+        "source": source,
+        "inputs": [{"file": str(p), "rows": n} for p, n in zip(metadata.files, metadata.row_counts)],
+        "rows": metadata.total_rows,
+        "shard_size": shard_size,
+        "complete": len(shard_status) == len(specs),
+        "status_counts": dict(sorted(totals.items())),
+        "shards": [
+            {
+                "name": spec.name,
+                "first_input_row": spec.start,
+                "rows": spec.rows,
+                "status_counts": dict(sorted(shard_status[spec.index].items())),
+            }
+            for spec in specs
+            if spec.index in shard_status
+        ],
+    }
+    write_manifest(raw_dir, manifest)
+    return manifest

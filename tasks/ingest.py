@@ -1,0 +1,137 @@
+"""Prefect tasks of the ingest stage: plan the shards, then fetch and write one shard at a time.
+
+Idempotence comes from the plan: the input rows, in order, cut into fixed-size shards, with
+a fingerprint of the inputs and settings stored in every shard. A shard that exists under
+its final name with the plan's fingerprint and its full row count is done and skipped; a
+shard cut short by a crash only ever exists as a dot-prefixed temp file, which is ignored
+and rewritten. Shards from a different plan in the same folder stop the run with an error
+instead of being mixed in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from fvlp_core.config import IngestConfig
+from fvlp_core.fetch import Fetcher, FetchRequest, FetchResult
+from storage.raw import (
+    MetadataFiles,
+    ShardSpec,
+    foreign_shards,
+    open_metadata,
+    plan_shards,
+    shard_is_complete,
+    shard_status_counts,
+    write_raw_manifest,
+    write_raw_shard,
+)
+from storage.shards import shard_path
+
+
+@dataclass
+class IngestPlan:
+    raw_dir: Path
+    source: str
+    metadata: MetadataFiles
+    shard_size: int
+    shards: list[ShardSpec]
+    pending: list[ShardSpec]
+    fingerprint: str
+    # global input row -> (file, row) of the earlier row with the same SAMPLE_ID
+    duplicates: dict[int, tuple[str, int]]
+
+
+# NO_CACHE: inputs are live objects (tables, fetchers) that must not be hashed or stored.
+@task(name="plan-ingest", cache_policy=NO_CACHE)
+def plan_ingest(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestPlan:
+    """Validate the metadata, cut it into shards and find which shards still need writing."""
+    logger = get_run_logger()
+    metadata = open_metadata(metadata_paths)
+    raw_dir = config.paths.raw_dir
+    images = str(config.images.resolve()) if config.images else None
+    fingerprint = metadata.fingerprint(shard_size=config.shard_size, source=config.source, images=images)
+    shards = plan_shards(metadata.total_rows, config.shard_size)
+    foreign = foreign_shards(raw_dir, fingerprint, len(shards))
+    if foreign:
+        raise RuntimeError(
+            f"{raw_dir} already holds shards from a different ingest (other metadata, source, images "
+            f"or shard size), e.g. {foreign[0].name}; use another --data-root or remove {raw_dir}"
+        )
+    pending = [spec for spec in shards if not shard_is_complete(raw_dir, spec, fingerprint)]
+    # Duplicate ids need every SAMPLE_ID; skip that scan when nothing is left to write.
+    duplicates = metadata.duplicate_rows() if pending else {}
+    logger.info(
+        "%d input rows in %d file(s) -> %d shard(s) of %d; %d to write, %d duplicate SAMPLE_ID row(s)",
+        metadata.total_rows, len(metadata.files), len(shards), config.shard_size, len(pending), len(duplicates),
+    )
+    return IngestPlan(raw_dir, config.source, metadata, config.shard_size, shards, pending, fingerprint, duplicates)
+
+
+def fetch_shard(plan: IngestPlan, spec: ShardSpec, fetcher: Fetcher) -> dict[str, int]:
+    """Fetch every row of ``spec`` and write the shard; returns the shard's status counts."""
+    rows = plan.metadata.read_rows(spec.start, spec.stop)
+    sample_ids = rows.column("SAMPLE_ID").to_pylist()
+    urls = rows.column("URL").to_pylist()
+    results: list[FetchResult | None] = [None] * spec.rows
+    to_fetch: list[int] = []
+    for offset in range(spec.rows):
+        first = plan.duplicates.get(spec.start + offset)
+        if first is None:
+            to_fetch.append(offset)
+        else:
+            results[offset] = FetchResult(
+                "duplicate_id", error=f"SAMPLE_ID {sample_ids[offset]} already at {first[0]} row {first[1]}"
+            )
+    fetched = fetcher.fetch([FetchRequest(sample_ids[i], urls[i]) for i in to_fetch])
+    for offset, result in zip(to_fetch, fetched, strict=True):
+        results[offset] = result
+    write_raw_shard(
+        plan.raw_dir,
+        spec,
+        rows,
+        images=[r.image for r in results],
+        statuses=[r.status for r in results],
+        errors=[r.error for r in results],
+        metadata_schema=plan.metadata.schema,
+        fingerprint=plan.fingerprint,
+    )
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    return counts
+
+
+@task(name="ingest-shard", task_run_name="ingest-{spec.name}", cache_policy=NO_CACHE)
+def ingest_shard(plan: IngestPlan, spec: ShardSpec, fetcher: Fetcher) -> dict[str, int]:
+    counts = fetch_shard(plan, spec, fetcher)
+    get_run_logger().info("%s: %d rows %s", spec.name, spec.rows, counts)
+    return counts
+
+
+@task(name="write-raw-manifest", cache_policy=NO_CACHE)
+def write_ingest_manifest(plan: IngestPlan, written: dict[int, dict[str, int]]) -> dict[str, Any]:
+    """Summarise every complete shard; counts of shards skipped this run are read back from them."""
+    status = {
+        spec.index: written.get(spec.index) or shard_status_counts(shard_path(plan.raw_dir, spec.index))
+        for spec in plan.shards
+        if spec.index in written or shard_is_complete(plan.raw_dir, spec, plan.fingerprint)
+    }
+    return write_raw_manifest(
+        plan.raw_dir, plan.metadata, plan.shards, plan.shard_size, plan.fingerprint, plan.source, status
+    )
+
+
+@task(name="prepare-embedded-source", cache_policy=NO_CACHE)
+def prepare_embedded_source(config: IngestConfig) -> tuple[Any, Path]:
+    """The embedded corpus and its metadata file, generated only when not already on disk."""
+    # Imported here: only the embedded source needs the renderer.
+    from fvlp_core.corpus import EmbeddedCorpus
+    from storage.source import write_embedded_source
+
+    corpus = EmbeddedCorpus(config.rows, config.identities, config.seed)
+    metadata_path = write_embedded_source(config.paths.source_dir, corpus)
+    return corpus, metadata_path

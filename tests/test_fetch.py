@@ -1,0 +1,140 @@
+"""Local fetchers (folder, tar, embedded), image checks and the public-address rule."""
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fvlp_core.fetch import (
+    EmbeddedFetcher,
+    FetchRequest,
+    FolderFetcher,
+    TarFetcher,
+    check_image,
+    is_public_address,
+)
+
+
+def png_bytes(size: int = 8) -> bytes:
+    """A PNG of noise: incompressible, so its byte size grows with ``size``."""
+    pixels = np.random.default_rng(size).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def statuses(results) -> list[str]:
+    return [r.status for r in results]
+
+
+def test_check_image_accepts_images_and_names_the_problem_otherwise():
+    assert check_image(png_bytes(), 10_000).status == "ok"
+    not_image = check_image(b"<html>nope</html>", 10_000)
+    assert not_image.status == "not_image" and "<html>" in not_image.error
+    too_large = check_image(png_bytes(64), 100)
+    assert too_large.status == "too_large" and "max 100" in too_large.error
+    assert check_image(b"", 100).status == "not_image"
+
+
+def test_folder_fetcher_keys_files_by_sample_id(tmp_path: Path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "1.png").write_bytes(png_bytes())
+    (tmp_path / "sub" / "0002.jpg").write_bytes(png_bytes())  # leading zeros, nested folder
+    (tmp_path / "3.png").write_bytes(png_bytes())
+    (tmp_path / "3.jpg").write_bytes(png_bytes())  # two files for one id
+    (tmp_path / "4.png").write_bytes(b"text, not pixels")
+    (tmp_path / "5.png").write_bytes(png_bytes(256))
+    (tmp_path / "6.json").write_text("{}")  # sidecars are not images
+    fetcher = FolderFetcher(tmp_path, max_bytes=2_000)
+    results = fetcher.fetch([FetchRequest(i) for i in (1, 2, 3, 4, 5, 6)])
+    assert statuses(results) == ["ok", "ok", "error", "not_image", "too_large", "not_found"]
+    assert results[0].image == png_bytes()
+    assert "3.jpg" in results[2].error and "3.png" in results[2].error
+    assert "SAMPLE_ID 6" in results[5].error
+
+
+def test_folder_fetcher_needs_an_existing_folder(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        FolderFetcher(tmp_path / "nowhere", max_bytes=10)
+
+
+def add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_tar_fetcher_reads_members_and_refuses_unsafe_names(tmp_path: Path, mode: str):
+    tar_path = tmp_path / "images" / ("images.tar" + (".gz" if mode == "w:gz" else ""))
+    tar_path.parent.mkdir()
+    with tarfile.open(tar_path, mode) as archive:
+        add_member(archive, "batch/1.png", png_bytes())
+        add_member(archive, "../2.png", png_bytes())
+        add_member(archive, "/tmp/3.png", png_bytes())
+        link = tarfile.TarInfo("4.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)
+        add_member(archive, "5.png", b"not an image")
+        add_member(archive, "a/../../6.png", png_bytes())
+    fetcher = TarFetcher(tar_path, max_bytes=10_000)
+    results = fetcher.fetch([FetchRequest(i) for i in range(1, 8)])
+    fetcher.close()
+    assert statuses(results) == ["ok", "refused", "refused", "refused", "not_image", "refused", "not_found"]
+    assert "path traversal" in results[1].error and "../2.png" in results[1].error
+    assert "absolute" in results[2].error
+    assert "not a regular file" in results[3].error
+    # Nothing was extracted next to the archive or above it.
+    assert sorted(p.name for p in tar_path.parent.iterdir()) == [tar_path.name]
+    assert not (tmp_path / "2.png").exists() and not (tmp_path / "6.png").exists()
+
+
+def test_tar_fetcher_caps_member_size_before_reading(tmp_path: Path):
+    tar_path = tmp_path / "images.tar"
+    with tarfile.open(tar_path, "w") as archive:
+        add_member(archive, "1.png", png_bytes(128))
+    [result] = TarFetcher(tar_path, max_bytes=100).fetch([FetchRequest(1)])
+    assert result.status == "too_large" and "1.png" in result.error
+
+
+class FakeCorpus:
+    def __init__(self, images: dict[int, bytes]):
+        self.images = images
+
+    def image_bytes(self, sample_id: int) -> bytes:
+        return self.images[sample_id]
+
+
+def test_embedded_fetcher_reports_unknown_ids():
+    fetcher = EmbeddedFetcher(FakeCorpus({7: png_bytes()}), max_bytes=10_000)
+    results = fetcher.fetch([FetchRequest(7), FetchRequest(8)])
+    assert statuses(results) == ["ok", "not_found"]
+    assert "SAMPLE_ID 8" in results[1].error
+
+
+@pytest.mark.parametrize(
+    "address, public",
+    [
+        ("93.184.216.34", True),
+        ("2606:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.0.0.8", False),
+        ("172.16.5.4", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),  # cloud metadata service
+        ("100.100.100.200", False),  # carrier-grade NAT range (another cloud's metadata)
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),  # multicast
+        ("::1", False),
+        ("fe80::1", False),
+        ("fd00:ec2::254", False),  # IPv6 metadata service
+        ("::ffff:127.0.0.1", False),  # loopback hidden in an IPv4-mapped address
+        ("::ffff:10.0.0.1", False),
+    ],
+)
+def test_public_address_rule(address: str, public: bool):
+    assert is_public_address(address) is public
