@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from fvlp_core.attributes import ATTRIBUTES
 
@@ -515,81 +515,82 @@ def random_lighting(rng: np.random.Generator) -> Lighting:
 
 
 class Canvas:
-    """A supersampled float RGB canvas with polygon/line painting through soft masks."""
+    """A supersampled RGB canvas painted through soft polygon/line masks (PIL does the blending)."""
 
-    def __init__(self, width: int, height: int, background: np.ndarray | None = None):
+    def __init__(self, width: int, height: int, backdrop: Image.Image | None = None):
         self.width, self.height = width, height
         self.scale = SUPERSAMPLE
-        W, H = width * SUPERSAMPLE, height * SUPERSAMPLE
-        if background is None:
-            self.pixels = np.full((H, W, 3), 200.0, np.float32)
-        else:
-            self.pixels = np.asarray(background, np.float32).copy()
-
-    def _mask(self, shapes, bbox_pad: float, blur: float):
-        pts = np.concatenate([s[0] for s in shapes])
-        x0 = max(int(math.floor(pts[:, 0].min() - bbox_pad)), 0)
-        y0 = max(int(math.floor(pts[:, 1].min() - bbox_pad)), 0)
-        x1 = min(int(math.ceil(pts[:, 0].max() + bbox_pad)) + 1, self.pixels.shape[1])
-        y1 = min(int(math.ceil(pts[:, 1].max() + bbox_pad)) + 1, self.pixels.shape[0])
-        if x1 <= x0 or y1 <= y0:
-            return None
-        mask = Image.new("L", (x1 - x0, y1 - y0), 0)
-        draw = ImageDraw.Draw(mask)
-        for points, kind, width in shapes:
-            xy = [(float(x - x0), float(y - y0)) for x, y in points]
-            if kind == "poly":
-                draw.polygon(xy, fill=255)
-            elif kind == "ellipse":
-                (ax, ay), (bx, by) = xy
-                draw.ellipse((ax, ay, bx, by), fill=255)
-            else:
-                draw.line(xy, fill=255, width=max(1, int(round(width))), joint="curve")
-        if blur > 0:
-            mask = mask.filter(ImageFilter.GaussianBlur(blur))
-        return (y0, y1, x0, x1), np.asarray(mask, np.float32) * (1 / 255)
+        size = (width * SUPERSAMPLE, height * SUPERSAMPLE)
+        self.pixels = backdrop.copy() if backdrop is not None else Image.new("RGB", size, (200, 200, 200))
 
     def paint(self, shapes, colour, alpha: float = 1.0, blur: float = 0.0, clip=None):
-        """Blend ``colour`` (RGB, or fn(ys, xs) -> HxWx3 in canvas px) inside ``shapes``.
+        """Blend ``colour`` (RGB, or fn(ys, xs) -> HxWx3 array in canvas px) inside ``shapes``.
 
-        ``shapes`` is a list of (points_px, kind, width) with kind poly/line/ellipse.
-        ``clip`` is another mask result restricting the paint (e.g. iris inside the eye).
+        ``shapes`` is a list of (points_px, kind, width) with kind poly/line/ellipse. ``clip`` is
+        what an earlier ``paint`` returned: the new paint stays inside it (the iris inside the eye).
+        Returns (box, mask) for later clipping (use masks painted at full ``alpha``), or None
+        when nothing lands on the canvas.
         """
         shapes = [s for s in shapes if s[0] is not None and len(s[0])]
         if not shapes:
             return None
         pad = max(s[2] for s in shapes) + 3 * blur + 2
-        found = self._mask(shapes, pad, blur)
-        if found is None:
+        pts = np.concatenate([s[0] for s in shapes])
+        W, H = self.pixels.size
+        x0 = max(int(math.floor(pts[:, 0].min() - pad)), 0)
+        y0 = max(int(math.floor(pts[:, 1].min() - pad)), 0)
+        x1 = min(int(math.ceil(pts[:, 0].max() + pad)) + 1, W)
+        y1 = min(int(math.ceil(pts[:, 1].max() + pad)) + 1, H)
+        if x1 <= x0 or y1 <= y0:
             return None
-        (y0, y1, x0, x1), m = found
+        box = (x0, y0, x1, y1)
+        mask = Image.new("L", (x1 - x0, y1 - y0), 0)
+        draw = ImageDraw.Draw(mask)
+        ink = int(round(255 * alpha))  # blur and clip commute with this scaling
+        for points, kind, width in shapes:
+            xy = [(float(x - x0), float(y - y0)) for x, y in points]
+            if kind == "poly":
+                draw.polygon(xy, fill=ink)
+            elif kind == "ellipse":
+                (ax, ay), (bx, by) = xy
+                draw.ellipse((min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)), fill=ink)
+            else:
+                draw.line(xy, fill=ink, width=max(1, int(round(width))), joint="curve")
+        if blur > 0:
+            mask = mask.filter(ImageFilter.GaussianBlur(blur))
         if clip is not None:
-            m = m * _crop_mask(clip, (y0, y1, x0, x1))
-        region = self.pixels[y0:y1, x0:x1]
+            mask = ImageChops.multiply(mask, _crop_mask(clip, box))
         if callable(colour):
-            ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-            col = colour(ys + 0.5, xs + 0.5)
+            self.pixels.paste(_colour_field(colour, box), box, mask)
         else:
-            col = np.asarray(colour, np.float32)
-        a = (m * alpha)[..., None]
-        region += (col - region) * a
-        return (y0, y1, x0, x1), m
+            self.pixels.paste(tuple(int(min(max(c, 0), 255)) for c in colour), box, mask)
+        return box, mask
 
     def image(self, rng: np.random.Generator | None = None, grain: float = 0.0) -> Image.Image:
-        h, w = self.height, self.width
-        small = self.pixels.reshape(h, self.scale, w, self.scale, 3).mean(axis=(1, 3))
-        if rng is not None and grain > 0:
-            small = small + rng.normal(0, grain, small.shape).astype(np.float32)
-        return Image.fromarray(np.clip(small, 0, 255).astype(np.uint8), "RGB")
+        small = self.pixels.reduce(self.scale)
+        if rng is None or grain <= 0:
+            return small
+        noisy = np.asarray(small, np.float32) + rng.normal(0, grain, (self.height, self.width, 3)).astype(np.float32)
+        return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
 
 
-def _crop_mask(found, bbox) -> np.ndarray:
-    (cy0, cy1, cx0, cx1), cm = found
-    y0, y1, x0, x1 = bbox
-    out = np.zeros((y1 - y0, x1 - x0), np.float32)
-    iy0, iy1, ix0, ix1 = max(y0, cy0), min(y1, cy1), max(x0, cx0), min(x1, cx1)
-    if iy1 > iy0 and ix1 > ix0:
-        out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = cm[iy0 - cy0 : iy1 - cy0, ix0 - cx0 : ix1 - cx0]
+def _colour_field(colour, box) -> Image.Image:
+    """Evaluate a smooth colour function on a half-resolution grid and upsample it to ``box``."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    ys = y0 + 2 * np.arange((h + 1) // 2, dtype=np.float32)[:, None] + 1.0
+    xs = x0 + 2 * np.arange((w + 1) // 2, dtype=np.float32)[None, :] + 1.0
+    ys, xs = np.broadcast_arrays(ys, xs)
+    field = np.clip(colour(ys, xs), 0, 255).astype(np.uint8)
+    # Nearest is exact here: each value covers one 2x2 block, which the final reduce averages.
+    return Image.fromarray(field, "RGB").resize((w, h), Image.NEAREST)
+
+
+def _crop_mask(found, box) -> Image.Image:
+    (cx0, cy0, cx1, cy1), clip_mask = found
+    x0, y0, x1, y1 = box
+    out = Image.new("L", (x1 - x0, y1 - y0), 0)
+    out.paste(clip_mask, (cx0 - x0, cy0 - y0))
     return out
 
 
@@ -742,26 +743,27 @@ def draw_face(canvas: Canvas, p: FaceParams, place: Placement, light: Lighting =
 # --------------------------------------------------------------------------- backgrounds
 
 
-def background(width: int, height: int, rng: np.random.Generator | None) -> np.ndarray:
+def background(width: int, height: int, rng: np.random.Generator | None) -> Image.Image:
     """A photo-like backdrop at canvas resolution: gradient, low-frequency blotches, bokeh."""
-    W, H = width * SUPERSAMPLE, height * SUPERSAMPLE
+    size = (width * SUPERSAMPLE, height * SUPERSAMPLE)
+    t = np.linspace(0, 1, 8, dtype=np.float32)[:, None, None]
     if rng is None:
         top, bottom = np.array([214, 220, 226], np.float32), np.array([170, 178, 188], np.float32)
-        t = np.linspace(0, 1, H, dtype=np.float32)[:, None, None]
-        return np.broadcast_to(top * (1 - t) + bottom * t, (H, W, 3)).copy()
-    top = rng.uniform(30, 240, 3).astype(np.float32)
-    bottom = np.clip(top * rng.uniform(0.5, 1.1) + rng.normal(0, 30, 3), 0, 255).astype(np.float32)
-    t = np.linspace(0, 1, H, dtype=np.float32)[:, None, None]
-    base = top * (1 - t) + bottom * t
-    blotch = rng.normal(0, rng.uniform(5, 30), (4, 4, 3)).astype(np.float32)
-    blotch_img = Image.fromarray(np.clip(blotch + 128, 0, 255).astype(np.uint8), "RGB").resize((W, H), Image.BICUBIC)
-    pixels = base + (np.asarray(blotch_img, np.float32) - 128)
-    pixels = np.broadcast_to(pixels, (H, W, 3)).copy()
-    canvas = Canvas(width, height, pixels)
+        small = np.broadcast_to(top * (1 - t) + bottom * t, (8, 8, 3))
+        return Image.fromarray(small.astype(np.uint8), "RGB").resize(size, Image.BILINEAR)
+    # Muted colours, as in most photos: a random hue pulled toward grey.
+    grey = rng.uniform(60, 220)
+    top = grey + (rng.uniform(20, 245, 3) - grey) * rng.uniform(0.15, 0.8)
+    bottom = np.clip(top * rng.uniform(0.55, 1.1) + rng.normal(0, 20, 3), 0, 255)
+    # Blotches vary mostly in brightness, a little in hue, like an out-of-focus room.
+    light = rng.normal(0, rng.uniform(4, 22), (8, 8, 1))
+    small = top * (1 - t) + bottom * t + light + rng.normal(0, 5, (8, 8, 3))
+    canvas = Canvas(width, height, Image.fromarray(np.clip(small, 0, 255).astype(np.uint8), "RGB").resize(size, Image.BICUBIC))
+    W, H = size
     for _ in range(int(rng.integers(0, 6))):
         x, y, r = rng.uniform(0, W), rng.uniform(0, H), rng.uniform(0.03, 0.15) * W
         canvas.paint([(np.array([(x - r, y - r), (x + r, y + r)]), "ellipse", 0)], rng.uniform(40, 255, 3),
-                     alpha=float(rng.uniform(0.15, 0.5)), blur=r * 0.3)
+                     alpha=float(rng.uniform(0.15, 0.45)), blur=r * 0.3)
     return canvas.pixels
 
 
