@@ -107,35 +107,53 @@ def transform_strokes(strokes: Sequence[Stroke], matrix: np.ndarray) -> list[Str
             for s in strokes]
 
 
-def align_render_to_photo(render: np.ndarray, photo: np.ndarray, min_correlation: float = 0.5) -> np.ndarray | None:
-    """Affine map from a canonical render's frame into ``photo``'s frame, or None if unsure.
+def align_render_to_photo(render: np.ndarray, photo: np.ndarray, min_correlation: float = 0.5,
+                          work_size: int = 128) -> np.ndarray | None:
+    """Affine map from a canonical render's pixel frame into ``photo``'s, or None if unsure.
 
     The cleaned crop is the detector's crop of a jittered photo, while corpus strokes live in
     the canonical render frame. Enhanced-correlation (ECC) registration of the canonical
-    render onto the crop recovers the map; a failed or weak fit (correlation below
-    ``min_correlation``, or a scale outside 0.5..2) returns None and the caller keeps the
-    canonical frame.
+    render onto the crop (both at most ``work_size`` pixels wide) recovers the map; a
+    failed or weak fit (correlation below ``min_correlation``, or a scale outside 0.5..2)
+    returns None and the caller keeps the canonical frame.
     """
-    template = _grey_float(photo)
-    moving = _grey_float(render)
-    if template.shape != moving.shape:
-        moving = cv2.resize(moving, template.shape[::-1], interpolation=cv2.INTER_AREA)
-        resize = np.diag([template.shape[1] / render.shape[1], template.shape[0] / render.shape[0]])
-    else:
-        resize = np.eye(2)
+    photo_h, photo_w = np.asarray(photo).shape[:2]
+    render_h, render_w = np.asarray(render).shape[:2]
+    shrink = min(1.0, work_size / max(photo_h, photo_w))
+    small = (max(8, round(photo_w * shrink)), max(8, round(photo_h * shrink)))
+    template = cv2.resize(_grey_float(photo), small, interpolation=cv2.INTER_AREA)
+    moving = cv2.resize(_grey_float(render), small, interpolation=cv2.INTER_AREA)
     warp = np.eye(2, 3, dtype=np.float32)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5)
     try:
         correlation, warp = cv2.findTransformECC(template, moving, warp, cv2.MOTION_AFFINE, criteria, None, 5)
     except cv2.error:
         return None
-    # ECC's warp maps photo coordinates to render coordinates; invert it for the strokes.
-    to_render = np.vstack([warp.astype(np.float64), [0.0, 0.0, 1.0]])
-    to_photo = np.linalg.inv(to_render)[:2]
-    scale = float(np.sqrt(abs(np.linalg.det(to_photo[:, :2]))))
+    # ECC's warp maps photo coordinates to render coordinates (both at working size): invert
+    # it for the strokes, then conjugate with the two resizes.
+    to_photo_small = np.linalg.inv(np.vstack([warp.astype(np.float64), [0.0, 0.0, 1.0]]))
+    into_small = np.diag([small[0] / render_w, small[1] / render_h, 1.0])
+    out_of_small = np.diag([photo_w / small[0], photo_h / small[1], 1.0])
+    to_photo = (out_of_small @ to_photo_small @ into_small)[:2]
+    scale = float(np.sqrt(abs(np.linalg.det(to_photo[:, :2]))) * render_w / photo_w)
     if correlation < min_correlation or not 0.5 <= scale <= 2.0:
         return None
-    return np.hstack([to_photo[:, :2] @ resize, to_photo[:, 2:]])
+    return to_photo
+
+
+def corpus_episode(strokes: Sequence[Stroke], canonical: np.ndarray | None, photo: np.ndarray,
+                   steps: int = DEFAULT_STEPS) -> tuple[np.ndarray, bool]:
+    """Episode of an embedded-corpus photo from its exact strokes (drawn at the photo's size).
+
+    ``canonical`` is the un-jittered render the strokes match; when given, the strokes are
+    registered onto ``photo`` (a detector crop). Returns the frames and whether they were
+    aligned (False: left in the canonical frame, offset from the crop by the detector's
+    crop box).
+    """
+    height, width = np.asarray(photo).shape[:2]
+    matrix = None if canonical is None else align_render_to_photo(canonical, photo)
+    placed = order_strokes(strokes) if matrix is None else transform_strokes(order_strokes(strokes), matrix)
+    return render_episode(placed, (width, height), steps), matrix is not None
 
 
 def _grey_float(image: np.ndarray) -> np.ndarray:

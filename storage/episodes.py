@@ -111,3 +111,34 @@ def iter_sketch_chunks(episodes_dir: Path, split: str | None = None) -> Iterator
         table = _split_filter(pq.read_table(path), split)
         if table.num_rows:
             yield table.sort_by([("photo_id", "ascending"), ("step", "ascending")])
+
+
+# --------------------------------------------------------------------------- inputs from the clean stage
+
+FACE_INDEX_COLUMNS = ["SAMPLE_ID", "caption", "det_score", "identity_id"]
+
+
+def _faces_dir(clean_dir: Path) -> Path:
+    return Path(clean_dir) / "faces"
+
+
+def read_face_index(clean_dir: Path) -> pa.Table:
+    """Kept faces without their crops: SAMPLE_ID, caption, det_score, identity_id."""
+    shards = list_shards(_faces_dir(clean_dir))
+    if not shards:
+        raise FileNotFoundError(f"no face shards in {_faces_dir(clean_dir)}: run the clean stage first")
+    return pa.concat_tables([pq.read_table(p, columns=FACE_INDEX_COLUMNS) for p in shards])
+
+
+def read_face_crops(clean_dir: Path, sample_ids: Sequence[int]) -> dict[int, bytes]:
+    """PNG crops of ``sample_ids`` (one shard in memory at a time); a missing id is an error."""
+    wanted = pa.array(sorted(set(int(s) for s in sample_ids)), type=pa.int64())
+    crops: dict[int, bytes] = {}
+    for path in list_shards(_faces_dir(clean_dir)):
+        table = pq.read_table(path, columns=["SAMPLE_ID", "crop"])
+        table = table.filter(pc.is_in(table["SAMPLE_ID"], value_set=wanted))
+        crops.update(zip(table["SAMPLE_ID"].to_pylist(), table["crop"].to_pylist()))
+    missing = [s for s in wanted.to_pylist() if s not in crops]
+    if missing:
+        raise KeyError(f"{_faces_dir(clean_dir)}: no crop for SAMPLE_ID {missing[0]} ({len(missing)} missing)")
+    return crops

@@ -1,0 +1,48 @@
+"""Evaluate flow: a fine-tuned checkpoint on sketch episodes -> SLFIR metrics in the results store.
+
+``fvlp evaluate`` embeds the split's gallery and every step of every episode once, scores
+sketch-only and sketch+text queries (m@A, m@B, wm@A, wm@B, acc@1/5/10 curves) and
+caption<->photo recall, then writes metrics, curves and artifact paths to the DuckDB
+results store in one transaction. A failure anywhere leaves the run row ``failed`` with
+no results. The curve plot and a summary table are attached as Prefect artifacts.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from fvlp_core.config import EvaluateConfig
+from storage.results import ResultsStore
+from tasks.episodes import ensure_episodes
+from tasks.evaluate import dataset_fingerprint, embed_episodes, report_evaluation, resolve_checkpoint, score_episodes
+
+
+@flow(name="evaluate")
+def evaluate_flow(config: EvaluateConfig = EvaluateConfig()) -> dict[str, Any]:
+    """Returns ``{"run_id", "metrics", "headline", "plot", "summary"}``."""
+    logger = get_run_logger()
+    store = ResultsStore(config.paths.results_store)
+    with store.run("evaluate", config=config.model_dump(mode="json")) as run_id:
+        model = resolve_checkpoint(config)
+        episodes = ensure_episodes(config.paths, config.steps_per_episode, config.fs2k_sde)
+        store.set_fingerprints(run_id, dataset_fingerprint=dataset_fingerprint(config.paths.episodes_dir, config.split),
+                               model_fingerprint=model["fingerprint"])
+        gallery, embedded = embed_episodes(config, model["checkpoint"], episodes["steps"])
+        result = score_episodes(gallery, embedded)
+        report = report_evaluation(result, run_id, config)
+        metrics = result.metric_rows(config.split)
+        store.record_results(
+            run_id,
+            metrics=metrics,
+            curves=result.curve_rows(),
+            artifacts=[{"kind": "curves_png", "path": report["plot"]}, {"kind": "summary_md", "path": report["summary"]}],
+        )
+    logger.info("evaluation %s\n%s", run_id, report["markdown"])
+    return {
+        "run_id": run_id,
+        "metrics": {f"{m['variant']}/{m['name']}": m["value"] for m in metrics},
+        "headline": result.headline(),
+        "plot": report["plot"],
+        "summary": report["summary"],
+    }

@@ -1,0 +1,116 @@
+"""Prefect tasks of the evaluation stage: resolve the model, embed once, score, report."""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from prefect import get_run_logger, task
+from prefect.artifacts import create_image_artifact, create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from fvlp_core.config import EvaluateConfig
+from fvlp_core.evaluation import (
+    Encoder,
+    EpisodeEmbedder,
+    EpisodeEmbeddings,
+    EvaluationResult,
+    Gallery,
+    embed_gallery,
+    evaluate_embeddings,
+    plot_curves,
+    summary_markdown,
+)
+from storage.episodes import iter_sketch_chunks, read_episodes_manifest, read_photos
+
+FINETUNE_STAGE = "finetune"
+
+
+def latest_checkpoint(checkpoints_dir: Path, stage: str = FINETUNE_STAGE) -> Path:
+    """``checkpoints_dir/<stage>/<LATEST run id>/checkpoint.pt``, with a clear error when absent."""
+    latest = Path(checkpoints_dir) / stage / "LATEST"
+    if not latest.exists():
+        raise FileNotFoundError(f"{latest} not found: run `fvlp {stage}` first or pass --checkpoint")
+    run_id = latest.read_text().strip()
+    checkpoint = latest.parent / run_id / "checkpoint.pt"
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"{latest} names run {run_id!r} but {checkpoint} does not exist")
+    return checkpoint
+
+
+def file_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def load_encoder(checkpoint: Path, device: str) -> Encoder:
+    from fvlp_core.embed import FVLPEncoder
+
+    return FVLPEncoder.load(checkpoint, device=device)
+
+
+def _decode(png: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(png)).convert("RGB")
+
+
+@task(name="resolve-checkpoint", cache_policy=NO_CACHE)
+def resolve_checkpoint(config: EvaluateConfig) -> dict[str, str]:
+    checkpoint = config.checkpoint or latest_checkpoint(config.paths.checkpoints_dir)
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    return {"checkpoint": str(checkpoint), "fingerprint": file_fingerprint(Path(checkpoint))}
+
+
+def dataset_fingerprint(episodes_dir: Path, split: str) -> str:
+    manifest = read_episodes_manifest(episodes_dir)
+    return f"{manifest.get('source')}:{manifest.get('input_fingerprint')}:T{manifest.get('steps')}:{split}"
+
+
+@task(name="embed-episodes", cache_policy=NO_CACHE)
+def embed_episodes(config: EvaluateConfig, checkpoint: str, steps: int) -> tuple[Gallery, EpisodeEmbeddings]:
+    """Embed every gallery photo, caption and episode step of the split once, both variants."""
+    logger = get_run_logger()
+    encoder = load_encoder(Path(checkpoint), config.device)
+    photos = read_photos(config.paths.episodes_dir, split=config.split, columns=["photo_id", "image", "caption"])
+    if photos.num_rows < 2:
+        raise ValueError(f"{config.paths.episodes_dir}: split {config.split!r} has {photos.num_rows} photo(s); "
+                         "retrieval needs at least 2")
+    photo_ids = photos["photo_id"].to_pylist()
+    captions = photos["caption"].to_pylist()
+    gallery = embed_gallery(encoder, photo_ids, [_decode(b) for b in photos["image"].to_pylist()], captions,
+                            config.batch_size)
+    logger.info("embedded %d gallery photos and captions", len(photo_ids))
+
+    embedder = EpisodeEmbedder(encoder, gallery, steps, dict(zip(photo_ids, captions)))
+    for chunk in iter_sketch_chunks(config.paths.episodes_dir, split=config.split):
+        ids, step_numbers, images = (chunk[c].to_pylist() for c in ("photo_id", "step", "image"))
+        for start in range(0, len(ids), config.batch_size):
+            stop = start + config.batch_size
+            embedder.add(ids[start:stop], step_numbers[start:stop], [_decode(b) for b in images[start:stop]])
+    episodes = embedder.finish()
+    logger.info("embedded %d episodes x %d steps (sketch and sketch+text)", len(episodes.true_index), steps)
+    return gallery, episodes
+
+
+@task(name="score-episodes", cache_policy=NO_CACHE)
+def score_episodes(gallery: Gallery, episodes: EpisodeEmbeddings) -> EvaluationResult:
+    return evaluate_embeddings(gallery, episodes)
+
+
+@task(name="report-evaluation", cache_policy=NO_CACHE)
+def report_evaluation(result: EvaluationResult, run_id: str, config: EvaluateConfig) -> dict[str, Any]:
+    """Curve plot and markdown summary on disk, attached to the flow run as Prefect artifacts."""
+    out_dir = config.paths.artifacts_dir / "evaluate" / run_id
+    plot = plot_curves(result, out_dir / "curves.png", title=f"{run_id} ({config.split})")
+    markdown = summary_markdown(result, run_id, config.split, plot)
+    summary = out_dir / "summary.md"
+    summary.write_text(markdown)
+    create_markdown_artifact(markdown=markdown, key="evaluation-summary", description=f"SLFIR metrics of {run_id}")
+    create_image_artifact(image_url=plot.resolve().as_uri(), key="evaluation-curves",
+                          description="acc@1/acc@10 and mean rank percentile vs sketch completion")
+    return {"plot": str(plot), "summary": str(summary), "markdown": markdown}

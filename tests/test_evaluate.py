@@ -1,0 +1,162 @@
+"""The evaluate flow end to end on tiny data: episodes built, both variants scored, store written.
+
+The model is replaced by a small deterministic encoder (pixel thumbnails; captions hashed
+to vectors) so these tests exercise the flow, the ranking and the results store, not
+training. A crash injected mid-embedding must leave a failed run and no results.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from fvlp_core.config import EvaluateConfig, Paths
+from fvlp_core.corpus import EmbeddedCorpus, render_face
+from storage.clean import FACE_SCHEMA
+from storage.results import ResultsStore
+from storage.shards import shard_path, write_shard
+from storage.source import write_embedded_source
+from tests.test_fs2k import make_fs2k_tree
+
+STEPS = 6
+
+
+class ThumbnailEncoder:
+    """Embeds an image as its normalised 8x8 grey thumbnail (ink-inverted), a text as a hashed vector."""
+
+    dim = 64
+
+    def __init__(self, fail_after_sketch_batches: int | None = None):
+        self.fail_after = fail_after_sketch_batches
+        self.sketch_batches = 0
+
+    @staticmethod
+    def _norm(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+
+    def _thumbs(self, images) -> np.ndarray:
+        grey = [255.0 - np.asarray(im.convert("L").resize((8, 8), Image.BILINEAR), dtype=np.float32) for im in images]
+        return self._norm(np.stack([g.ravel() - g.mean() + 1e-3 for g in grey]))
+
+    def encode_images(self, images):
+        edges = [im.convert("L").filter(__import__("PIL.ImageFilter").ImageFilter.FIND_EDGES) for im in images]
+        return self._thumbs([Image.eval(e, lambda v: 255 - v) for e in edges])
+
+    def encode_texts(self, texts):
+        vectors = [np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)).standard_normal(self.dim)
+                   for t in texts]
+        return self._norm(np.stack(vectors).astype(np.float32))
+
+    def encode_sketches(self, sketches, captions=None):
+        self.sketch_batches += 1
+        if self.fail_after is not None and self.sketch_batches > self.fail_after:
+            raise RuntimeError("simulated crash mid-evaluation")
+        found = self._thumbs(sketches)
+        return found if captions is None else self._norm(found + self.encode_texts(captions))
+
+
+def make_clean_faces(paths: Paths, rows: int = 40, identities: int = 12, size: int = 64) -> None:
+    """Embedded source + a faces shard shaped like the clean stage's (crops are jittered renders)."""
+    corpus = EmbeddedCorpus(rows, identities, seed=0)
+    write_embedded_source(paths.source_dir, corpus)
+    (paths.source_dir / "corpus.json").write_text(json.dumps({"rows": rows, "identities": identities, "seed": 0}))
+    truth = corpus.ground_truth()
+    faces = []
+    for sample_id, identity, n_faces in zip(truth["SAMPLE_ID"], truth["identity_id"], truth["n_faces"]):
+        if n_faces != 1:
+            continue
+        buffer = io.BytesIO()
+        params = corpus.identity_params(int(identity)) if identity >= 0 else corpus.identity_params(0)
+        render_face(params, size, np.random.default_rng(int(sample_id))).save(buffer, format="PNG")
+        faces.append({"SAMPLE_ID": int(sample_id), "crop": buffer.getvalue(), "caption": f"person {identity}",
+                      "text": None, "attributes": [], "det_score": 0.99, "box": [0.0, 0.0, 1.0, 1.0],
+                      "landmarks": None, "identity_id": int(identity)})
+    write_shard(pa.Table.from_pylist(faces, schema=FACE_SCHEMA), shard_path(paths.clean_dir / "faces", 0), FACE_SCHEMA)
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Paths:
+    paths = Paths(data_root=tmp_path / "data")
+    make_clean_faces(paths)
+    checkpoint = paths.checkpoints_dir / "finetune" / "run-1" / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"weights")
+    (paths.checkpoints_dir / "finetune" / "LATEST").write_text("run-1\n")
+    return paths
+
+
+def _use_encoder(monkeypatch: pytest.MonkeyPatch, encoder: ThumbnailEncoder) -> None:
+    monkeypatch.setattr("tasks.evaluate.load_encoder", lambda checkpoint, device: encoder)
+
+
+def test_evaluate_writes_metrics_curves_and_artifacts(prefect_harness, data_root: Paths, monkeypatch) -> None:
+    from flows.evaluate import evaluate_flow
+
+    _use_encoder(monkeypatch, ThumbnailEncoder())
+    config = EvaluateConfig(paths=data_root, steps_per_episode=STEPS, batch_size=16)
+    out = evaluate_flow(config)
+
+    store = ResultsStore(data_root.results_store)
+    status, model_fp, dataset_fp = store.query(
+        "SELECT status, model_fingerprint, dataset_fingerprint FROM runs WHERE run_id = ?", [out["run_id"]])[0]
+    assert status == "finished" and model_fp.startswith("sha256:") and dataset_fp.startswith("generated:")
+    names = {(v, n) for v, n in store.query("SELECT variant, name FROM metrics WHERE run_id = ?", [out["run_id"]])}
+    for variant in ("sketch", "sketch+text"):
+        for name in ("m_at_A", "m_at_B", "wm_at_A", "wm_at_B", "acc_at_10_at_20pct", "acc_at_1_final"):
+            assert (variant, name) in names
+    assert ("text-image", "t2i_r_at_1") in names and ("text-image", "i2t_r_at_10") in names
+    curves = store.query("SELECT count(*), max(step) FROM curves WHERE run_id = ?", [out["run_id"]])[0]
+    assert curves == (2 * 5 * STEPS, STEPS)
+    early = store.query("SELECT variant, wm_at_B FROM early_stage_by_variant WHERE run_id = ? ORDER BY variant",
+                        [out["run_id"]])
+    assert [v for v, _ in early] == ["sketch", "sketch+text"]
+
+    # The two variants are scored from different query embeddings of the same episodes.
+    headline = out["headline"]
+    assert headline["sketch+text"] != headline["sketch"]
+    for found in headline.values():
+        assert 0 <= found["m_at_A"] <= 100 and 0 < found["m_at_B"] <= 100 and found["wm_at_A"] <= 62.7
+    assert Path(out["plot"]).stat().st_size > 1000
+    assert "| sketch+text |" in Path(out["summary"]).read_text()
+    kinds = {k for (k,) in store.query("SELECT kind FROM artifacts WHERE run_id = ?", [out["run_id"]])}
+    assert kinds == {"curves_png", "summary_md"}
+
+    # A second run reuses the episodes (same inputs and T) instead of rebuilding them.
+    manifest = data_root.episodes_dir / "manifest.json"
+    before = manifest.stat().st_mtime_ns
+    evaluate_flow(config)
+    assert manifest.stat().st_mtime_ns == before
+    assert store.query("SELECT count(DISTINCT run_id) FROM latest_metrics") == [(1,)]
+
+
+def test_crash_mid_evaluation_leaves_failed_run_and_no_results(prefect_harness, data_root: Paths, monkeypatch) -> None:
+    from flows.evaluate import evaluate_flow
+
+    _use_encoder(monkeypatch, ThumbnailEncoder(fail_after_sketch_batches=1))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        evaluate_flow(EvaluateConfig(paths=data_root, steps_per_episode=STEPS, batch_size=8))
+    store = ResultsStore(data_root.results_store)
+    ((status, error),) = store.query("SELECT status, error FROM runs")
+    assert status == "failed" and "simulated crash" in error
+    for table in ("metrics", "curves", "artifacts"):
+        assert store.query(f"SELECT count(*) FROM {table}") == [(0,)], table
+
+
+def test_evaluate_on_fs2k_sde_tree(prefect_harness, tmp_path: Path, monkeypatch) -> None:
+    from flows.evaluate import evaluate_flow
+
+    root = make_fs2k_tree(tmp_path / "fs2k", test_ids=("0101", "0102", "0103"), steps=4)
+    paths = Paths(data_root=tmp_path / "data")
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"weights")
+    _use_encoder(monkeypatch, ThumbnailEncoder())
+    out = evaluate_flow(EvaluateConfig(paths=paths, checkpoint=checkpoint, fs2k_sde=root, steps_per_episode=STEPS))
+    assert out["metrics"]["dataset/gallery_size"] == 3.0
+    assert out["metrics"]["dataset/episodes"] == 3.0
+    assert out["metrics"]["dataset/steps"] == float(STEPS)
