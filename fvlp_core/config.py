@@ -173,10 +173,12 @@ class FinetuneConfig(TrainConfig):
 
 class EvaluateConfig(StrictModel):
     paths: Paths = Paths()
-    checkpoint: Path | None = Field(None, description="Fine-tuned checkpoint (default: latest)")
-    split: str = "test"
-    batch_size: int = Field(128, ge=1)
+    checkpoint: Path | None = Field(None, description="Fine-tuned checkpoint (default: checkpoints/finetune/LATEST)")
+    split: str = Field("test", description="Episode split to evaluate (gallery = every photo of the split)")
+    batch_size: int = Field(128, ge=1, description="Images per encoder batch")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    steps_per_episode: int = Field(50, ge=1, description="T: sketch steps per episode (built if missing)")
+    fs2k_sde: Path | None = Field(None, description="FS2K-SDE root to evaluate on (default: generated episodes)")
 
 
 class PipelineConfig(StrictModel):
