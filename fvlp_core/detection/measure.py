@@ -1,0 +1,82 @@
+"""Everything the image rules need, measured once per image.
+
+The measurements (not the accept/reject decisions) are what gets stored, so a
+threshold change re-decides from them without running the detector again; only a
+new detector or new crop settings invalidate them (see ``ImageParams.version``).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from fvlp_core.detection.backends import FaceDetector
+from fvlp_core.detection.crop import crop_face, laplacian_variance
+from fvlp_core.detection.images import ImageRejected, decode_rgb
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    """Settings that change image measurements (thresholds are not among them)."""
+
+    detector_identity: str
+    max_image_pixels: int
+    crop_size: int
+    crop_margin: float
+
+    @property
+    def version(self) -> str:
+        return hashlib.sha1(repr(sorted(asdict(self).items())).encode()).hexdigest()[:12]
+
+
+def empty_measurement() -> dict:
+    return {
+        "image_error_rule": None, "image_error": None, "image_width": None, "image_height": None,
+        "face_scores": [], "face_areas": [], "face_score": None, "face_fraction": None,
+        "sharpness": None, "box": None, "landmarks": None, "crop": None,
+    }
+
+
+def measure_image(data: bytes | None, detector: FaceDetector, params: ImageParams) -> dict:
+    """Decode, detect, crop the main face; never raises for a bad image (the error is recorded)."""
+    row = empty_measurement()
+    try:
+        rgb = decode_rgb(data, params.max_image_pixels)
+    except ImageRejected as rejected:
+        row["image_error_rule"], row["image_error"] = rejected.rule, rejected.message
+        return row
+    height, width = rgb.shape[:2]
+    row["image_width"], row["image_height"] = width, height
+    if min(height, width) < 8:
+        return row  # nothing a detector can look at; image_too_small will reject it
+    found = detector.detect(rgb)
+    if len(found) == 0:
+        return row
+    areas = (found.boxes[:, 2] - found.boxes[:, 0]).clip(0) * (found.boxes[:, 3] - found.boxes[:, 1]).clip(0)
+    main = int(np.argmax(areas))  # the subject is the largest face, not the most confident one
+    landmarks = None if found.landmarks is None else found.landmarks[main]
+    crop = crop_face(rgb, found.boxes[main], landmarks, params.crop_size, params.crop_margin)
+    row.update(
+        face_scores=found.scores.tolist(),
+        face_areas=areas.tolist(),
+        face_score=float(found.scores[main]),
+        face_fraction=float(np.sqrt(areas[main] / (width * height))),
+        sharpness=laplacian_variance(crop),
+        box=found.boxes[main].tolist(),
+        landmarks=None if landmarks is None else landmarks.reshape(-1).tolist(),
+        crop=encode_png(crop),
+    )
+    return row
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    ok, buffer = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("PNG encoding of a face crop failed")
+    return buffer.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

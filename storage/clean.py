@@ -1,0 +1,154 @@
+"""The clean dataset: per-sample measurements, decisions and kept face crops.
+
+``clean_dir/measurements/`` (one shard per raw shard, same index) holds what the
+expensive step measured: detector output, the face crop, caption statistics. Its
+Parquet metadata records the raw shard's fingerprint and the measurement versions,
+so a re-run knows which shards (and which half: image or caption) are still valid.
+``clean_dir/decisions/`` and ``clean_dir/faces/`` follow docs/architecture.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.shards import list_shards, read_dataset, read_shard, shard_index, shard_path, write_manifest, write_shard
+
+MEASUREMENTS = "measurements"
+DECISIONS = "decisions"
+FACES = "faces"
+
+RAW_COLUMNS = ["SAMPLE_ID", "TEXT", "image", "fetch_status", "fetch_error"]
+
+IMAGE_FIELDS = (
+    pa.field("image_error_rule", pa.string()),
+    pa.field("image_error", pa.string()),
+    pa.field("image_width", pa.int64()),
+    pa.field("image_height", pa.int64()),
+    pa.field("face_scores", pa.list_(pa.float32()), nullable=False),
+    pa.field("face_areas", pa.list_(pa.float32()), nullable=False),
+    pa.field("face_score", pa.float32()),
+    pa.field("face_fraction", pa.float32()),
+    pa.field("sharpness", pa.float32()),
+    pa.field("box", pa.list_(pa.float32(), 4)),
+    pa.field("landmarks", pa.list_(pa.float32(), 10)),
+    pa.field("crop", pa.binary()),
+)
+CAPTION_FIELDS = (
+    pa.field("caption_chars", pa.int64(), nullable=False),
+    pa.field("caption_words", pa.int64(), nullable=False),
+    pa.field("caption_utf8", pa.bool_(), nullable=False),
+    pa.field("english_ratio", pa.float64()),
+    pa.field("spam", pa.string()),
+    pa.field("person_cues", pa.int64(), nullable=False),
+    pa.field("caption_minhash", pa.list_(pa.uint32()), nullable=False),
+)
+AGREEMENT_FIELDS = (pa.field("agreement", pa.float64()),)
+MEASUREMENT_SCHEMA = pa.schema(
+    [pa.field("SAMPLE_ID", pa.int64(), nullable=False), pa.field("text", pa.string())]
+    + list(IMAGE_FIELDS) + list(CAPTION_FIELDS) + list(AGREEMENT_FIELDS)
+)
+GROUP_FIELDS = {
+    "image": [f.name for f in IMAGE_FIELDS],
+    "caption": [f.name for f in CAPTION_FIELDS],
+    "agreement": [f.name for f in AGREEMENT_FIELDS],
+}
+VERSIONS_KEY = b"fvlp.clean.versions"
+
+DECISION_SCHEMA = pa.schema([
+    pa.field("SAMPLE_ID", pa.int64(), nullable=False),
+    pa.field("raw_shard", pa.string(), nullable=False),
+    pa.field("kept", pa.bool_(), nullable=False),
+    pa.field("reasons", pa.list_(pa.string()), nullable=False),
+    pa.field("measurements", pa.string(), nullable=False),
+    pa.field("rule_version", pa.string(), nullable=False),
+])
+
+FACE_SCHEMA = pa.schema([
+    pa.field("SAMPLE_ID", pa.int64(), nullable=False),
+    pa.field("crop", pa.binary(), nullable=False),
+    pa.field("caption", pa.string(), nullable=False),
+    pa.field("text", pa.string()),
+    pa.field("attributes", pa.list_(pa.string()), nullable=False),
+    pa.field("det_score", pa.float32(), nullable=False),
+    pa.field("box", pa.list_(pa.float32(), 4), nullable=False),
+    pa.field("landmarks", pa.list_(pa.float32(), 10)),
+    pa.field("identity_id", pa.int64(), nullable=False),
+])
+
+
+def raw_fingerprint(path: Path) -> str:
+    """Name, size and modification time: changes whenever ingest rewrites the shard."""
+    stat = os.stat(path)
+    return f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def read_raw_rows(path: Path) -> pa.Table:
+    """The raw columns cleaning reads, naming the shard when one is missing."""
+    names = pq.read_schema(path).names
+    missing = [c for c in RAW_COLUMNS if c not in names]
+    if missing:
+        raise ValueError(f"raw shard {path} lacks column(s) {', '.join(missing)} (see docs/architecture.md)")
+    return read_shard(path, RAW_COLUMNS)
+
+
+def measurement_path(clean_dir: Path, raw_shard: Path) -> Path:
+    return shard_path(Path(clean_dir) / MEASUREMENTS, shard_index(raw_shard))
+
+
+def stored_versions(path: Path) -> dict[str, str]:
+    """The raw fingerprint and measurement versions a measurements shard was made with ({} if none)."""
+    if not Path(path).exists():
+        return {}
+    metadata = pq.read_schema(path).metadata or {}
+    return json.loads(metadata.get(VERSIONS_KEY, b"{}"))
+
+
+def write_measurements(rows: dict[str, list], path: Path, versions: dict[str, str]) -> Path:
+    schema = MEASUREMENT_SCHEMA.with_metadata({VERSIONS_KEY: json.dumps(versions, sort_keys=True).encode()})
+    return write_shard(pa.table(rows, schema=schema), path)
+
+
+def read_measurements(path: Path, columns: list[str] | None = None) -> pa.Table:
+    return read_shard(path, columns)
+
+
+def write_decisions(table: pa.Table, clean_dir: Path, index: int) -> Path:
+    return write_shard(table, shard_path(Path(clean_dir) / DECISIONS, index), DECISION_SCHEMA)
+
+
+def write_faces(table: pa.Table, clean_dir: Path, index: int) -> Path:
+    return write_shard(table, shard_path(Path(clean_dir) / FACES, index), FACE_SCHEMA)
+
+
+def remove_stale_shards(clean_dir: Path, keep: set[int]) -> None:
+    """Drop output shards whose raw shard no longer exists (the raw dataset shrank)."""
+    for sub in (MEASUREMENTS, DECISIONS, FACES):
+        for path in list_shards(Path(clean_dir) / sub):
+            if shard_index(path) not in keep:
+                path.unlink()
+
+
+def write_clean_manifest(clean_dir: Path, manifest: dict) -> None:
+    write_manifest(Path(clean_dir) / DECISIONS, manifest)
+
+
+def read_decisions(clean_dir: Path, columns: list[str] | None = None) -> pa.Table:
+    return read_dataset(Path(clean_dir) / DECISIONS, columns)
+
+
+def read_faces(clean_dir: Path, columns: list[str] | None = None) -> pa.Table:
+    return read_dataset(Path(clean_dir) / FACES, columns)
+
+
+def read_ground_truth(source_dir: Path) -> pd.DataFrame | None:
+    """The embedded corpus's ground truth (SAMPLE_ID, identity_id, noise, expected_keep, attributes), if any."""
+    path = Path(source_dir) / "ground_truth.parquet"
+    if not path.exists():
+        return None
+    columns = ["SAMPLE_ID", "identity_id", "noise", "expected_keep", "attributes"]
+    return pq.read_table(path, columns=columns).to_pandas()
