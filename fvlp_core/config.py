@@ -105,13 +105,56 @@ class IngestConfig(StrictModel):
 
 class CleanConfig(StrictModel):
     paths: Paths = Paths()
-    detector: Literal["auto", "insightface", "retinaface"] = Field(
+    """Face detection, face and caption filters, attribute captions. Every threshold is a rule's."""
+
+    detector: Literal["auto", "insightface", "retinaface", "yuface"] = Field(
         "auto", description="auto: insightface when --insightface-model is set, else the bundled RetinaFace"
     )
     insightface_model: Path | None = Field(None, description="Local SCRFD/RetinaFace ONNX (e.g. det_10g.onnx)")
     dask_address: str | None = Field(None, description="Existing Dask scheduler (tcp://host:8786); default LocalCluster")
+    gpu: bool = Field(False, description="Run the detector with onnxruntime's CUDA provider when available")
+    detector_max_side: int = Field(640, ge=64, description="Images are shrunk to this longest side for detection")
+    detector_min_score: float = Field(0.5, ge=0, le=1, description="Detections below this score are not faces at all")
     workers: int = Field(2, ge=1, description="LocalCluster worker processes")
 
+    detector_threads: int = Field(1, ge=1, description="onnxruntime threads per Dask worker")
+    recompute: bool = Field(False, description="Ignore stored measurements and re-detect every shard")
+    # image rules
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="image_too_large: reject by header size before decoding (decompression bombs)"
+    )
+    min_image_side: int = Field(64, ge=1, description="image_too_small: shorter image side in pixels")
+    max_aspect_ratio: float = Field(3.0, ge=1, description="extreme_aspect_ratio: longer/shorter side")
+    min_face_score: float = Field(0.9, ge=0, le=1, description="low_detection_score: main face's detector score")
+    prominent_face_ratio: float = Field(
+        0.3, gt=0, le=1, description="multiple_faces: another face is prominent if its area is this share of the largest"
+    )
+    min_face_fraction: float = Field(
+        0.1, ge=0, le=1, description="face_too_small: sqrt(face box area / image area)"
+    )
+    min_sharpness: float = Field(30.0, ge=0, description="too_blurry: variance of Laplacian of the face crop")
+    crop_size: int = Field(224, ge=32, description="Side of the square face crop")
+    crop_margin: float = Field(0.25, ge=0, le=1, description="Context around the face in the crop, per side")
+    # caption rules
+    min_caption_words: int = Field(3, ge=0, description="caption_too_short: fewer words than this")
+    max_caption_chars: int = Field(1000, ge=1, description="caption_too_long: more characters than this")
+    min_english_ratio: float = Field(
+        0.5, ge=0, le=1, description="not_english: lingua's English confidence over its top language's"
+    )
+    near_duplicate_jaccard: float = Field(
+        0.8, gt=0, le=1, description="duplicate_caption: word-shingle Jaccard to an earlier caption (1.0 = exact only)"
+    )
+    agreement_checkpoint: Path | None = Field(
+        None, description="Trained FVLP checkpoint: image_text_agreement is scored with it and then applied"
+    )
+    min_agreement: float = Field(0.2, ge=-1, le=1, description="image_text_agreement: image-caption cosine similarity")
+    # attribute captions
+    attribute_min_prob: float = Field(0.85, gt=0, lt=1, description="Predicted attributes kept above this probability")
+    attribute_head_epochs: int = Field(15, ge=1, description="Training epochs of the attribute head")
+    attribute_head: Path | None = Field(
+        None, description="Attribute head checkpoint for rows without ground truth (default: train one on rows with it)"
+    )
+    seed: int = Field(0, description="Seeds the attribute head and the caption grammar")
 
 class TrainConfig(StrictModel):
     """Shared by pretraining and fine-tuning."""
