@@ -104,19 +104,18 @@ class IngestConfig(StrictModel):
 
 
 class CleanConfig(StrictModel):
-    paths: Paths = Paths()
     """Face detection, face and caption filters, attribute captions. Every threshold is a rule's."""
 
+    paths: Paths = Paths()
     detector: Literal["auto", "insightface", "retinaface", "yuface"] = Field(
         "auto", description="auto: insightface when --insightface-model is set, else the bundled RetinaFace"
     )
     insightface_model: Path | None = Field(None, description="Local SCRFD/RetinaFace ONNX (e.g. det_10g.onnx)")
-    dask_address: str | None = Field(None, description="Existing Dask scheduler (tcp://host:8786); default LocalCluster")
     gpu: bool = Field(False, description="Run the detector with onnxruntime's CUDA provider when available")
     detector_max_side: int = Field(640, ge=64, description="Images are shrunk to this longest side for detection")
     detector_min_score: float = Field(0.5, ge=0, le=1, description="Detections below this score are not faces at all")
+    dask_address: str | None = Field(None, description="Existing Dask scheduler (tcp://host:8786); default LocalCluster")
     workers: int = Field(2, ge=1, description="LocalCluster worker processes")
-
     detector_threads: int = Field(1, ge=1, description="onnxruntime threads per Dask worker")
     recompute: bool = Field(False, description="Ignore stored measurements and re-detect every shard")
     # image rules
@@ -155,6 +154,7 @@ class CleanConfig(StrictModel):
         None, description="Attribute head checkpoint for rows without ground truth (default: train one on rows with it)"
     )
     seed: int = Field(0, description="Seeds the attribute head and the caption grammar")
+
 
 class TrainConfig(StrictModel):
     """Shared by pretraining and fine-tuning."""
