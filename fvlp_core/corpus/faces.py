@@ -373,7 +373,7 @@ def _geometry(p: FaceParams, yaw: float = 0.0) -> _Geometry:
         _bezier((sx * 0.09 + shift * 0.5, p.eye_y - 0.02), (sx * 0.1 + shift, tip_y - 0.3), (sx * nw * 0.8 + tip_x, tip_y - 0.05), 10)
         for sx in (-1, 1)
     ]
-    nostrils = [(tip_x + sx * nw * 0.45, tip_y + 0.02, nw * 0.2, 0.04) for sx in (-1, 1)]
+    nostrils = [(tip_x + sx * nw * 0.42, tip_y + 0.025, nw * 0.17, 0.03) for sx in (-1, 1)]
     nose_tip = _bezier((tip_x - nw, tip_y - 0.02), (tip_x, tip_y + 0.14), (tip_x + nw, tip_y - 0.02), 14)
 
     # Mouth: lips between two corners, corners raised when smiling.
@@ -398,11 +398,18 @@ def _geometry(p: FaceParams, yaw: float = 0.0) -> _Geometry:
     # Facial hair.
     beard = moustache = None
     if p.beard == "full" or p.beard == "stubble":
+        # Outer edge: the jaw from one ear down around the chin to the other (outline runs top, right,
+        # bottom, left). Inner edge: up the cheeks and under the lower lip.
         jaw = _face_outline(p, 96, grow=0.03)
-        lowerpart = jaw[(jaw[:, 1] > p.eye_y + 0.28)]
-        lowerpart = lowerpart[np.argsort(np.arctan2(lowerpart[:, 1] - 0.2, lowerpart[:, 0]))]
-        inner = _bezier((mw + 0.15, my - 0.3), (shift, my + p.lower_lip * 2 + 0.35), (-mw - 0.15, my - 0.3), 16)
-        beard = np.concatenate([lowerpart, inner])
+        y_top = p.eye_y + 0.3
+        outer = jaw[jaw[:, 1] > y_top]
+        lip_bottom = my + p.lower_lip * 2 + (0.04 if p.smiling else 0.0) + gap
+        inner = np.concatenate([
+            _bezier((-W * 0.84, y_top + 0.04), (-W * 0.66, my - 0.12), (-mw - 0.08 + shift, my + 0.02), 8),
+            _bezier((-mw - 0.08 + shift, my + 0.02), (shift, lip_bottom + 0.22), (mw + 0.08 + shift, my + 0.02), 12)[1:],
+            _bezier((mw + 0.08 + shift, my + 0.02), (W * 0.66, my - 0.12), (W * 0.84, y_top + 0.04), 8)[1:],
+        ])
+        beard = np.concatenate([outer, inner])
     elif p.beard == "goatee":
         beard = np.concatenate([
             _bezier((-mw * 0.75 + shift, my + 0.02), (shift, H + 0.25), (mw * 0.75 + shift, my + 0.02), 18),
@@ -676,7 +683,7 @@ def draw_face(canvas: Canvas, p: FaceParams, place: Placement, light: Lighting =
     canvas.paint([ellipse(tip_x, tip_y - 0.08, p.nose_width * 0.7, 0.1)], tuple(min(255, c * 1.15) for c in skin), alpha=0.4, blur=0.05 * u)
     canvas.paint([line(g.nose_tip, 0.04)], dark_skin, alpha=0.45, blur=0.02 * u)
     for nx, ny, rx, ry in g.nostrils:
-        canvas.paint([ellipse(nx, ny, rx, ry)], tuple(c * 0.35 for c in skin), alpha=0.85, blur=0.01 * u)
+        canvas.paint([ellipse(nx, ny, rx, ry)], tuple(c * 0.4 for c in skin), alpha=0.7, blur=0.012 * u)
     # Under-nose and under-lip shadows.
     canvas.paint([ellipse(tip_x, tip_y + 0.12, p.nose_width * 0.9, 0.05)], dark_skin, alpha=0.3, blur=0.04 * u)
 
