@@ -81,6 +81,9 @@ RESERVED_NAMES = frozenset(f.name for f in FETCH_FIELDS)
 # The fetch fields that come from reading the metadata rather than from fetching.
 _ROW_FIELDS = ("metadata_issues", "input_file", "input_row")
 
+# No image format declares a side beyond 2**31 - 1 (PNG's limit): larger WIDTH/HEIGHT are garbage.
+MAX_DIMENSION = 2**31 - 1
+
 PLAN_KEY = b"fvlp.raw.plan"
 FIRST_ROW_KEY = b"fvlp.raw.first_row"
 
@@ -280,14 +283,21 @@ def _rows_text(rows: np.ndarray, base: int, limit: int = 5) -> str:
 
 def _sample_id_array(column: pa.Array, path: Path, base: int) -> pa.Array:
     nulls = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
+    out_of_range = np.zeros(0, dtype=np.int64)
     if pat.is_floating(column.type):
         values = column.to_numpy(zero_copy_only=False)
         nulls = np.flatnonzero(np.isnan(values))
-        fractional = np.flatnonzero(~np.isnan(values) & (values != np.floor(values)))
+        fractional = np.flatnonzero(np.isfinite(values) & (values != np.floor(values)))
         if len(fractional):
             raise MetadataError(f"{path}: column SAMPLE_ID is not a whole number in row(s) {_rows_text(fractional, base)}")
+        out_of_range = np.flatnonzero(~np.isnan(values) & ~((values >= -(2.0**63)) & (values < 2.0**63)))
+    elif pat.is_unsigned_integer(column.type):
+        too_big = pc.fill_null(pc.greater(column, pa.scalar(2**63 - 1, column.type)), False)
+        out_of_range = np.flatnonzero(too_big.to_numpy(zero_copy_only=False))
     if len(nulls):
         raise MetadataError(f"{path}: column SAMPLE_ID is null in row(s) {_rows_text(nulls, base)}; every row needs an id")
+    if len(out_of_range):
+        raise MetadataError(f"{path}: column SAMPLE_ID is outside the int64 range in row(s) {_rows_text(out_of_range, base)}")
     return column.cast(pa.int64())
 
 
@@ -329,23 +339,27 @@ def _utf8_text(column: pa.Array, issues: list[list[str]]) -> pa.Array:
 
 
 def _dimension(name: str, column: pa.Array, issues: list[list[str]]) -> pa.Array:
-    """WIDTH/HEIGHT as nullable int64; missing, NaN, fractional and non-positive values are listed."""
-    values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)  # null -> NaN
+    """WIDTH/HEIGHT as nullable int64; missing, NaN, infinite, implausible, fractional and non-positive values are listed."""
+    # safe=False: int64 sizes beyond 2**53 must not stop the ingest; they are implausible anyway.
+    values = column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)  # null -> NaN
     missing = np.isnan(values)
-    fractional = ~missing & (values != np.floor(values))
-    for i in np.flatnonzero(missing | fractional | (values <= 0)).tolist():
+    implausible = ~missing & ~(np.abs(values) <= MAX_DIMENSION)  # infinities included
+    fractional = ~missing & ~implausible & (values != np.floor(values))
+    for i in np.flatnonzero(missing | implausible | fractional | (values <= 0)).tolist():
         if missing[i]:
             issues[i].append(f"{name}: missing or NaN")
+        elif implausible[i]:
+            issues[i].append(f"{name}: not a plausible size ({float(values[i])})")
         elif fractional[i]:
             issues[i].append(f"{name}: not a whole number ({float(values[i])})")
         else:
             issues[i].append(f"{name}: not positive ({int(values[i])})")
-    keep = ~(missing | fractional)
+    keep = ~(missing | implausible | fractional)
     return pa.array(np.where(keep, values, 0).astype(np.int64), pa.int64(), mask=~keep)
 
 
 def _similarity(column: pa.Array, issues: list[list[str]]) -> pa.Array:
-    values = column.cast(pa.float64())
+    values = column.cast(pa.float64(), safe=False)  # a huge integer similarity is garbage, not a crash
     nan = pc.fill_null(pc.is_nan(values), False).to_numpy(zero_copy_only=False)
     for i in np.flatnonzero(nan).tolist():
         issues[i].append("similarity: NaN")
