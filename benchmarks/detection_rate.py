@@ -55,7 +55,7 @@ def main() -> None:
 
     render_s, n_rendered = 0.0, 0
     print(f"{'kind':<16}{'rows':>6}{'>=1 face':>10}{'exactly n':>11}{'mean found':>12}{'best>=0.98':>12}"
-          f"{'median box px':>15}")
+          f"{'box px p5/p50':>15}")
     for kind in KINDS:
         rows = truth[truth["kind"] == kind].head(args.per_kind)
         any_face = exact = found_total = confident = 0
@@ -72,7 +72,7 @@ def main() -> None:
             confident += max((f.score for f in faces), default=0.0) >= 0.98
             boxes += [max(f.width, f.height) for f in faces]
         n = max(len(rows), 1)
-        box = f"{np.median(boxes):.0f}" if boxes else "-"
+        box = f"{np.percentile(boxes, 5):.0f}/{np.median(boxes):.0f}" if boxes else "-"
         print(f"{kind:<16}{len(rows):>6}{any_face / n:>10.1%}{exact / n:>11.1%}{found_total / n:>12.2f}"
               f"{confident / n:>12.1%}{box:>15}")
     print(f"image_bytes: {1000 * render_s / max(n_rendered, 1):.1f} ms CPU per image (render + encode), "
