@@ -97,7 +97,7 @@ class FaceParams:
     hair_length: float
     hairline: float
     hair_part: float
-    fringe_seed: int
+    detail_seed: int  # fringe irregularity, hair texture phase, glasses frame colour
     # Colours (RGB 0-255).
     skin_rgb: tuple[float, float, float]
     hair_rgb: tuple[float, float, float]
@@ -146,7 +146,8 @@ def sample_identity(rng: np.random.Generator) -> FaceParams:
     hair_rgb = np.clip(np.array(HAIR_COLOURS[colour], np.float32) * rng.uniform(0.8, 1.15) + rng.normal(0, 8, 3), 0, 255)
 
     if male:
-        style = _pick(rng, HAIR_STYLES, (0.12 if age > 40 else 0.04, 0.6, 0.2, 0.05, 0.03) if age > 40 else (0.04, 0.6, 0.26, 0.07, 0.03))
+        bald = 0.12 if age > 40 else 0.04
+        style = _pick(rng, HAIR_STYLES, (bald, 0.6, 0.3 - bald, 0.07, 0.03))
     else:
         style = _pick(rng, HAIR_STYLES, (0.01, 0.1, 0.32, 0.45, 0.12))
     beard = _pick(rng, BEARD_STYLES, (0.55, 0.15, 0.12, 0.18)) if male else "none"
@@ -207,7 +208,7 @@ def sample_identity(rng: np.random.Generator) -> FaceParams:
         hair_length=float(rng.uniform(0.0, 1.0)),
         hairline=float(rng.uniform(0.5, 0.66)),
         hair_part=float(rng.uniform(-0.5, 0.5)),
-        fringe_seed=int(rng.integers(0, 2**31 - 1)),
+        detail_seed=int(rng.integers(0, 2**31 - 1)),
         skin_rgb=tuple(float(c) for c in skin),
         hair_rgb=tuple(float(c) for c in hair_rgb),
         iris_rgb=tuple(float(c) for c in _IRIS_COLOURS[int(rng.integers(len(_IRIS_COLOURS)))] + rng.normal(0, 8, 3)),
@@ -218,6 +219,8 @@ def sample_identity(rng: np.random.Generator) -> FaceParams:
 
 
 # --------------------------------------------------------------------------- geometry
+
+_CAP_POINTS = 30  # points on the crown arc of the front hair; the hairline follows them
 
 
 def _arc(cx, cy, rx, ry, t0, t1, n=24) -> np.ndarray:
@@ -308,10 +311,10 @@ def _geometry(p: FaceParams, yaw: float = 0.0) -> _Geometry:
         else:
             hair_back = np.concatenate([crown, [(hw * 0.95, p.eye_y + length), (-hw * 0.95, p.eye_y + length)]])
         if p.hair_style == "bun":
-            hair_back = np.concatenate([hair_back[:20], _arc(0, top - 0.15, 0.42, 0.3, math.pi, 2 * math.pi, 16) , hair_back[20:]])
+            hair_back = np.concatenate([hair_back[:20], _arc(0, top - 0.15, 0.42, 0.3, math.pi, 2 * math.pi, 16), hair_back[20:]])
 
     if p.hair_style != "bald" and p.hat == "none":
-        fr = np.random.default_rng(p.fringe_seed)
+        fr = np.random.default_rng(p.detail_seed)
         line_y = -H * (p.hairline + (0.2 if p.receding_hairline else 0.0))
         temple_y = p.eye_y - 0.12
         xs = np.linspace(-W - 0.06, W + 0.06, 24)
@@ -327,7 +330,7 @@ def _geometry(p: FaceParams, yaw: float = 0.0) -> _Geometry:
                 ys = ys + 0.14 * np.exp(-((np.abs(u) - 0.55) ** 2) / 0.04)
         edge = np.stack([xs[::-1], ys[::-1]], axis=1)
         cap_w = W + 0.1 + p.hair_volume * 0.45
-        cap = _arc(0, top + (H + p.hair_volume), cap_w, H + p.hair_volume, math.pi * 1.02, 2 * math.pi * 0.99, 30)
+        cap = _arc(0, top + (H + p.hair_volume), cap_w, H + p.hair_volume, math.pi * 1.02, 2 * math.pi * 0.99, _CAP_POINTS)
         hair_front = np.concatenate([cap, [(W + 0.08, temple_y + 0.1)], edge, [(-W - 0.08, temple_y + 0.1)]])
         # Strands flow from the parting to the sides and down the back mass.
         n_strands = 6 if p.hair_style == "short" else 9
@@ -636,7 +639,7 @@ def _jaw_shadow(face: np.ndarray):
 
 def _hair_texture(p: FaceParams):
     freq = 34.0 if p.hair_texture == "straight" else 22.0
-    phase = (p.fringe_seed % 997) / 997 * 6.28
+    phase = (p.detail_seed % 997) / 997 * 6.28
 
     def texture(u, v):
         if p.hair_texture == "wavy":
@@ -746,7 +749,7 @@ def draw_face(canvas: Canvas, p: FaceParams, place: Placement, light: Lighting =
     for ex, ey, er in g.earrings:
         canvas.paint([(place.to_px(_arc(ex, ey + er, er, er * 1.2, 0, 2 * math.pi, 16), s), "line", 0.025 * u)], (225, 195, 90))
     if g.glasses:
-        frame = (20, 20, 24) if p.fringe_seed % 3 else (120, 80, 40)
+        frame = (20, 20, 24) if p.detail_seed % 3 else (120, 80, 40)
         for lens in g.glasses:
             closed = np.concatenate([lens, lens[:1]])
             canvas.paint([poly(lens)], (200, 220, 235), alpha=0.12)
@@ -912,9 +915,9 @@ def face_strokes(params: FaceParams, size: int) -> list[Stroke]:
         for piece in _split(_closed(g.hair_back), 4):
             add("hair", piece, 0.03, (g.face, g.neck, *head_cover))
     if g.hair_front is not None:
-        for piece in _split(g.hair_front[:30], 2):  # the crown
+        for piece in _split(g.hair_front[:_CAP_POINTS], 2):  # the crown
             add("hair", piece, 0.03, (g.hair_back,) if g.hair_back is not None else ())
-        for piece in _split(g.hair_front[30:], 2):  # the hairline or fringe
+        for piece in _split(g.hair_front[_CAP_POINTS:], 2):  # the hairline or fringe
             add("hair", piece, 0.025)
         for strand in g.strands:
             add("hair", strand, 0.015, (g.face,), over=g.hair_front)
