@@ -31,7 +31,12 @@ def ingest_flow(config: IngestConfig = IngestConfig()) -> dict[str, Any]:
         metadata_paths = metadata_paths or [generated]
     plan = plan_ingest(metadata_paths, config)
     fetcher = open_fetcher(
-        config.source, images=config.images, max_bytes=config.max_image_bytes, http=config.http, corpus=corpus
+        config.source,
+        images=config.images,
+        max_bytes=config.max_image_bytes,
+        http=config.http,
+        corpus=corpus,
+        render_workers=config.render_workers,
     )
     written: dict[int, dict[str, int]] = {}
     done_rows = plan.metadata.total_rows - sum(spec.rows for spec in plan.pending)
@@ -39,8 +44,8 @@ def ingest_flow(config: IngestConfig = IngestConfig()) -> dict[str, Any]:
         with tqdm(total=plan.metadata.total_rows, initial=done_rows, unit="row", desc="ingest") as bar:
             for spec in plan.pending:
                 written[spec.index] = ingest_shard(plan, spec, fetcher)
-                bar.update(spec.rows)
                 bar.set_postfix(shards=f"{len(plan.shards) - len(plan.pending) + len(written)}/{len(plan.shards)}")
+                bar.update(spec.rows)
     finally:
         fetcher.close()
     status_counts = write_ingest_manifest(plan, written)["status_counts"]

@@ -92,6 +92,7 @@ class IngestConfig(StrictModel):
     max_image_bytes: int = Field(
         10_000_000, gt=0, description="Images larger than this get fetch_status too_large (any source)"
     )
+    render_workers: int = Field(2, ge=1, description="Processes rendering embedded images (source=embedded)")
     http: HttpFetchConfig = HttpFetchConfig()
 
     @model_validator(mode="after")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import http.client
 import io
 import ipaddress
+import multiprocessing
 import os
 import socket
 import ssl
@@ -26,7 +27,7 @@ import tarfile
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, Sequence
@@ -106,26 +107,57 @@ def _ambiguous(sample_id: int, names: list[str]) -> FetchResult:
     return FetchResult("error", error=f"several images for SAMPLE_ID {sample_id}: {', '.join(sorted(names))}")
 
 
-class EmbeddedFetcher:
-    """Images rendered by the embedded corpus generator (deterministic per seed)."""
+def embedded_result(corpus: Any, sample_id: int, max_bytes: int) -> FetchResult:
+    try:
+        data = corpus.image_bytes(sample_id)
+    except KeyError:
+        return FetchResult("not_found", error=f"SAMPLE_ID {sample_id} not in the embedded corpus")
+    return check_image(data, max_bytes)
 
-    def __init__(self, corpus: Any, max_bytes: int):
+
+_worker_corpus: Any = None  # the corpus inside a render worker process
+
+
+def _init_render_worker(corpus: Any) -> None:
+    global _worker_corpus
+    _worker_corpus = corpus
+
+
+def _render_in_worker(sample_id: int, max_bytes: int) -> FetchResult:
+    return embedded_result(_worker_corpus, sample_id, max_bytes)
+
+
+class EmbeddedFetcher:
+    """Images rendered by the embedded corpus generator (deterministic per seed).
+
+    Rendering is CPU-bound Python, so ``workers > 1`` renders in that many processes
+    (spawned, each given the corpus once); threads would only take turns on the GIL.
+    """
+
+    def __init__(self, corpus: Any, max_bytes: int, workers: int = 1):
         self.corpus = corpus
         self.max_bytes = max_bytes
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
 
     def fetch(self, requests: Sequence[FetchRequest]) -> list[FetchResult]:
-        results = []
-        for request in requests:
-            try:
-                data = self.corpus.image_bytes(request.sample_id)
-            except KeyError:
-                results.append(FetchResult("not_found", error=f"SAMPLE_ID {request.sample_id} not in the embedded corpus"))
-                continue
-            results.append(check_image(data, self.max_bytes))
-        return results
+        ids = [r.sample_id for r in requests]
+        if self.workers == 1:
+            return [embedded_result(self.corpus, i, self.max_bytes) for i in ids]
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),  # fork is unsafe beside Prefect's threads
+                initializer=_init_render_worker,
+                initargs=(self.corpus,),
+            )
+        chunk = max(1, len(ids) // (4 * self.workers))
+        return list(self._pool.map(_render_in_worker, ids, [self.max_bytes] * len(ids), chunksize=chunk))
 
     def close(self) -> None:
-        pass
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 class FolderFetcher:
@@ -422,12 +454,20 @@ class HttpFetcher:
         return b"".join(chunks)
 
 
-def open_fetcher(source: str, *, images: Path | None, max_bytes: int, http: HttpFetchConfig, corpus: Any = None) -> Fetcher:
+def open_fetcher(
+    source: str,
+    *,
+    images: Path | None,
+    max_bytes: int,
+    http: HttpFetchConfig,
+    corpus: Any = None,
+    render_workers: int = 1,
+) -> Fetcher:
     """The fetcher for an ingest ``source`` (``embedded`` needs the ``corpus`` object)."""
     if source == "embedded":
         if corpus is None:
             raise ValueError("source=embedded needs the embedded corpus")
-        return EmbeddedFetcher(corpus, max_bytes)
+        return EmbeddedFetcher(corpus, max_bytes, render_workers)
     if source in ("folder", "tar") and images is None:
         raise ValueError(f"source={source!r} needs an images path")
     if source == "folder":

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from fvlp_core.config import IngestConfig
+from fvlp_core.corpus import EmbeddedCorpus
 from fvlp_core.fetch import Fetcher, FetchRequest, FetchResult
 from storage.raw import (
     MetadataFiles,
@@ -30,6 +32,14 @@ from storage.raw import (
     write_raw_shard,
 )
 from storage.shards import shard_path
+from storage.source import (
+    GROUND_TRUTH_SCHEMA,
+    METADATA_FILE,
+    METADATA_SCHEMA,
+    read_ground_truth,
+    write_embedded_source,
+)
+from storage.source import read_metadata as read_source_metadata
 
 
 @dataclass
@@ -125,13 +135,31 @@ def write_ingest_manifest(plan: IngestPlan, written: dict[int, dict[str, int]]) 
     )
 
 
-@task(name="prepare-embedded-source", cache_policy=NO_CACHE)
-def prepare_embedded_source(config: IngestConfig) -> tuple[Any, Path]:
-    """The embedded corpus and its metadata file, generated only when not already on disk."""
-    # Imported here: only the embedded source needs the renderer.
-    from fvlp_core.corpus import EmbeddedCorpus
-    from storage.source import write_embedded_source
 
+def _same_source(source_dir: Path, corpus: EmbeddedCorpus) -> bool:
+    """True when ``source_dir`` already holds exactly this corpus's metadata and ground truth."""
+    try:
+        on_disk = (read_source_metadata(source_dir), read_ground_truth(source_dir))
+    except (FileNotFoundError, ValueError):
+        return False
+    wanted = (corpus.metadata(), corpus.ground_truth())
+    return all(
+        pa.Table.from_pandas(disk, schema=schema, preserve_index=False).equals(
+            pa.Table.from_pandas(fresh, schema=schema, preserve_index=False)
+        )
+        for disk, fresh, schema in zip(on_disk, wanted, (METADATA_SCHEMA, GROUND_TRUTH_SCHEMA))
+    )
+
+
+@task(name="prepare-embedded-source", cache_policy=NO_CACHE)
+def prepare_embedded_source(config: IngestConfig) -> tuple[EmbeddedCorpus, Path]:
+    """The embedded corpus and its metadata file, written only if not already on disk."""
+    logger = get_run_logger()
     corpus = EmbeddedCorpus(config.rows, config.identities, config.seed)
-    metadata_path = write_embedded_source(config.paths.source_dir, corpus)
-    return corpus, metadata_path
+    source_dir = config.paths.source_dir
+    if _same_source(source_dir, corpus):
+        logger.info("embedded corpus (rows=%d, seed=%d) already in %s", config.rows, config.seed, source_dir)
+    else:
+        write_embedded_source(source_dir, corpus)
+        logger.info("wrote embedded corpus (rows=%d, seed=%d) to %s", config.rows, config.seed, source_dir)
+    return corpus, source_dir / METADATA_FILE

@@ -327,3 +327,46 @@ def test_cli_help_documents_every_ingest_flag():
     ):
         assert flag in help_text, flag
     assert json.dumps(IngestConfig().model_dump(mode="json"))  # the config is JSON-serialisable
+
+
+def test_embedded_corpus_is_generated_once_and_ingested(tmp_path: Path, prefect_harness):
+    from flows.ingest import ingest_flow
+    from fvlp_core.corpus import EmbeddedCorpus
+    from storage.source import read_ground_truth
+
+    config = IngestConfig(
+        paths=Paths(data_root=tmp_path), rows=30, identities=10, seed=3, shard_size=8, render_workers=1
+    )
+    result = ingest_flow(config)
+    assert (result["rows"], result["shards"], result["written_shards"]) == (30, 4, 4)
+    table = read_dataset(config.paths.raw_dir)
+    corpus = EmbeddedCorpus(30, 10, 3)
+    assert table.column("SAMPLE_ID").to_pylist() == corpus.sample_ids()
+    truth = read_ground_truth(config.paths.source_dir)
+    noise = dict(zip(truth["SAMPLE_ID"], truth["noise"]))
+    for row in table.select(["SAMPLE_ID", "image", "fetch_status"]).to_pylist():
+        if row["fetch_status"] == "ok":
+            assert row["image"] == corpus.image_bytes(row["SAMPLE_ID"])
+        else:  # only deliberately broken images fail to fetch
+            assert row["fetch_status"] == "not_image"
+            assert {"corrupt_image", "truncated_image"} & set(noise[row["SAMPLE_ID"]])
+
+    source_files = sorted(config.paths.source_dir.iterdir())
+    mtimes = [p.stat().st_mtime_ns for p in source_files]
+    assert ingest_flow(config)["written_shards"] == 0
+    assert [p.stat().st_mtime_ns for p in source_files] == mtimes  # not regenerated
+
+
+def test_embedded_render_workers_give_the_same_bytes():
+    from fvlp_core.corpus import EmbeddedCorpus
+    from fvlp_core.fetch import EmbeddedFetcher, FetchRequest
+
+    corpus = EmbeddedCorpus(12, 4, 1)
+    requests = [FetchRequest(i) for i in corpus.sample_ids()] + [FetchRequest(-5)]
+    serial = EmbeddedFetcher(corpus, 10_000_000).fetch(requests)
+    pooled = EmbeddedFetcher(corpus, 10_000_000, workers=2)
+    try:
+        assert pooled.fetch(requests) == serial
+    finally:
+        pooled.close()
+    assert serial[-1].status == "not_found"
