@@ -1,0 +1,169 @@
+"""The whole DAG as one Prefect flow: ingest -> clean -> pretrain -> finetune -> evaluate.
+
+Each stage runs as a subflow inside one cached task, so the UI shows the parent run
+with one nested run per stage, and a re-run with the same inputs finds each finished
+stage in the cache instead of repeating it. A stage's cache key is its config plus
+what its upstream stage returned and a fingerprint of the files that reference names:
+changing a stage's parameters, or an upstream stage rewriting its outputs, re-runs
+everything below. Cache records live under the data root, beside the outputs they
+describe. A stage interrupted mid-way has no cache record, so a re-run starts it again
+and the stage resumes: ingest and clean skip their complete shards, and training runs
+get a run id derived from the same key, so the re-run continues from the last checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import INPUTS
+
+from flows.clean import clean_flow
+from flows.evaluate import evaluate_flow
+from flows.finetune import finetune_flow
+from flows.ingest import ingest_flow
+from flows.pretrain import pretrain_flow
+from fvlp_core.config import PipelineConfig, StrictModel
+
+# Stage name -> flow, in DAG order.
+STAGE_FLOWS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "ingest": ingest_flow,
+    "clean": clean_flow,
+    "pretrain": pretrain_flow,
+    "finetune": finetune_flow,
+    "evaluate": evaluate_flow,
+}
+STAGES = tuple(STAGE_FLOWS)
+TRAINING_STAGES = ("pretrain", "finetune")
+
+# Reference keys that name files or folders a later stage reads.
+PATH_REFERENCES = ("raw_dir", "clean_dir", "checkpoint", "episodes_dir")
+
+
+@task(
+    name="stage",
+    task_run_name="{stage}",
+    cache_policy=INPUTS,
+    persist_result=True,
+    # A stage's I/O tasks retry themselves; what reaches here is a deterministic
+    # failure (bad record, bad config), and repeating the whole stage would not help.
+    retries=0,
+)
+def run_stage(stage: str, config: StrictModel, upstream: dict[str, Any]) -> dict[str, Any]:
+    """Run one stage flow as a subflow. ``upstream`` (the previous stage's reference and
+    output fingerprint) is not read: it is here to key the cache."""
+    get_run_logger().info("running stage %s", stage)
+    return STAGE_FLOWS[stage](config)
+
+
+def output_fingerprint(reference: dict[str, Any]) -> dict[str, list[tuple[str, int, int]]]:
+    """(name, size, mtime) of every file a reference names, so a stage that rewrote its
+    outputs in place still changes the cache key of the stages below it."""
+    fingerprint = {}
+    for key in PATH_REFERENCES:
+        if reference.get(key) is None:
+            continue
+        root = Path(reference[key])
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        fingerprint[key] = [(str(p.relative_to(root.parent)), *_size_and_mtime(p)) for p in files if p.exists()]
+    return fingerprint
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def missing_outputs(reference: dict[str, Any]) -> list[str]:
+    """Paths a (cached) stage reference names that are no longer on disk."""
+    return [
+        f"{key}={reference[key]}"
+        for key in PATH_REFERENCES
+        if reference.get(key) is not None and not Path(reference[key]).exists()
+    ]
+
+
+def stage_config(
+    config: PipelineConfig, stage: str, references: dict[str, dict[str, Any]], upstream: dict[str, Any]
+) -> StrictModel:
+    """The config ``stage`` runs with: its own, plus what the pipeline fills in.
+
+    Fine-tuning starts from this run's pretraining checkpoint and evaluation scores this
+    run's fine-tuned one, unless the config names them. A training stage without a run id
+    gets one derived from its config and inputs, so a re-run after an interruption
+    resumes the same checkpoint folder (``refresh`` asks for a new run instead).
+    """
+    own = getattr(config, stage)
+    if stage == "finetune" and own.pretrained_checkpoint is None:
+        own = own.model_copy(update={"pretrained_checkpoint": Path(references["pretrain"]["checkpoint"])})
+    if stage == "evaluate" and own.checkpoint is None:
+        own = own.model_copy(update={"checkpoint": Path(references["finetune"]["checkpoint"])})
+    if stage in TRAINING_STAGES and own.run_id is None and not config.refresh:
+        inputs = json.dumps({"config": own.model_dump(mode="json"), "upstream": upstream}, sort_keys=True, default=str)
+        own = own.model_copy(update={"run_id": f"{stage}-{hashlib.sha256(inputs.encode()).hexdigest()[:12]}"})
+    return own
+
+
+def cache_dir(config: StrictModel) -> Path:
+    return config.paths.data_root / "pipeline-cache"
+
+
+def run_or_reuse(stage: str, config: StrictModel, upstream: dict[str, Any], refresh: bool) -> tuple[dict[str, Any], bool]:
+    """Run ``stage`` or take its cached reference (re-running it if those outputs are gone).
+
+    Returns the reference and whether it came from the cache.
+    """
+    logger = get_run_logger()
+    # Keys and results both under the data root: the cache travels with the outputs and
+    # does not depend on which PREFECT_HOME (CLI, worker, test) ran the stage.
+    cache = cache_dir(config)
+    cached_stage = run_stage.with_options(
+        cache_policy=INPUTS.configure(key_storage=cache / "keys"), result_storage=cache / "results", refresh_cache=refresh
+    )
+    state = cached_stage(stage, config, upstream, return_state=True)
+    reference = state.result()
+    if state.name != "Cached":
+        return reference, False
+    missing = missing_outputs(reference)
+    if not missing:
+        logger.info("stage %s: same inputs as a finished run, reusing %s", stage, reference)
+        return reference, True
+    logger.warning("stage %s: cached outputs are gone (%s); running it again", stage, ", ".join(missing))
+    return cached_stage.with_options(refresh_cache=True)(stage, config, upstream), False
+
+
+@flow(name="pipeline")
+def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
+    """ingest -> clean -> pretrain -> finetune -> evaluate; returns each stage's references.
+
+    ``reused`` lists the stages taken from the cache because their inputs had not changed.
+    """
+    logger = get_run_logger()
+    progress = create_progress_artifact(
+        progress=0.0, key="pipeline-progress", description="Share of the five stages finished in this run"
+    )
+    references: dict[str, dict[str, Any]] = {}
+    reused: list[str] = []
+    upstream: dict[str, Any] = {}
+    for done, stage in enumerate(STAGES, start=1):
+        reference, from_cache = run_or_reuse(
+            stage, stage_config(config, stage, references, upstream), upstream, config.refresh
+        )
+        references[stage] = reference
+        upstream = {"reference": reference, "outputs": output_fingerprint(reference)}
+        if from_cache:
+            reused.append(stage)
+        update_progress_artifact(progress, progress=100.0 * done / len(STAGES))
+    create_table_artifact(
+        key="pipeline-stages",
+        table=[
+            {"stage": s, "outcome": "reused" if s in reused else "ran", "references": json.dumps(references[s], default=str)}
+            for s in STAGES
+        ],
+        description="What each stage returned in this pipeline run",
+    )
+    logger.info("pipeline finished; reused %s", ", ".join(reused) or "no stage")
+    return {**references, "reused": reused}

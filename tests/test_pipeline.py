@@ -1,0 +1,140 @@
+"""The pipeline flow: stage order, references between stages, reuse of finished stages.
+
+The fast tests swap the five stage flows for small Prefect flows that write a file
+and count their calls, so the orchestration (subflows in cached tasks, the
+references passed on, the resume after a failure) is checked in seconds. The slow
+test runs the real stages end to end on a tiny embedded corpus.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import flow
+
+import flows.pipeline as pipeline
+from fvlp_core.config import PipelineConfig, resolve_config
+from storage.results import ResultsStore
+
+STAGES = ["ingest", "clean", "pretrain", "finetune", "evaluate"]
+
+
+def _config(data_root: Path, **overrides: Any) -> PipelineConfig:
+    paths = {"paths": {"data_root": str(data_root)}}
+    values = {stage: {**paths, **overrides.get(stage, {})} for stage in STAGES}
+    return resolve_config(PipelineConfig, {**values, **{k: v for k, v in overrides.items() if k not in STAGES}})
+
+
+class FakeStages:
+    """Stand-in stage flows; each writes one output and returns the contract's keys."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.fail_once: set[str] = set()
+
+    def _output(self, config: Any, name: str) -> Path:
+        path = Path(config.paths.data_root) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(name)
+        return path
+
+    def flows(self) -> dict[str, Any]:
+        def stage(name: str, body):
+            @flow(name=f"fake-{name}")
+            def run(config):
+                self.calls.append((name, config))
+                if name in self.fail_once:
+                    self.fail_once.discard(name)
+                    raise RuntimeError(f"{name}: shard-00001.parquet row 7 (SAMPLE_ID 1007) is not an image")
+                return body(config)
+
+            return run
+
+        return {
+            "ingest": stage("ingest", lambda c: {"raw_dir": str(self._output(c, "raw/shard-00000.parquet").parent), "rows": 10}),
+            "clean": stage("clean", lambda c: {"run_id": "clean-1", "clean_dir": str(self._output(c, "clean/decisions"))}),
+            "pretrain": stage("pretrain", lambda c: {"run_id": f"pre-{c.seed}", "checkpoint": str(self._output(c, f"ckpt/pre-{c.seed}.pt"))}),
+            "finetune": stage("finetune", lambda c: {"run_id": "ft-1", "checkpoint": str(self._output(c, "ckpt/ft.pt"))}),
+            "evaluate": stage("evaluate", lambda c: {"run_id": "ev-1", "metrics": {"m_at_A": 90.0}}),
+        }
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    fakes = FakeStages()
+    monkeypatch.setattr(pipeline, "STAGE_FLOWS", fakes.flows())
+    return fakes
+
+
+def subflow_names(pipeline_run_id) -> list[str]:
+    """Names of the pipeline run's subflows, in start order, as the Prefect API records them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline_run_id])),
+                sort=FlowRunSort.START_TIME_ASC,
+            )
+            flows = {f.id: f.name for f in await client.read_flows()}
+            return [flows[run.flow_id] for run in runs]
+
+    return asyncio.run(read())
+
+
+def _ran(fakes: FakeStages) -> list[str]:
+    ran = [name for name, _ in fakes.calls]
+    fakes.calls.clear()
+    return ran
+
+
+def test_stages_run_in_order_and_rerun_only_when_their_inputs_change(prefect_harness, fake_stages, tmp_path):
+    state = pipeline.pipeline_flow(_config(tmp_path), return_state=True)
+    first = state.result()
+    configs = dict(fake_stages.calls)
+    assert _ran(fake_stages) == STAGES
+    assert subflow_names(state.state_details.flow_run_id) == [f"fake-{stage}" for stage in STAGES]
+    assert first["reused"] == []
+    # references, not data, flow down: each training stage gets the checkpoint above it
+    assert configs["finetune"].pretrained_checkpoint == Path(first["pretrain"]["checkpoint"])
+    assert configs["evaluate"].checkpoint == Path(first["finetune"]["checkpoint"])
+    assert first["evaluate"] == {"run_id": "ev-1", "metrics": {"m_at_A": 90.0}}
+
+    second = pipeline.pipeline_flow(_config(tmp_path))
+    assert _ran(fake_stages) == []
+    assert second["reused"] == STAGES
+    assert {s: second[s] for s in STAGES} == {s: first[s] for s in STAGES}
+
+    changed = pipeline.pipeline_flow(_config(tmp_path, pretrain={"seed": 1}))
+    assert _ran(fake_stages) == ["pretrain", "finetune", "evaluate"]
+    assert changed["reused"] == ["ingest", "clean"]
+
+    refreshed = pipeline.pipeline_flow(_config(tmp_path, pretrain={"seed": 1}, refresh=True))
+    assert _ran(fake_stages) == STAGES
+    assert refreshed["reused"] == []
+
+
+def test_interrupted_pipeline_resumes_at_the_failed_stage(prefect_harness, fake_stages, tmp_path):
+    fake_stages.fail_once.add("finetune")
+    with pytest.raises(RuntimeError, match=r"shard-00001.parquet row 7 \(SAMPLE_ID 1007\)"):
+        pipeline.pipeline_flow(_config(tmp_path))
+    assert _ran(fake_stages) == ["ingest", "clean", "pretrain", "finetune"]
+
+    resumed = pipeline.pipeline_flow(_config(tmp_path))
+    assert _ran(fake_stages) == ["finetune", "evaluate"]
+    assert resumed["reused"] == ["ingest", "clean", "pretrain"]
+
+    # a cached stage whose outputs were deleted runs again, and so does everything reading them
+    Path(resumed["pretrain"]["checkpoint"]).unlink()
+    again = pipeline.pipeline_flow(_config(tmp_path))
+    assert _ran(fake_stages) == ["pretrain", "finetune", "evaluate"]
+    assert again["reused"] == ["ingest", "clean"]
+
+
+def test_stages_must_share_one_data_root(tmp_path):
+    with pytest.raises(ValueError, match="one data root"):
+        PipelineConfig.model_validate({"clean": {"paths": {"data_root": str(tmp_path / "elsewhere")}}})
