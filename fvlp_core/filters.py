@@ -45,6 +45,7 @@ RULES: tuple[Rule, ...] = (
     Rule("face_too_small", "image", ("min_face_fraction",), "main face small relative to the image"),
     Rule("low_detection_score", "image", ("min_face_score",), "main face's detector score below min_face_score"),
     Rule("too_blurry", "image", ("min_sharpness",), "variance of Laplacian of the face crop below min_sharpness"),
+    Rule("duplicate_image", "image", ("max_duplicate_distance",), "same or nearly the same image as an earlier row"),
     Rule("caption_empty", "caption", (), "no caption text"),
     Rule("caption_not_utf8", "caption", (), "caption bytes were not valid UTF-8"),
     Rule("caption_too_short", "caption", ("min_caption_words",), "fewer than min_caption_words words"),
@@ -246,6 +247,39 @@ def near_duplicates(signatures: list[list[int]]) -> tuple[np.ndarray, np.ndarray
     return duplicate_of, similarity
 
 
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def image_duplicates(hashes: list[int | None], block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, the earliest earlier row with the nearest perceptual hash and their Hamming distance.
+
+    Exhaustive over earlier rows, in blocks (exact; fine to a few hundred thousand rows;
+    beyond that, multi-index hashing over hash chunks would find the same pairs). Rows
+    without a hash, and the first row, get index -1 and distance 64.
+    """
+    n = len(hashes)
+    duplicate_of = np.full(n, -1, dtype=np.int64)
+    distance = np.full(n, 64, dtype=np.int64)
+    rows = np.array([i for i, h in enumerate(hashes) if h is not None], dtype=np.int64)
+    if len(rows) < 2:
+        return duplicate_of, distance
+    values = np.array([hashes[i] for i in rows], dtype=np.int64).view(np.uint64)
+    for start in range(1, len(rows), block):
+        chunk = values[start:start + block]
+        earlier = values[:start + len(chunk)]
+        xor = (chunk[:, None] ^ earlier[None, :]).view(np.uint8).reshape(len(chunk), len(earlier), 8)
+        dist = _POPCOUNT[xor].sum(axis=2, dtype=np.int64)
+        # Only strictly earlier rows count: mask the diagonal and everything after it.
+        dist[np.arange(len(chunk))[:, None] <= (np.arange(len(earlier))[None, :] - start)] = 64
+        nearest = dist.argmin(axis=1)  # argmin takes the first (earliest) of equal distances
+        best = dist[np.arange(len(chunk)), nearest]
+        found = best < 64
+        targets = rows[start:start + len(chunk)]
+        duplicate_of[targets[found]] = rows[nearest[found]]
+        distance[targets] = best
+    return duplicate_of, distance
+
+
 # ---------------------------------------------------------------- decisions
 
 
@@ -285,6 +319,7 @@ def evaluate_rules(m: pd.DataFrame, config: CleanConfig, agreement_applied: bool
     english = m["english_ratio"].astype(float).fillna(0).to_numpy()
     agreement = m["agreement"].astype(float).to_numpy() if "agreement" in m else np.full(n, np.nan)
     similarity = m["duplicate_similarity"].to_numpy(dtype=float)
+    image_distance = m["duplicate_distance"].to_numpy(dtype=float)
 
     def values(array) -> list:
         return [None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in np.asarray(array).tolist()]
@@ -308,6 +343,9 @@ def evaluate_rules(m: pd.DataFrame, config: CleanConfig, agreement_applied: bool
         "caption_spam": (m["spam"].notna().to_numpy(), values(m["spam"])),
         "no_person_content": (text & (m["person_cues"].to_numpy() == 0), values(m["person_cues"])),
         "duplicate_caption": (text & (similarity >= config.near_duplicate_jaccard), rounded(similarity)),
+        "duplicate_image": (
+            image_distance <= config.max_duplicate_distance, values(np.where(image_distance < 64, image_distance, np.nan))
+        ),
         "image_text_agreement": (
             (agreement < config.min_agreement) & ~np.isnan(agreement) if agreement_applied else np.zeros(n, dtype=bool),
             rounded(agreement),
@@ -337,39 +375,43 @@ def _json_default(value: Any) -> Any:
 
 # ---------------------------------------------------------------- scoring against ground truth
 
-# Ground-truth noise label -> the rule meant to catch it (labels named like a rule map to it).
-NOISE_ALIASES: dict[str, str] = {
-    "multi_face": "multiple_faces", "small_face": "face_too_small", "blurry": "too_blurry",
-    "corrupt_image": "undecodable_image", "undecodable": "undecodable_image", "empty_caption": "caption_empty",
-    "short_caption": "caption_too_short", "long_caption": "caption_too_long", "non_english": "not_english",
-    "spam": "caption_spam", "spam_caption": "caption_spam", "no_person": "no_person_content",
-    "duplicate": "duplicate_caption", "near_duplicate": "duplicate_caption", "mismatch": "image_text_agreement",
-    "tiny_image": "image_too_small", "small_image": "image_too_small", "aspect_ratio": "extreme_aspect_ratio",
-    "low_score": "low_detection_score", "bomb": "image_too_large",
+# Ground-truth noise label (fvlp_core.corpus.laion.NOISE_LABELS) -> the rule meant to catch it,
+# and other rules whose rejection of such a row is also right (a spam caption "photo" is
+# too short; a face too tiny to detect is "no face"; a copy's caption may be copied too).
+NOISE_RULES: dict[str, tuple[str, frozenset[str]]] = {
+    "no_face": ("no_face", frozenset({"no_person_content"})),
+    "multi_face": ("multiple_faces", frozenset()),
+    "tiny_face": ("face_too_small", frozenset({"no_face", "low_detection_score", "too_blurry"})),
+    "low_resolution": ("image_too_small", frozenset({"no_face", "low_detection_score", "too_blurry", "face_too_small"})),
+    "corrupt_image": ("undecodable_image", frozenset()),
+    "truncated_image": ("undecodable_image", frozenset()),
+    "non_english": ("not_english", frozenset({"no_person_content"})),
+    "spam_caption": ("caption_spam", frozenset({"caption_too_short", "no_person_content", "not_english"})),
+    "empty_caption": ("caption_empty", frozenset()),
+    "duplicate": ("duplicate_image", frozenset({"duplicate_caption"})),
+    "near_duplicate": ("duplicate_image", frozenset({"duplicate_caption"})),
 }
-
-
-def noise_rule(label: str) -> str | None:
-    return label if label in RULE_NAMES else NOISE_ALIASES.get(label)
 
 
 def score_against_noise(decisions: pd.DataFrame, truth: pd.DataFrame | None) -> list[dict[str, Any]]:
     """Per rule (and ``all_rules``): kept/rejected counts, precision and recall of rejection.
 
-    A rejection by rule R is correct when the sample's ground-truth noise includes a label
-    R is meant to catch. Precision/recall are None without ground truth or with nothing
-    to measure (no rejections / no such noise). ``all_rules`` scores the final decision
-    against ``expected_keep``.
+    Precision: share of R's rejections whose sample carries a noise label R is meant to
+    catch or also rightly catches (:data:`NOISE_RULES`). Recall: share of samples with a
+    label whose primary rule is R that R rejected. None without ground truth or with
+    nothing to measure. ``all_rules`` scores the final decision against ``expected_keep``.
     """
     reasons = decisions["reasons"].map(set)
     n = len(decisions)
-    noise: pd.Series | None = None
     expected_reject = None
     if truth is not None:
         labels = dict(zip(truth["SAMPLE_ID"].astype(int), truth["noise"]))
         keep = dict(zip(truth["SAMPLE_ID"].astype(int), truth["expected_keep"]))
         ids = decisions["SAMPLE_ID"].astype(int)
-        noise = ids.map(lambda s: {noise_rule(l) for l in labels.get(s, ())} - {None})
+        primary = ids.map(lambda s: {NOISE_RULES[l][0] for l in labels.get(s, ()) if l in NOISE_RULES})
+        accepted = ids.map(lambda s: set().union(*(
+            {NOISE_RULES[l][0], *NOISE_RULES[l][1]} for l in labels.get(s, ()) if l in NOISE_RULES
+        )))
         expected_reject = ~ids.map(lambda s: bool(keep.get(s, True))).to_numpy(dtype=bool)
 
     def ratio(a: int, b: int) -> float | None:
@@ -379,10 +421,11 @@ def score_against_noise(decisions: pd.DataFrame, truth: pd.DataFrame | None) -> 
     for rule in RULE_NAMES:
         rejected = reasons.map(lambda r: rule in r).to_numpy(dtype=bool)
         row = {"rule": rule, "kept": int(n - rejected.sum()), "rejected": int(rejected.sum()), "precision": None, "recall": None}
-        if noise is not None:
-            actual = noise.map(lambda r: rule in r).to_numpy(dtype=bool)
-            hits = int((rejected & actual).sum())
-            row["precision"], row["recall"] = ratio(hits, int(rejected.sum())), ratio(hits, int(actual.sum()))
+        if truth is not None:
+            right = accepted.map(lambda r: rule in r).to_numpy(dtype=bool)
+            meant = primary.map(lambda r: rule in r).to_numpy(dtype=bool)
+            row["precision"] = ratio(int((rejected & right).sum()), int(rejected.sum()))
+            row["recall"] = ratio(int((rejected & meant).sum()), int(meant.sum()))
         stats.append(row)
     rejected = ~decisions["kept"].to_numpy(dtype=bool)
     overall = {"rule": "all_rules", "kept": int(n - rejected.sum()), "rejected": int(rejected.sum()),

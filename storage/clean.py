@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.shards import list_shards, read_dataset, read_shard, shard_index, shard_path, write_manifest, write_shard
+from storage.source import GROUND_TRUTH_FILE, read_ground_truth
 
 MEASUREMENTS = "measurements"
 DECISIONS = "decisions"
@@ -37,6 +38,7 @@ IMAGE_FIELDS = (
     pa.field("box", pa.list_(pa.float32(), 4)),
     pa.field("landmarks", pa.list_(pa.float32(), 10)),
     pa.field("crop", pa.binary()),
+    pa.field("image_phash", pa.int64()),
 )
 CAPTION_FIELDS = (
     pa.field("caption_chars", pa.int64(), nullable=False),
@@ -145,10 +147,9 @@ def read_faces(clean_dir: Path, columns: list[str] | None = None) -> pa.Table:
     return read_dataset(Path(clean_dir) / FACES, columns)
 
 
-def read_ground_truth(source_dir: Path) -> pd.DataFrame | None:
-    """The embedded corpus's ground truth (SAMPLE_ID, identity_id, noise, expected_keep, attributes), if any."""
-    path = Path(source_dir) / "ground_truth.parquet"
-    if not path.exists():
+
+def read_ground_truth_if_any(source_dir: Path) -> pd.DataFrame | None:
+    """The embedded corpus's ground truth (storage/source.py), or None for corpora without one."""
+    if not (Path(source_dir) / GROUND_TRUTH_FILE).exists():
         return None
-    columns = ["SAMPLE_ID", "identity_id", "noise", "expected_keep", "attributes"]
-    return pq.read_table(path, columns=columns).to_pandas()
+    return read_ground_truth(source_dir)

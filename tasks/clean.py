@@ -40,6 +40,7 @@ from fvlp_core.filters import (
     combined_version,
     decide,
     measure_captions,
+    image_duplicates,
     near_duplicates,
     rule_versions,
     score_against_noise,
@@ -50,7 +51,7 @@ from storage.clean import (
     measurement_path,
     raw_fingerprint,
     read_decisions,
-    read_ground_truth,
+    read_ground_truth_if_any,
     read_measurements,
     read_raw_rows,
     remove_stale_shards,
@@ -209,7 +210,7 @@ def dask_client(config: CleanConfig) -> Iterator[Any]:
             yield client
         return
     with LocalCluster(
-        n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster, Client(cluster) as client:
         yield client
 
@@ -257,9 +258,12 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
         frames.append(frame)
     measurements = pd.concat(frames, ignore_index=True)
     # Duplicates need the whole corpus: earlier rows (shard order, then row order) win.
-    duplicate_of, similarity = near_duplicates(measurements["caption_minhash"].tolist())
+    _, similarity = near_duplicates(measurements["caption_minhash"].tolist())
     measurements["duplicate_similarity"] = similarity
-    measurements["duplicate_of"] = np.where(duplicate_of >= 0, measurements["SAMPLE_ID"].to_numpy()[duplicate_of], -1)
+    _, distance = image_duplicates(
+        [None if pd.isna(h) else int(h) for h in measurements["image_phash"]]
+    )
+    measurements["duplicate_distance"] = distance
     decided = decide(measurements, config, agreement_applied)
     measurements = measurements.join(decided)
 
@@ -329,7 +333,7 @@ def _attributes_for_kept(config: CleanConfig, frame: pd.DataFrame, jobs: list[Sh
     """Ground truth where the corpus has it; the attribute head's confident labels elsewhere."""
     logger = get_run_logger()
     kept = frame[frame["kept"]]
-    truth = read_ground_truth(config.paths.source_dir)
+    truth = read_ground_truth_if_any(config.paths.source_dir)
     names: dict[int, list[str]] = {}
     male: dict[int, bool | None] = {}
     identity: dict[int, int] = {}
@@ -413,7 +417,7 @@ def _faces_table(job: ShardJob, kept: pd.DataFrame, attributes: KeptAttributes, 
 def score_rules(config: CleanConfig) -> list[dict[str, Any]]:
     """Per rule: rows kept/rejected by it and, against ground-truth noise, precision and recall."""
     decisions = read_decisions(config.paths.clean_dir, ["SAMPLE_ID", "kept", "reasons"]).to_pandas()
-    truth = read_ground_truth(config.paths.source_dir)
+    truth = read_ground_truth_if_any(config.paths.source_dir)
     return score_against_noise(decisions, truth)
 
 

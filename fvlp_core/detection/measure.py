@@ -35,7 +35,7 @@ def empty_measurement() -> dict:
     return {
         "image_error_rule": None, "image_error": None, "image_width": None, "image_height": None,
         "face_scores": [], "face_areas": [], "face_score": None, "face_fraction": None,
-        "sharpness": None, "box": None, "landmarks": None, "crop": None,
+        "sharpness": None, "box": None, "landmarks": None, "crop": None, "image_phash": None,
     }
 
 
@@ -49,6 +49,7 @@ def measure_image(data: bytes | None, detector: FaceDetector, params: ImageParam
         return row
     height, width = rgb.shape[:2]
     row["image_width"], row["image_height"] = width, height
+    row["image_phash"] = perceptual_hash(rgb)
     if min(height, width) < 8:
         return row  # nothing a detector can look at; image_too_small will reject it
     found = detector.detect(rgb)
@@ -69,6 +70,14 @@ def measure_image(data: bytes | None, detector: FaceDetector, params: ImageParam
         crop=encode_png(crop),
     )
     return row
+
+
+def perceptual_hash(rgb: np.ndarray) -> int:
+    """64-bit DCT hash of the whole image: re-posts (re-encoded, slightly cropped/resized/recoloured) stay close."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    low = cv2.dct(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA))[:8, :8].reshape(-1)
+    bits = low > np.median(low[1:])  # the DC term would dominate the median
+    return int(np.packbits(bits).view(">i8")[0])
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
