@@ -123,7 +123,7 @@ class CleanConfig(StrictModel):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="image_too_large: reject by header size before decoding (decompression bombs)"
     )
-    min_image_side: int = Field(64, ge=1, description="image_too_small: shorter image side in pixels")
+    min_image_side: int = Field(96, ge=1, description="image_too_small: shorter image side in pixels")
     max_aspect_ratio: float = Field(3.0, ge=1, description="extreme_aspect_ratio: longer/shorter side")
     min_face_score: float = Field(0.9, ge=0, le=1, description="low_detection_score: main face's detector score")
     prominent_face_ratio: float = Field(
@@ -133,6 +133,9 @@ class CleanConfig(StrictModel):
         0.1, ge=0, le=1, description="face_too_small: sqrt(face box area / image area)"
     )
     min_sharpness: float = Field(30.0, ge=0, description="too_blurry: variance of Laplacian of the face crop")
+    max_duplicate_distance: int = Field(
+        6, ge=-1, le=64, description="duplicate_image: Hamming distance of perceptual hashes to an earlier image"
+    )
     crop_size: int = Field(224, ge=32, description="Side of the square face crop")
     crop_margin: float = Field(0.25, ge=0, le=1, description="Context around the face in the crop, per side")
     # caption rules
