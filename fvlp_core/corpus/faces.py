@@ -13,7 +13,7 @@ direction, so skin and hair have the gradients a face detector expects.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
@@ -320,7 +320,7 @@ def _geometry(p: FaceParams, yaw: float = 0.0) -> _Geometry:
         xs = np.linspace(-W - 0.06, W + 0.06, 24)
         u = xs / (W + 0.06)
         if p.bangs:
-            fringe = p.eye_y - p.brow_gap - 0.1
+            fringe = p.eye_y - p.brow_gap - 0.14  # stops just above the brows
             ys = fringe - 0.1 * u**2 + fr.normal(0, 0.025, len(xs))
             ys = np.minimum(ys, fringe + 0.05)
         else:
@@ -606,10 +606,17 @@ def _crop_mask(found, box) -> Image.Image:
 
 
 def _shaded(rgb, place: Placement, scale: float, light: Lighting, cx: float, cy: float, rx: float, ry: float,
-            texture=None):
-    """Colour function: ``rgb`` lit as an ellipsoid centred (cx, cy) with radii (rx, ry) in face units."""
+            texture=None, gloss: float = 0.0):
+    """Colour function: ``rgb`` lit as an ellipsoid centred (cx, cy) with radii (rx, ry) in face units.
+
+    ``gloss`` adds a specular sheen (skin shine on forehead, nose and cheeks), which keeps the
+    form of dark faces readable.
+    """
     base = np.asarray(rgb, np.float32) * np.asarray(light.tint, np.float32)
     lx, ly, lz = light.direction
+    hx, hy, hz = lx, ly, lz + 1.0  # half-vector between light and a viewer on the z axis
+    h_norm = math.sqrt(hx * hx + hy * hy + hz * hz)
+    hx, hy, hz = hx / h_norm, hy / h_norm, hz / h_norm
 
     def colour(ys, xs):
         u, v = place.to_face(xs, ys, scale)
@@ -620,7 +627,11 @@ def _shaded(rgb, place: Placement, scale: float, light: Lighting, cx: float, cy:
         shade = light.ambient + (1 - light.ambient) * diffuse
         if texture is not None:
             shade = shade * texture(u, v)
-        return base * (shade * light.gain)[..., None]
+        lit = base * (shade * light.gain)[..., None]
+        if gloss > 0:
+            spec = np.clip((nx * hx + ny * hy + nz * hz) / norm, 0, 1) ** 24
+            lit = lit + (gloss * 255 * light.gain) * spec[..., None]
+        return lit
 
     return colour
 
@@ -653,6 +664,9 @@ def _hair_texture(p: FaceParams):
 
 def draw_face(canvas: Canvas, p: FaceParams, place: Placement, light: Lighting = Lighting()) -> None:
     """Paint one shaded face with hair, shoulders and accessories onto ``canvas``."""
+    # Cameras expose for the face: a dark face gets more light, as a metering camera would give it.
+    luma = 0.3 * p.skin_rgb[0] + 0.59 * p.skin_rgb[1] + 0.11 * p.skin_rgb[2]
+    light = replace(light, gain=light.gain * float(np.clip(135.0 / luma, 1.0, 1.4)))
     g = _geometry(p, place.yaw)
     s = canvas.scale
     u = place.unit * s  # canvas px per face unit
@@ -683,7 +697,8 @@ def draw_face(canvas: Canvas, p: FaceParams, place: Placement, light: Lighting =
     for ear in g.ears:
         canvas.paint([poly(ear)], _shaded(tuple(c * 0.9 for c in skin), place, s, light, 0, 0, W * 1.05, H))
         canvas.paint([line(ear * [0.985, 1] + [0, 0.02], 0.025)], dark_skin, alpha=0.5, blur=0.02 * u)
-    face_mask = canvas.paint([poly(g.face)], _shaded(skin, place, s, light, 0, -0.05, W * 1.04, H * 1.04))
+    gloss = 0.1 + 0.3 * p.skin_tone
+    face_mask = canvas.paint([poly(g.face)], _shaded(skin, place, s, light, 0, -0.05, W * 1.04, H * 1.04, gloss=gloss))
     # Eye sockets, cheek and nose-side shading.
     for sx in (-1, 1):
         ex = sx * p.eye_spacing + place.yaw * 0.18
