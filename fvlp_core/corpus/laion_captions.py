@@ -77,7 +77,15 @@ def _descriptors(p: FaceParams, rng: np.random.Generator) -> tuple[list[str], li
         after.append("a tie")
     rng.shuffle(after)
     keep = int(rng.integers(0, len(after) + 1))  # captions mention only part of what is visible
-    return before[: int(rng.integers(0, len(before) + 1))], after[:keep]
+    before, after = before[: int(rng.integers(0, len(before) + 1))], after[:keep]
+    if rng.random() < 0.05:  # and now and then something that is not in the picture at all
+        if p.glasses == "none":
+            after.append("glasses")
+        elif not p.smiling:
+            before.insert(0, "smiling")
+        else:
+            before.append("redhead")
+    return before, after
 
 
 def clean_caption(p: FaceParams, identity_id: int, rng: np.random.Generator) -> str:
@@ -106,13 +114,25 @@ def clean_caption(p: FaceParams, identity_id: int, rng: np.random.Generator) -> 
         text = f"{_pick(rng, ('Beautiful', 'Handsome', 'Attractive', 'Cute', ''))} {person}{with_part} - {_pick(rng, ('face', 'portrait', 'headshot', 'selfie'))}".strip()
     else:
         text = f"{name} {_pick(rng, ('profile picture', 'selfie', 'linkedin photo', 'passport photo', 'avatar'))} {year}"
+    return _messy(text, rng)
+
+
+def _messy(text: str, rng: np.random.Generator) -> str:
+    """The scraping artefacts of alt-text: case, slugs, stray ids, HTML entities, emoji, cut-offs."""
+    text = " ".join(text.split())
     if rng.random() < 0.25:
         text = text.lower()
     if rng.random() < 0.1:
         text = text.replace(" ", "-") + ".jpg"
     if rng.random() < 0.08:
         text += f" {int(rng.integers(1000, 99999))}"
-    return " ".join(text.split())
+    if rng.random() < 0.05:
+        text = text.replace(" and ", " &amp; ").replace("'", "&#39;")
+    if rng.random() < 0.03:
+        text += " " + _pick(rng, ("😊", "❤️", "✨", "📸"))
+    if rng.random() < 0.03 and len(text) > 30:
+        text = text[: int(rng.integers(20, len(text)))].rstrip() + "..."
+    return text
 
 
 def _article(phrase: str) -> str:
