@@ -138,3 +138,47 @@ def test_interrupted_pipeline_resumes_at_the_failed_stage(prefect_harness, fake_
 def test_stages_must_share_one_data_root(tmp_path):
     with pytest.raises(ValueError, match="one data root"):
         PipelineConfig.model_validate({"clean": {"paths": {"data_root": str(tmp_path / "elsewhere")}}})
+
+
+# A corpus and training budget small enough for CI on two CPU cores.
+TINY = {
+    "ingest": {"rows": 60, "identities": 12, "shard_size": 30},
+    "clean": {"workers": 1},
+    "pretrain": {"epochs": 1, "batch_size": 8},
+    "finetune": {"epochs": 1, "batch_size": 4, "steps_per_episode": 5},
+    "evaluate": {"steps_per_episode": 5},
+}
+RUNS_SQL = "SELECT flow, run_id, status FROM runs ORDER BY started_at"
+ROWS_SQL = """
+SELECT r.flow, (SELECT count(*) FROM metrics m WHERE m.run_id = r.run_id),
+       (SELECT count(*) FROM curves c WHERE c.run_id = r.run_id),
+       (SELECT count(*) FROM cleaning_stats s WHERE s.run_id = r.run_id)
+FROM runs r ORDER BY r.started_at
+"""
+
+
+@pytest.mark.slow
+def test_real_stages_end_to_end_then_a_rerun_that_reuses_them(prefect_harness, tmp_path):
+    from flows.status import format_runs, recent_runs
+
+    config = _config(tmp_path, **TINY)
+    state = pipeline.pipeline_flow(config, return_state=True)
+    first = state.result()
+
+    assert subflow_names(state.state_details.flow_run_id) == STAGES
+    assert first["ingest"]["rows"] == 60
+    assert first["clean"]["kept"] + first["clean"]["rejected"] == 60
+    assert first["finetune"]["checkpoint"] == str(config.evaluate.paths.checkpoints_dir / "finetune" / first["finetune"]["run_id"] / "checkpoint.pt")
+
+    store = ResultsStore(config.evaluate.paths.results_store)
+    runs = store.query(RUNS_SQL)
+    assert runs == [(stage, first[stage]["run_id"], "finished") for stage in ("clean", "pretrain", "finetune", "evaluate")]
+    rows = {flow: counts for flow, *counts in store.query(ROWS_SQL)}
+    assert rows["clean"][2] > 0  # cleaning stats per rule
+    assert rows["evaluate"][0] > 0 and rows["evaluate"][1] > 0  # metrics and acc@K curves
+    assert "m@A" in format_runs(recent_runs(store))
+
+    rerun = pipeline.pipeline_flow(config, return_state=True)
+    assert rerun.result()["reused"] == STAGES
+    assert subflow_names(rerun.state_details.flow_run_id) == []
+    assert store.query(RUNS_SQL) == runs  # nothing ran twice
