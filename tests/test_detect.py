@@ -129,3 +129,31 @@ def test_perceptual_hash_survives_reencoding_but_separates_different_photos():
 def test_detections_sort_best_first():
     found = Detections.build([[0, 0, 1, 1], [0, 0, 2, 2]], [0.6, 0.9], np.zeros((2, 5, 2)))
     assert found.scores.tolist() == pytest.approx([0.9, 0.6]) and found.boxes[0, 2] == 2
+
+
+@pytest.fixture(scope="module")
+def scrfd_model(tmp_path_factory):
+    from fvlp_core.detection.scrfd_export import export_retinaface_as_scrfd
+
+    return export_retinaface_as_scrfd(tmp_path_factory.mktemp("models") / "det_retinaface_scrfd.onnx")
+
+
+def test_insightface_routes_a_local_detector_file_to_its_scrfd_code(scrfd_model):
+    from insightface.model_zoo import get_model
+    from insightface.model_zoo.scrfd import SCRFD
+
+    assert isinstance(get_model(str(scrfd_model)), SCRFD)
+
+
+def test_insightface_backend_matches_the_offline_detector_on_real_photos(scrfd_model, retinaface):
+    insight = detector_for(DetectorSpec("insightface", model_path=str(scrfd_model)))
+    group = decode_rgb(GROUP_PHOTO.read_bytes(), MAX_PIXELS)
+    theirs, ours = insight.detect(group), retinaface.detect(group)
+    assert len(theirs) == len(ours) >= 5
+    for box, marks in zip(ours.boxes, ours.landmarks):
+        nearest = np.abs(theirs.boxes - box).max(axis=1).argmin()
+        assert np.abs(theirs.boxes[nearest] - box).max() < 4
+        assert np.abs(theirs.landmarks[nearest] - marks).max() < 4
+    portrait = insight.detect(decode_rgb(PORTRAIT.read_bytes(), MAX_PIXELS))
+    assert len(portrait) == 1 and portrait.landmarks.shape == (1, 5, 2)
+    assert DetectorSpec("insightface", model_path=str(scrfd_model)).identity != DetectorSpec("retinaface").identity
