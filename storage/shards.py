@@ -3,7 +3,7 @@
 A dataset is a folder of ``shard-NNNNN.parquet`` files plus ``manifest.json``.
 A shard is written under a temporary name and renamed into place, so a shard
 that exists under its final name is complete: a process that dies mid-write
-leaves only a ``.tmp`` file, which readers ignore and the next run overwrites.
+leaves only a ``.tmp`` file, which readers ignore and the next write of that file removes.
 The manifest is a summary rewritten (atomically) after each shard; shard files
 are the source of truth.
 """
@@ -30,6 +30,34 @@ def _atomic_replace(tmp: Path, final: Path) -> None:
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, final)
+    remove_orphan_temp_files(final)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_orphan_temp_files(final: Path) -> list[Path]:
+    """Delete temp files of ``final`` left by writers that died mid-write (their process is gone).
+
+    A killed writer never reaches its rename, so its ``.<name>.tmp-<pid>`` stays behind;
+    the next successful write of the same file clears it. Temp files of live processes
+    are left alone.
+    """
+    final = Path(final)
+    removed = []
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def write_shard(table: pa.Table, path: Path, schema: pa.Schema | None = None) -> Path:
