@@ -25,6 +25,7 @@ DEFAULT_STEPS = 50  # T, as evaluated in the paper
 INK = 0
 PAPER = 255
 GROUP_RANK = {group: i for i, group in enumerate(STROKE_GROUPS)}
+COARSE_ZOOMS = tuple(np.round(np.arange(0.7, 2.31, 0.1), 2))  # face size in crop / in render, searched
 
 
 def order_strokes(strokes: Sequence[Stroke]) -> list[Stroke]:
@@ -107,36 +108,60 @@ def transform_strokes(strokes: Sequence[Stroke], matrix: np.ndarray) -> list[Str
             for s in strokes]
 
 
-def align_render_to_photo(render: np.ndarray, photo: np.ndarray, min_correlation: float = 0.5,
-                          work_size: int = 128) -> np.ndarray | None:
+def _coarse_warp(template: np.ndarray, moving: np.ndarray) -> tuple[float, np.ndarray]:
+    """Best zoom + shift taking ``template`` (photo) coordinates to ``moving`` (render) ones.
+
+    The photo's central part (mostly face, little backdrop) is shrunk by each candidate
+    zoom and located in the edge-padded render by normalised cross-correlation.
+    """
+    side = template.shape[0]
+    pad = side // 2
+    padded = cv2.copyMakeBorder(moving, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    inner = slice(int(side * 0.2), int(side * 0.8))
+    centre_part = template[inner, inner]
+    best = (-1.0, np.eye(2, 3, dtype=np.float32))
+    for zoom in COARSE_ZOOMS:
+        size = max(8, round(centre_part.shape[0] / zoom))
+        scores = cv2.matchTemplate(padded, cv2.resize(centre_part, (size, size), interpolation=cv2.INTER_AREA),
+                                   cv2.TM_CCOEFF_NORMED)
+        _, score, _, (x, y) = cv2.minMaxLoc(scores)
+        if score > best[0]:
+            # photo point p -> render point (p - inner_start) / zoom + (x, y) - pad
+            offset = np.array([x - pad, y - pad], dtype=np.float32) - inner.start / zoom
+            best = (float(score), np.hstack([np.eye(2, dtype=np.float32) / zoom, offset[:, None]]).astype(np.float32))
+    return best
+
+
+def align_render_to_photo(render: np.ndarray, photo: np.ndarray, min_correlation: float = 0.6,
+                          work_size: int = 96) -> np.ndarray | None:
     """Affine map from a canonical render's pixel frame into ``photo``'s, or None if unsure.
 
-    The cleaned crop is the detector's crop of a jittered photo, while corpus strokes live in
-    the canonical render frame. Enhanced-correlation (ECC) registration of the canonical
-    render onto the crop (both at most ``work_size`` pixels wide) recovers the map; a
-    failed or weak fit (correlation below ``min_correlation``, or a scale outside 0.5..2)
-    returns None and the caller keeps the canonical frame.
+    The cleaned crop is the detector's crop of a jittered photo, framed tighter or looser
+    than the canonical render the corpus strokes live in. A coarse zoom/shift search
+    (normalised cross-correlation) followed by enhanced-correlation (ECC) affine refinement,
+    both on grey images at most ``work_size`` pixels wide, recovers the map. A weak fit
+    (correlation below ``min_correlation``, or a scale outside 0.4..2.5) returns None and
+    the caller keeps the canonical frame.
     """
     photo_h, photo_w = np.asarray(photo).shape[:2]
     render_h, render_w = np.asarray(render).shape[:2]
-    shrink = min(1.0, work_size / max(photo_h, photo_w))
-    small = (max(8, round(photo_w * shrink)), max(8, round(photo_h * shrink)))
-    template = cv2.resize(_grey_float(photo), small, interpolation=cv2.INTER_AREA)
-    moving = cv2.resize(_grey_float(render), small, interpolation=cv2.INTER_AREA)
-    warp = np.eye(2, 3, dtype=np.float32)
+    side = min(work_size, max(photo_h, photo_w))
+    template = cv2.resize(_grey_float(photo), (side, side), interpolation=cv2.INTER_AREA)
+    moving = cv2.resize(_grey_float(render), (side, side), interpolation=cv2.INTER_AREA)
+    coarse_score, warp = _coarse_warp(template, moving)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5)
     try:
         correlation, warp = cv2.findTransformECC(template, moving, warp, cv2.MOTION_AFFINE, criteria, None, 5)
     except cv2.error:
-        return None
-    # ECC's warp maps photo coordinates to render coordinates (both at working size): invert
+        correlation = coarse_score  # refinement did not converge: keep the coarse fit
+    # The warp maps photo coordinates to render coordinates (both at working size): invert
     # it for the strokes, then conjugate with the two resizes.
     to_photo_small = np.linalg.inv(np.vstack([warp.astype(np.float64), [0.0, 0.0, 1.0]]))
-    into_small = np.diag([small[0] / render_w, small[1] / render_h, 1.0])
-    out_of_small = np.diag([photo_w / small[0], photo_h / small[1], 1.0])
+    into_small = np.diag([side / render_w, side / render_h, 1.0])
+    out_of_small = np.diag([photo_w / side, photo_h / side, 1.0])
     to_photo = (out_of_small @ to_photo_small @ into_small)[:2]
     scale = float(np.sqrt(abs(np.linalg.det(to_photo[:, :2]))) * render_w / photo_w)
-    if correlation < min_correlation or not 0.5 <= scale <= 2.0:
+    if correlation < min_correlation or not 0.4 <= scale <= 2.5:
         return None
     return to_photo
 

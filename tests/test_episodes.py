@@ -66,10 +66,11 @@ def test_order_strokes_rejects_unknown_group() -> None:
         order_strokes([Stroke("ears", np.zeros((2, 2)), 1.0)])
 
 
-def test_alignment_recovers_a_known_similarity() -> None:
+@pytest.mark.parametrize("angle, scale, shift", [(0.08, 0.9, (4.0, -3.0)), (-0.05, 1.6, (-30.0, -20.0))])
+def test_alignment_recovers_a_known_similarity(angle: float, scale: float, shift: tuple[float, float]) -> None:
+    # The second case frames the face much tighter, as the detector's crops do.
     params = sample_identity(np.random.default_rng(3))
     canonical = np.asarray(render_face(params, 96))
-    angle, scale, shift = 0.08, 0.9, np.array([4.0, -3.0])
     c, s = np.cos(angle) * scale, np.sin(angle) * scale
     truth = np.array([[c, -s, shift[0]], [s, c, shift[1]]])
     photo = cv2.warpAffine(canonical, truth, (96, 96), borderMode=cv2.BORDER_REPLICATE)
