@@ -128,3 +128,22 @@ def test_episode_chunks_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(decoded, frames[2])
     with pytest.raises(ValueError, match="disagree on photo ids"):
         write_episode_chunk(tmp_path, 1, photos, sketches[:3])
+
+
+def test_gallery_photo_choice_accounts_for_every_face() -> None:
+    import pandas as pd
+
+    from tasks.episodes import select_gallery_faces
+
+    faces = pd.DataFrame({
+        "SAMPLE_ID": [10, 11, 12, 13, 14],
+        "identity_id": [7, 7, 7, -1, 8],
+        "det_score": [0.95, 0.99, 0.99, 0.99, 0.97],
+        "caption": ["a", "b", "c", "d", "e"],
+    })
+    truth = pd.DataFrame({"SAMPLE_ID": [10, 11, 12, 13], "split": ["test", "test", "test", "train"]})
+    chosen, skipped = select_gallery_faces(faces, truth)
+    # Best detector score wins; the tie between 11 and 12 goes to the lower SAMPLE_ID.
+    assert [(row["SAMPLE_ID"], row["split"]) for row in chosen] == [(11, "test")]
+    assert skipped == {"no_identity": 1, "no_split": 1, "other_photo_of_identity": 2}
+    assert len(chosen) + sum(skipped.values()) == len(faces)
