@@ -23,7 +23,7 @@ import pandas as pd
 
 from fvlp_core.config import CleanConfig
 
-CAPTION_MEASURER_VERSION = "captions-v1"
+CAPTION_MEASURER_VERSION = "captions-v2"
 LANGID_MAX_CHARS = 1000  # language id of a 100 kB caption reads its start only
 
 
@@ -105,9 +105,11 @@ PERSON_WORDS = frozenset(
     family couple friend friends businessman businesswoman student teacher doctor nurse soldier chef
     smile smiles smiling laughing beard bearded moustache mustache hair hairstyle blonde brunette redhead
     eyes lips makeup glasses wearing posing poses posed male female teen senior elderly ceo author designer
-    profile avatar linkedin passport attends""".split()
+    profile avatar linkedin passport attends group team staff guests crowd audience colleagues""".split()
 )
 _NAME = re.compile(r"\b[A-Z][a-z]+(?:[ -][A-Z][a-z']+)+\b")  # "Tom Hanks", "Emma Stone"
+# Alt-text that opens with a first name: "Thomas at the office 2017", "maria-with-her-dog.jpg".
+_NAMED_SUBJECT = re.compile(r"^\s*[A-Za-z][a-z]+[\s_-]+(?:at|attends|attending|visits|with|and)[\s_-]", re.I)
 
 
 def caption_text(value: Any) -> tuple[str, bool]:
@@ -141,7 +143,7 @@ def spam_category(text: str) -> str | None:
 
 def person_cues(text: str) -> int:
     words = {w.lower() for w in _WORD.findall(text)}
-    return len(words & PERSON_WORDS) + len(_NAME.findall(text))
+    return len(words & PERSON_WORDS) + len(_NAME.findall(text)) + bool(_NAMED_SUBJECT.match(text))
 
 
 def normalise_caption(text: str) -> str:
@@ -207,7 +209,7 @@ def measure_captions(values: list[Any]) -> dict[str, list]:
     ratios = english_ratios(texts)
     normalised = [normalise_caption(t[:LANGID_MAX_CHARS * 20]) for t in texts]
     return {
-        "caption_chars": [len(t) for t in texts],
+        "caption_chars": [len(t.strip()) for t in texts],
         "caption_words": [len(content_words(t[:LANGID_MAX_CHARS * 20])) for t in texts],
         "caption_utf8": list(valid),
         "english_ratio": [None if np.isnan(r) else float(r) for r in ratios],

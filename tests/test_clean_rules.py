@@ -55,7 +55,14 @@ def test_spam_categories(text, category):
 def test_person_cues_count_people_words_and_names():
     assert person_cues("Tom Hanks at the premiere") >= 1
     assert person_cues("close up face of a bearded man") >= 2
+    assert person_cues("Thomas at the office 2017") >= 1
+    assert person_cues("Team photo of our office staff") >= 1
     assert person_cues("sunset over the lake with mountains") == 0
+
+
+def test_whitespace_only_captions_are_empty():
+    measured = measure_captions([" ", "\n", ""])
+    assert measured["caption_chars"] == [0, 0, 0]
 
 
 def test_caption_text_flags_invalid_utf8_and_mojibake():
@@ -66,7 +73,7 @@ def test_caption_text_flags_invalid_utf8_and_mojibake():
 
 
 def test_huge_caption_is_measured_cheaply():
-    measured = measure_captions(["word " * 20_000])
+    measured = measure_captions(["face " * 19_999 + "smile"])
     assert measured["caption_chars"][0] == 100_000 and measured["english_ratio"][0] is not None
 
 
@@ -117,12 +124,12 @@ def _measurements(**overrides) -> pd.DataFrame:
     ({"duplicate_distance": 2}, "duplicate_image"),
     ({"caption_chars": 0, "caption_words": 0, "english_ratio": None, "person_cues": 0}, "caption_empty"),
     ({"caption_utf8": False}, "caption_not_utf8"),
-    ({"caption_words": 2}, "caption_too_short"),
+    ({"caption_words": 1}, "caption_too_short"),
     ({"caption_chars": 5000}, "caption_too_long"),
-    ({"english_ratio": 0.1}, "not_english"),
+    ({"english_ratio": 0.05}, "not_english"),
     ({"spam": "url"}, "caption_spam"),
     ({"person_cues": 0}, "no_person_content"),
-    ({"duplicate_similarity": 0.9}, "duplicate_caption"),
+    ({"duplicate_similarity": 1.0}, "duplicate_caption"),
 ])
 def test_each_rule_rejects_with_its_measured_value(overrides, rule):
     decided = decide(_measurements(**overrides), CleanConfig(), agreement_applied=False)
