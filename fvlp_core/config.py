@@ -132,20 +132,21 @@ class CleanConfig(StrictModel):
     min_face_fraction: float = Field(
         0.1, ge=0, le=1, description="face_too_small: sqrt(face box area / image area)"
     )
-    min_sharpness: float = Field(30.0, ge=0, description="too_blurry: variance of Laplacian of the face crop")
+    min_sharpness: float = Field(15.0, ge=0, description="too_blurry: variance of Laplacian of the face crop")
     max_duplicate_distance: int = Field(
         6, ge=-1, le=64, description="duplicate_image: Hamming distance of perceptual hashes to an earlier image"
     )
     crop_size: int = Field(224, ge=32, description="Side of the square face crop")
     crop_margin: float = Field(0.25, ge=0, le=1, description="Context around the face in the crop, per side")
     # caption rules
-    min_caption_words: int = Field(3, ge=0, description="caption_too_short: fewer words than this")
+    min_caption_words: int = Field(2, ge=0, description="caption_too_short: fewer words than this")
     max_caption_chars: int = Field(1000, ge=1, description="caption_too_long: more characters than this")
     min_english_ratio: float = Field(
-        0.5, ge=0, le=1, description="not_english: lingua's English confidence over its top language's"
+        0.2, ge=0, le=1, description="not_english: lingua's English confidence over its top language's"
     )
     near_duplicate_jaccard: float = Field(
-        0.8, gt=0, le=1, description="duplicate_caption: word-shingle Jaccard to an earlier caption (1.0 = exact only)"
+        1.0, gt=0, le=1,
+        description="duplicate_caption: word-shingle Jaccard to an earlier caption (1.0: exact after normalising)",
     )
     agreement_checkpoint: Path | None = Field(
         None, description="Trained FVLP checkpoint: image_text_agreement is scored with it and then applied"
