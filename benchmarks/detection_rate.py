@@ -19,14 +19,14 @@ from retinaface import detect_faces
 
 from fvlp_core.corpus import EmbeddedCorpus
 
-KINDS = ("clean", "no_face", "multi_face", "tiny_face", "low_resolution", "near_duplicate")
+KINDS = ("clean_image", "no_face", "multi_face", "tiny_face", "low_resolution", "near_duplicate")
 
 
 def _kind(noise: list[str]) -> str | None:
-    image_noise = [n for n in noise if n in KINDS]
+    """The image's kind; a caption-only problem leaves a clean image. None: mixed rows (skipped)."""
     if not noise or noise in (["non_english"], ["spam_caption"], ["empty_caption"]):
-        return "clean"
-    return image_noise[0] if len(image_noise) == 1 and len(noise) == 1 else None
+        return "clean_image"
+    return noise[0] if len(noise) == 1 and noise[0] in KINDS else None
 
 
 def _faces(image: Image.Image, threshold: float) -> list:
