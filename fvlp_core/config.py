@@ -78,7 +78,9 @@ class HttpFetchConfig(StrictModel):
 class IngestConfig(StrictModel):
     paths: Paths = Paths()
     source: Literal["embedded", "folder", "tar", "url"] = Field(
-        "embedded", description="Where image bytes come from"
+        "embedded",
+        description="Where image bytes come from: the embedded generator, a folder or tar of "
+        "<SAMPLE_ID>.<ext> files, or each row's URL over http(s)",
     )
     metadata: list[Path] = Field(
         default_factory=list,
@@ -88,7 +90,9 @@ class IngestConfig(StrictModel):
     rows: int = Field(3000, ge=1, description="Embedded corpus size in rows")
     identities: int = Field(1200, ge=2, description="Embedded corpus: distinct face identities")
     seed: int = Field(0, description="Embedded corpus seed (same seed, same bytes)")
-    shard_size: int = Field(500, ge=1, description="Rows per output shard")
+    shard_size: int = Field(
+        500, ge=1, description="Rows per output shard (re-runs skip complete shards; keep it fixed per data root)"
+    )
     max_image_bytes: int = Field(
         10_000_000, gt=0, description="Images larger than this get fetch_status too_large (any source)"
     )

@@ -55,11 +55,8 @@ class IngestPlan:
     duplicates: dict[int, tuple[str, int]]
 
 
-# NO_CACHE: inputs are live objects (tables, fetchers) that must not be hashed or stored.
-@task(name="plan-ingest", cache_policy=NO_CACHE)
-def plan_ingest(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestPlan:
+def build_plan(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestPlan:
     """Validate the metadata, cut it into shards and find which shards still need writing."""
-    logger = get_run_logger()
     metadata = open_metadata(metadata_paths)
     raw_dir = config.paths.raw_dir
     images = str(config.images.resolve()) if config.images else None
@@ -74,11 +71,19 @@ def plan_ingest(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestP
     pending = [spec for spec in shards if not shard_is_complete(raw_dir, spec, fingerprint)]
     # Duplicate ids need every SAMPLE_ID; skip that scan when nothing is left to write.
     duplicates = metadata.duplicate_rows() if pending else {}
-    logger.info(
-        "%d input rows in %d file(s) -> %d shard(s) of %d; %d to write, %d duplicate SAMPLE_ID row(s)",
-        metadata.total_rows, len(metadata.files), len(shards), config.shard_size, len(pending), len(duplicates),
-    )
     return IngestPlan(raw_dir, config.source, metadata, config.shard_size, shards, pending, fingerprint, duplicates)
+
+
+# NO_CACHE: inputs are live objects (tables, fetchers) that must not be hashed or stored.
+@task(name="plan-ingest", cache_policy=NO_CACHE)
+def plan_ingest(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestPlan:
+    plan = build_plan(metadata_paths, config)
+    get_run_logger().info(
+        "%d input rows in %d file(s) -> %d shard(s) of %d; %d to write, %d duplicate SAMPLE_ID row(s)",
+        plan.metadata.total_rows, len(plan.metadata.files), len(plan.shards), plan.shard_size,
+        len(plan.pending), len(plan.duplicates),
+    )
+    return plan
 
 
 def fetch_shard(plan: IngestPlan, spec: ShardSpec, fetcher: Fetcher) -> dict[str, int]:
