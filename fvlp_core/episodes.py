@@ -189,9 +189,10 @@ def _grey_float(image: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- line art from photos
 
-# Facial layout of a centred, roughly frontal face crop (fractions of width/height):
-# eyes, nose tip, mouth corners. Used when no landmarks are known.
-DEFAULT_LAYOUT = np.array([[0.36, 0.42], [0.64, 0.42], [0.5, 0.56], [0.39, 0.68], [0.61, 0.68]])
+# Facial layout of a landmark-aligned crop (fractions of width/height): eyes, nose tip,
+# mouth corners of the ArcFace template with the clean stage's default 25 % margin, which
+# is where the crop puts them. Used when no landmarks are given.
+DEFAULT_LAYOUT = np.array([[0.395, 0.474], [0.604, 0.473], [0.500, 0.594], [0.414, 0.716], [0.588, 0.715]])
 
 
 def face_region(point: np.ndarray, landmarks: np.ndarray) -> str:
@@ -287,3 +288,9 @@ def encode_png(frame: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format="PNG", optimize=False, compress_level=6)
     return buffer.getvalue()
+
+
+def photo_episode(photo: np.ndarray, steps: int = DEFAULT_STEPS, landmarks: np.ndarray | None = None) -> np.ndarray:
+    """Episode of any face photo (no corpus parameters): its edge line art, drawn in order."""
+    height, width = np.asarray(photo).shape[:2]
+    return render_episode(line_art_strokes(photo, landmarks), (width, height), steps)

@@ -8,6 +8,9 @@ Two sources:
   sketch is the identity's exact line drawing (``face_strokes``), registered onto the crop
   (ECC against the un-jittered render; when registration fails the sketch stays in the
   canonical frame and the manifest counts it as ``unaligned``).
+* real photos (a clean stage without the corpus ground truth): one episode per kept face,
+  drawn from its edge line art (``fvlp_core.episodes.photo_episode``); the split is a
+  fixed hash of the SAMPLE_ID (30 % test).
 * an FS2K-SDE root (``fs2k_sde``): photos, captions and recorded cumulative sketches, T
   steps selected evenly up to the finished sketch.
 
@@ -30,7 +33,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from fvlp_core.config import IngestConfig, Paths, resolve_config
-from fvlp_core.episodes import DEFAULT_STEPS, corpus_episode, encode_png
+from fvlp_core.episodes import DEFAULT_STEPS, corpus_episode, encode_png, photo_episode
 from fvlp_core.fs2k import load_fs2k_sde, select_steps
 from storage.episodes import (
     clear_episodes_manifest,
@@ -48,6 +51,7 @@ from storage.shards import list_shards, write_manifest
 EPISODES_VERSION = "1"  # bump when the generated drawings change
 CHUNK_PHOTOS = 64
 CORPUS_SETTINGS_FILE = "corpus.json"
+TEST_SHARE = 0.3  # real photos: share of faces put in the test split
 
 
 def _stat_fingerprint(paths: list[Path], extra: dict[str, Any]) -> str:
@@ -106,21 +110,36 @@ def select_gallery_faces(faces: pd.DataFrame, truth: pd.DataFrame) -> tuple[list
     return [chosen[k] for k in sorted(chosen)], skipped
 
 
-def _corpus_chunk(corpus: Any, rows: list[dict[str, Any]], steps: int) -> tuple[list[dict], list[dict], int]:
+def hashed_split(sample_id: int, test_share: float = TEST_SHARE) -> str:
+    """Real photos: a split that never changes for a SAMPLE_ID (Knuth multiplicative hash)."""
+    return "test" if ((int(sample_id) * 2654435761) % 2**32) / 2**32 < test_share else "train"
+
+
+def _face_chunk(clean_dir: Path, rows: list[dict[str, Any]], steps: int, corpus: Any | None) -> tuple[list, list, int]:
+    """Episodes of cleaned faces: exact corpus strokes when ``corpus`` is given, else edge line art.
+
+    Crops are read per chunk, so memory holds one chunk's images at a time.
+    """
     from fvlp_core.corpus import face_strokes, render_face
 
+    crops = read_face_crops(clean_dir, [row["SAMPLE_ID"] for row in rows])
     photos, sketches, unaligned = [], [], 0
     for row in rows:
         photo_id = str(int(row["SAMPLE_ID"]))
+        png = crops[int(row["SAMPLE_ID"])]
         try:
-            crop = np.asarray(Image.open(io.BytesIO(row["crop"])).convert("RGB"))
+            crop = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
         except OSError as err:
             raise ValueError(f"clean faces: SAMPLE_ID {photo_id}: crop is not a readable PNG ({err})") from err
-        params = corpus.identity_params(int(row["identity_id"]))
-        size = crop.shape[1]
-        frames, aligned = corpus_episode(face_strokes(params, size), np.asarray(render_face(params, size)), crop, steps)
-        unaligned += not aligned
-        photos.append({"photo_id": photo_id, "split": row["split"], "image": row["crop"], "caption": row["caption"],
+        if corpus is None:
+            frames = photo_episode(crop, steps)
+        else:
+            params = corpus.identity_params(int(row["identity_id"]))
+            size = crop.shape[1]
+            frames, aligned = corpus_episode(face_strokes(params, size), np.asarray(render_face(params, size)),
+                                             crop, steps)
+            unaligned += not aligned
+        photos.append({"photo_id": photo_id, "split": row["split"], "image": png, "caption": row["caption"],
                        "captions": [row["caption"]], "source": "generated"})
         sketches += [{"photo_id": photo_id, "split": row["split"], "step": t, "image": encode_png(frame)}
                      for t, frame in enumerate(frames)]
@@ -168,10 +187,12 @@ def ensure_episodes(paths: Paths, steps: int = DEFAULT_STEPS, fs2k_sde: Path | N
         face_files = list_shards(faces_dir)
         if not face_files:
             raise FileNotFoundError(f"no face shards in {faces_dir}: run the clean stage first")
-        settings = corpus_settings(paths)
         truth_file = paths.source_dir / "ground_truth.parquet"
-        plan = {"source": "generated", "steps": steps, "version": EPISODES_VERSION,
-                "input_fingerprint": _stat_fingerprint(face_files + [truth_file], settings)}
+        from_corpus = truth_file.exists()
+        settings = corpus_settings(paths) if from_corpus else {}
+        inputs = face_files + ([truth_file] if from_corpus else [])
+        plan = {"source": "generated", "drawing": "corpus-strokes" if from_corpus else "line-art", "steps": steps,
+                "version": EPISODES_VERSION, "input_fingerprint": _stat_fingerprint(inputs, settings)}
 
     if is_complete(episodes_dir, plan):
         manifest = read_episodes_manifest(episodes_dir)
@@ -189,18 +210,20 @@ def ensure_episodes(paths: Paths, steps: int = DEFAULT_STEPS, fs2k_sde: Path | N
         items: list[Any] = load_fs2k_sde(Path(fs2k_sde))
         build = lambda chunk: _fs2k_chunk(chunk, steps)  # noqa: E731
     else:
-        from fvlp_core.corpus import EmbeddedCorpus
-        from storage.source import read_ground_truth
-
-        corpus = EmbeddedCorpus(**settings)
         faces = read_face_index(paths.clean_dir).to_pandas()
-        items, skipped = select_gallery_faces(faces, read_ground_truth(paths.source_dir))
+        corpus = None
+        if from_corpus:
+            from fvlp_core.corpus import EmbeddedCorpus
+            from storage.source import read_ground_truth
+
+            corpus = EmbeddedCorpus(**settings)
+            items, skipped = select_gallery_faces(faces, read_ground_truth(paths.source_dir))
+        else:
+            items = [{**row, "split": hashed_split(row["SAMPLE_ID"])}
+                     for row in faces.sort_values("SAMPLE_ID").to_dict("records")]
         if not items:
-            raise ValueError(f"no cleaned face with a known identity and split in {paths.clean_dir / 'faces'}")
-        crops = read_face_crops(paths.clean_dir, [row["SAMPLE_ID"] for row in items])
-        for row in items:
-            row["crop"] = crops[int(row["SAMPLE_ID"])]
-        build = lambda chunk: _corpus_chunk(corpus, chunk, steps)  # noqa: E731
+            raise ValueError(f"no usable cleaned face in {paths.clean_dir / 'faces'} (skipped: {skipped})")
+        build = lambda chunk: _face_chunk(paths.clean_dir, chunk, steps, corpus)  # noqa: E731
 
     done = complete_chunks(episodes_dir)
     chunk_count = (len(items) + CHUNK_PHOTOS - 1) // CHUNK_PHOTOS

@@ -26,6 +26,9 @@ from tests.test_fs2k import make_fs2k_tree
 
 STEPS = 6
 
+# Each runs a real Prefect flow against the local test server (tens of seconds on 2 cores).
+pytestmark = pytest.mark.slow
+
 
 class ThumbnailEncoder:
     """Embeds an image as its normalised 8x8 grey thumbnail (ink-inverted), a text as a hashed vector."""
@@ -160,3 +163,16 @@ def test_evaluate_on_fs2k_sde_tree(prefect_harness, tmp_path: Path, monkeypatch)
     assert out["metrics"]["dataset/gallery_size"] == 3.0
     assert out["metrics"]["dataset/episodes"] == 3.0
     assert out["metrics"]["dataset/steps"] == float(STEPS)
+
+
+def test_real_photos_get_line_art_episodes(prefect_harness, data_root: Paths, monkeypatch) -> None:
+    """Without the corpus ground truth every kept face is its own episode, drawn from edges."""
+    from flows.evaluate import evaluate_flow
+
+    (data_root.source_dir / "ground_truth.parquet").unlink()
+    _use_encoder(monkeypatch, ThumbnailEncoder())
+    out = evaluate_flow(EvaluateConfig(paths=data_root, steps_per_episode=STEPS))
+    manifest = json.loads((data_root.episodes_dir / "manifest.json").read_text())
+    assert manifest["drawing"] == "line-art" and manifest["skipped"] == {}
+    assert manifest["photos"] == sum(manifest["splits"].values())
+    assert out["metrics"]["dataset/episodes"] == manifest["splits"]["test"]
