@@ -812,7 +812,7 @@ def render_face(params: FaceParams, size: int = 128, rng: np.random.Generator | 
 
     Without ``rng`` the face sits exactly in :func:`default_placement` under default light on a
     plain backdrop (the frame of :func:`face_strokes`). With ``rng`` each call is another photo
-    of the same person: small shifts, scale, roll, yaw, lighting and backdrop change.
+    of the same person: small shifts, scale, roll, yaw, lighting, backdrop and clothes change.
     """
     base = default_placement(size)
     if rng is None:
@@ -821,8 +821,13 @@ def render_face(params: FaceParams, size: int = 128, rng: np.random.Generator | 
         return canvas.image()
     place = jitter_placement(base, size, rng)
     canvas = Canvas(size, size, background(size, size, rng))
-    draw_face(canvas, params, place, random_lighting(rng))
+    draw_face(canvas, photo_outfit(params, rng), place, random_lighting(rng))
     return canvas.image(rng, grain=float(rng.uniform(0.5, 3.0)))
+
+
+def photo_outfit(params: FaceParams, rng: np.random.Generator) -> FaceParams:
+    """The same person in other clothes: photos of one identity must not share a shirt colour."""
+    return replace(params, clothes_rgb=tuple(float(c) for c in rng.integers(20, 235, 3)))
 
 
 def jitter_placement(base: Placement, size: float, rng: np.random.Generator) -> Placement:

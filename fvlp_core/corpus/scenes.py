@@ -13,6 +13,7 @@ from fvlp_core.corpus.faces import (
     background,
     draw_face,
     jitter_placement,
+    photo_outfit,
     random_lighting,
 )
 
@@ -23,7 +24,7 @@ def portrait(params: FaceParams, width: int, height: int, rng: np.random.Generat
     base = Placement(cx=width * 0.5, cy=height * 0.46, unit=short * rng.uniform(0.19, 0.25))
     place = jitter_placement(base, short, rng)
     canvas = Canvas(width, height, background(width, height, rng))
-    draw_face(canvas, params, place, random_lighting(rng))
+    draw_face(canvas, photo_outfit(params, rng), place, random_lighting(rng))
     return canvas.image(rng, grain=float(rng.uniform(0.5, 3.0)))
 
 
@@ -34,7 +35,7 @@ def tiny_face(params: FaceParams, width: int, height: int, rng: np.random.Genera
                       roll=float(rng.uniform(-0.1, 0.1)), yaw=float(rng.uniform(-0.3, 0.3)))
     canvas = Canvas(width, height, background(width, height, rng))
     _scenery(canvas, rng, horizon=place.cy + unit * 6)
-    draw_face(canvas, params, place, random_lighting(rng))
+    draw_face(canvas, photo_outfit(params, rng), place, random_lighting(rng))
     return canvas.image(rng, grain=1.5)
 
 
@@ -48,7 +49,7 @@ def group(people: list[FaceParams], width: int, height: int, rng: np.random.Gene
         cx = width * (k + 0.5) / n + rng.uniform(-0.04, 0.04) * width / n
         place = Placement(cx=cx, cy=height * rng.uniform(0.36, 0.5), unit=unit * rng.uniform(0.9, 1.08),
                           roll=float(rng.uniform(-0.12, 0.12)), yaw=float(rng.uniform(-0.3, 0.3)))
-        draw_face(canvas, people[k], place, light)
+        draw_face(canvas, photo_outfit(people[k], rng), place, light)
     return canvas.image(rng, grain=1.5)
 
 
