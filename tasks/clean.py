@@ -250,9 +250,12 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
     agreement_applied = settings.agreement_checkpoint is not None
 
     light = [c for c in MEASUREMENT_SCHEMA.names if c != "crop"]
-    frames = []
+    frames, phashes = [], []
     for job in jobs:
-        frame = read_measurements(job.measurement_path, light).to_pandas()
+        table = read_measurements(job.measurement_path, light)
+        # Taken from Arrow directly: pandas would turn a nullable int64 into float64 and round the hash.
+        phashes += table.column("image_phash").to_pylist()
+        frame = table.drop_columns(["image_phash"]).to_pandas()
         frame["raw_shard"] = job.raw_path.name
         frame["shard"] = job.index
         frames.append(frame)
@@ -260,9 +263,7 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
     # Duplicates need the whole corpus: earlier rows (shard order, then row order) win.
     _, similarity = near_duplicates(measurements["caption_minhash"].tolist())
     measurements["duplicate_similarity"] = similarity
-    _, distance = image_duplicates(
-        [None if pd.isna(h) else int(h) for h in measurements["image_phash"]]
-    )
+    _, distance = image_duplicates(phashes)
     measurements["duplicate_distance"] = distance
     decided = decide(measurements, config, agreement_applied)
     measurements = measurements.join(decided)

@@ -48,21 +48,43 @@ def jpeg_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
     return bytes(data)
 
 
-def portrait_variants() -> dict[str, bytes]:
-    """The one-face portrait in the image modes web data brings (each should stay usable)."""
-    rgb = Image.open(PORTRAIT).convert("RGB").resize((224, 224))
-    grey16 = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))
-    rgba = rgb.convert("RGBA")
-    frames = [rgb, rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+# Face boxes (x1, y1, x2, y2) in t1.jpg, as the offline detector finds them.
+GROUP_FACE_BOXES = ((464, 263, 574, 408), (742, 343, 842, 471), (51, 261, 168, 401),
+                    (272, 147, 375, 278), (902, 56, 1010, 201), (1127, 273, 1225, 401))
+
+
+def group_faces(mirrored: bool = False) -> list[Image.Image]:
+    """Six distinct one-person photos cut from the group photo (each face with some context)."""
+    group = Image.open(GROUP_PHOTO).convert("RGB")
+    faces = []
+    for x1, y1, x2, y2 in GROUP_FACE_BOXES:
+        cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, 0.8 * max(x2 - x1, y2 - y1)
+        face = group.crop((int(cx - half), int(cy - half), int(cx + half), int(cy + half)))
+        faces.append(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirrored else face)
+    return faces
+
+
+def portrait_variants(sources: list[Image.Image] | None = None) -> dict[str, bytes]:
+    """One-face photos in the image modes web data brings (each should stay usable).
+
+    ``sources``: five RGB photos, one per variant (default: the portrait five times).
+    """
+    sources = sources or [Image.open(PORTRAIT).convert("RGB").resize((224, 224))] * 5
+    cmyk, grey, palette, alpha, animated = sources
+    grey16 = Image.fromarray(np.asarray(grey.convert("L"), dtype=np.uint16) * 257)
     gif = io.BytesIO()
-    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    animated.save(gif, format="GIF", save_all=True, append_images=[animated.rotate(10)], duration=100, loop=0)
     return {
-        "cmyk_jpeg": encode(rgb.convert("CMYK"), "JPEG", quality=95),
+        "cmyk_jpeg": encode(cmyk.convert("CMYK"), "JPEG", quality=95),
         "grey16_png": png_bytes(grey16),
-        "palette_png": png_bytes(rgb.convert("P", palette=Image.Palette.ADAPTIVE)),
-        "rgba_png": png_bytes(rgba),
+        "palette_png": png_bytes(palette.convert("P", palette=Image.Palette.ADAPTIVE)),
+        "rgba_png": png_bytes(alpha.convert("RGBA")),
         "animated_gif": gif.getvalue(),
     }
+
+
+def jpeg(image: Image.Image) -> bytes:
+    return encode(image, "JPEG", quality=92)
 
 
 def bad_images() -> dict[str, bytes | None]:

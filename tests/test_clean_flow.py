@@ -9,7 +9,15 @@ import pytest
 from fvlp_core.config import CleanConfig, Paths
 from fvlp_core.detection.measure import decode_png
 from storage.clean import read_decisions, read_faces
-from tests.clean_fixtures import GROUP_PHOTO, PORTRAIT, bad_images, portrait_variants, write_raw_shards
+from tests.clean_fixtures import (
+    GROUP_PHOTO,
+    PORTRAIT,
+    bad_images,
+    group_faces,
+    jpeg,
+    portrait_variants,
+    write_raw_shards,
+)
 
 GOOD_TEXT = "Portrait of a smiling man with short hair"
 DISTINCT_TEXTS = [
@@ -23,6 +31,12 @@ DISTINCT_TEXTS = [
 
 
 def _rows() -> list[list[dict]]:
+    """Two raw shards: real photos, hostile bytes, web image modes, and one row per caption rule.
+
+    Every usable image is a different photo (faces cut from the group photo, some mirrored),
+    so only the rows meant to be duplicates are.
+    """
+    faces, mirrored = group_faces(), group_faces(mirrored=True)
     first = [
         {"SAMPLE_ID": 1, "TEXT": "A group of young women smiling at a party", "image": GROUP_PHOTO.read_bytes()},
         {"SAMPLE_ID": 2, "TEXT": "Tom Hanks at the premiere of his new film", "image": PORTRAIT.read_bytes()},
@@ -31,25 +45,28 @@ def _rows() -> list[list[dict]]:
     first += [{"SAMPLE_ID": 10 + i, "TEXT": DISTINCT_TEXTS[i], "image": data}
               for i, data in enumerate(bad_images().values())]
     second = [{"SAMPLE_ID": 100 + i, "TEXT": DISTINCT_TEXTS[-1 - i], "image": data}
-              for i, data in enumerate(portrait_variants().values())]
+              for i, data in enumerate(portrait_variants(faces[:5]).values())]
     second += [
-        {"SAMPLE_ID": 200, "TEXT": "Porträt eines älteren Mannes im Studio", "image": PORTRAIT.read_bytes()},
-        {"SAMPLE_ID": 201, "TEXT": "Click here to buy now www.best-deals.biz", "image": PORTRAIT.read_bytes()},
-        {"SAMPLE_ID": 202, "TEXT": None, "image": PORTRAIT.read_bytes()},
-        {"SAMPLE_ID": 203, "TEXT": "x" * 100_000, "image": PORTRAIT.read_bytes()},
-        {"SAMPLE_ID": 204, "TEXT": "Tom Hanks at the premiere of his new film", "image": PORTRAIT.read_bytes()},
-        {"SAMPLE_ID": 205, "TEXT": "Caf\ufffd au lait with a smiling man", "image": PORTRAIT.read_bytes()},
+        {"SAMPLE_ID": 200, "TEXT": "Porträt eines älteren Mannes im Studio", "image": jpeg(faces[5])},
+        {"SAMPLE_ID": 201, "TEXT": "Click here to buy now www.best-deals.biz", "image": jpeg(mirrored[0])},
+        {"SAMPLE_ID": 202, "TEXT": None, "image": jpeg(mirrored[1])},
+        {"SAMPLE_ID": 203, "TEXT": "x" * 100_000, "image": jpeg(mirrored[2])},
+        {"SAMPLE_ID": 204, "TEXT": "Tom Hanks at the premiere of his new film", "image": jpeg(mirrored[3])},
+        {"SAMPLE_ID": 205, "TEXT": "Caf\ufffd au lait with a smiling man", "image": jpeg(mirrored[4])},
+        {"SAMPLE_ID": 206, "TEXT": "The same portrait posted again by a fan site", "image": PORTRAIT.read_bytes()},
     ]
     return [first, second]
 
 
-@pytest.fixture()
-def cleaned(tmp_path, prefect_harness):
+@pytest.fixture(scope="module")
+def cleaned(tmp_path_factory, prefect_harness):
+    """One clean run shared by the tests of this module (the rerun test runs last: it changes settings)."""
     from flows.clean import clean_flow
 
+    root = tmp_path_factory.mktemp("clean")
     rows = _rows()
-    write_raw_shards(tmp_path / "raw", rows)
-    config = CleanConfig(paths=Paths(data_root=tmp_path), workers=1)
+    write_raw_shards(root / "raw", rows)
+    config = CleanConfig(paths=Paths(data_root=root), workers=1)
     return config, clean_flow(config), sum(len(r) for r in rows)
 
 
@@ -83,6 +100,7 @@ def test_every_row_is_decided_with_the_right_rule(cleaned):
     assert "caption_too_long" in reasons[203]
     assert reasons[204] == ["duplicate_caption"]  # same caption as sample 2, which came first
     assert "caption_not_utf8" in reasons[205]
+    assert reasons[206] == ["duplicate_image"]  # the portrait of sample 2, re-posted
 
     measured = json.loads(decisions.loc[1, "measurements"])
     assert measured["multiple_faces"] > 0.3 and measured["no_face"] >= 4
@@ -100,7 +118,7 @@ def test_kept_faces_have_crops_and_attribute_captions(cleaned):
 
 
 @pytest.mark.slow
-def test_rerun_with_new_threshold_redecides_without_detecting(cleaned, tmp_path):
+def test_rerun_with_new_threshold_redecides_without_detecting(cleaned):
     from flows.clean import clean_flow
 
     config, first, _ = cleaned
