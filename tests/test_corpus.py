@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from fvlp_core.corpus import (
     STROKE_GROUPS,
     EmbeddedCorpus,
     attributes_of,
+    crop_strokes,
     face_strokes,
     render_face,
     sample_identity,
@@ -184,12 +186,43 @@ def test_strokes_in_frame_and_in_group_order():
 def test_strokes_trace_the_rendered_face():
     """Line art and photo share one frame: stroke pixels sit on strong edges of the photo."""
     params = sample_identity(np.random.default_rng(2))
-    photo = np.asarray(render_face(params, 192).convert("L"), np.float32)
-    edges = np.hypot(*np.gradient(photo))
-    on_stroke = np.concatenate([s.points for s in face_strokes(params, 192) if s.group in ("contour", "eyes", "mouth")])
-    xs, ys = on_stroke[:, 0].round().astype(int), on_stroke[:, 1].round().astype(int)
-    near = np.max([edges[np.clip(ys + dy, 0, 191), np.clip(xs + dx, 0, 191)] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
-    assert np.median(near) > 2 * np.median(edges)
+    assert _edge_ratio(render_face(params, 192), face_strokes(params, 192)) > 2
+
+
+def _edge_ratio(image: Image.Image, strokes) -> float:
+    """Median edge strength under the strokes, relative to the image's median edge strength."""
+    grey = np.asarray(image.convert("L"), np.float32)
+    h, w = grey.shape
+    edges = np.hypot(*np.gradient(grey))
+    pts = np.concatenate([s.points for s in strokes if s.group in ("contour", "eyes", "mouth")])
+    xs, ys = pts[:, 0].round().astype(int), pts[:, 1].round().astype(int)
+    near = np.max([edges[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)]
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+    return float(np.median(near) / np.median(edges))
+
+
+def test_photo_strokes_follow_each_corpus_photo(corpus):
+    truth = corpus.ground_truth()
+    clean = truth.loc[truth["expected_keep"], "SAMPLE_ID"].iloc[:3].tolist()
+    near = _rows_with(corpus, "near_duplicate")
+    near = [s for s in near if not {"corrupt_image", "truncated_image"} & set(
+        truth.loc[truth["SAMPLE_ID"] == s, "noise"].item())][:2]
+    for sample_id in clean + near:
+        image, strokes = corpus.image(sample_id), corpus.photo_strokes(sample_id)
+        assert all((s.points >= 0).all() and (s.points <= np.array(image.size) - 1).all() for s in strokes)
+        assert _edge_ratio(image, strokes) > 2, sample_id
+        # The same strokes shifted off the face no longer trace it.
+        shifted = [replace(s, points=s.points + [image.size[0] * 0.07, 0]) for s in strokes]
+        assert _edge_ratio(image, shifted) < _edge_ratio(image, strokes)
+    with pytest.raises(ValueError, match="no single person"):
+        corpus.photo_strokes(_rows_with(corpus, "no_face")[0])
+
+
+def test_crop_strokes_keeps_only_the_crop():
+    strokes = face_strokes(sample_identity(np.random.default_rng(4)), 200)
+    cropped = crop_strokes(strokes, (50, 40, 150, 140), (64, 64))
+    assert cropped and all((s.points >= 0).all() and (s.points <= 63).all() for s in cropped)
+    assert len(cropped) >= len([s for s in strokes if s.group in ("eyes", "nose")])
 
 
 def test_render_jitter_changes_photo_not_person():

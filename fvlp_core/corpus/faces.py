@@ -899,17 +899,39 @@ def _visible_runs(points: np.ndarray, hidden: np.ndarray) -> list[np.ndarray]:
     return runs
 
 
-def face_strokes(params: FaceParams, size: int) -> list[Stroke]:
+def crop_strokes(strokes: list[Stroke], box: tuple[float, float, float, float], size: tuple[int, int]) -> list[Stroke]:
+    """Strokes as seen in the crop ``box`` (left, top, right, bottom) resized to ``size``.
+
+    Parts falling outside the crop are dropped (a stroke may split in two), e.g. to follow
+    a photo into a detector's face crop.
+    """
+    left, top, right, bottom = box
+    scale = np.array([size[0] / (right - left), size[1] / (bottom - top)])
+    limit = np.array([size[0] - 1, size[1] - 1])
+    out = []
+    for stroke in strokes:
+        points = (_densify(stroke.points, step=2.0) - [left, top]) * scale
+        outside = (points < 0).any(axis=1) | (points > limit).any(axis=1)
+        out += [Stroke(stroke.group, run, max(1.0, stroke.width * float(scale.mean())))
+                for run in _visible_runs(points, outside)]
+    return out
+
+
+def face_strokes(params: FaceParams, size: int | tuple[int, int], placement: Placement | None = None) -> list[Stroke]:
     """The face as line art in the frame of ``render_face(params, size)`` (no jitter).
 
-    Strokes come in drawing order: hair, contour, mouth, eyes, nose, details. Parts of an
-    outline hidden in the photo (the forehead under the hair, the hair behind the face, the
-    shoulders behind the neck) or outside the image are left out, as a person would.
+    ``size`` is the square side, or (width, height) of the image when ``placement`` puts the
+    face somewhere else (a corpus photo: :meth:`EmbeddedCorpus.photo_strokes`). Strokes come
+    in drawing order: hair, contour, mouth, eyes, nose, details. Parts of an outline hidden in
+    the photo (the forehead under the hair, the hair behind the face, the shoulders behind the
+    neck) or outside the image are left out, as a person would.
     """
     p = params
-    g = _geometry(p)
-    place = default_placement(size)
+    width, height = (size, size) if isinstance(size, int) else size
+    place = placement or default_placement(width)
+    g = _geometry(p, place.yaw)
     unit = place.unit
+    frame_max = np.array([width - 1, height - 1])
     strokes: list[Stroke] = []
     head_cover = [poly for poly in (g.hair_front, g.hat, g.hat_brim) if poly is not None]
 
@@ -922,7 +944,7 @@ def face_strokes(params: FaceParams, size: int) -> list[Stroke]:
             covered |= _inside(pts, cover)
         if over is not None:
             covered &= ~_inside(pts, over)
-        hidden = covered | (px < 0).any(axis=1) | (px > size - 1).any(axis=1)
+        hidden = covered | (px < 0).any(axis=1) | (px > frame_max).any(axis=1)
         for run in _visible_runs(px, hidden):
             strokes.append(Stroke(group, run, max(1.0, width * unit)))
 

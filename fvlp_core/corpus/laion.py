@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from fvlp_core.corpus import laion_captions, scenes
-from fvlp_core.corpus.faces import FaceParams, attributes_of, sample_identity
+from fvlp_core.corpus.faces import FaceParams, Stroke, attributes_of, crop_strokes, face_strokes, sample_identity
 
 IMAGE_NOISE: dict[str, float] = {
     "no_face": 0.06,
@@ -217,15 +217,13 @@ class EmbeddedCorpus:
 
     def image_bytes(self, sample_id: int) -> bytes:
         """The encoded image of ``sample_id`` (JPEG or PNG; deliberately broken for corrupt/truncated rows)."""
-        row = self._by_sample_id.get(int(sample_id))
-        if row is None:
-            raise KeyError(f"SAMPLE_ID {sample_id} is not in this corpus (seed={self.seed}, rows={self.rows})")
+        row = self._row(sample_id)
         if row.copy_kind == "duplicate":
             return self.image_bytes(self._plan[row.copy_of].sample_id)
         rng = np.random.default_rng(row.photo_seed)
         image = self._render(row, rng)
         if row.copy_kind == "near_duplicate":
-            image = _near_copy(image, row.width, row.height, np.random.default_rng([row.photo_seed, row.index]))
+            image = _near_copy(image, row.width, row.height, self._near_copy_rng(row))
         data = _encode(image, png=_is_png(row), quality=int(rng.integers(72, 96)))
         if row.image_noise == "corrupt_image":
             return _corrupt(data, rng)
@@ -239,16 +237,54 @@ class EmbeddedCorpus:
         image.load()
         return image.convert("RGB")
 
+    def photo_strokes(self, sample_id: int) -> list[Stroke]:
+        """The line drawing of the person in ``sample_id``'s image, in that image's pixel frame.
+
+        Exact for every single-person row (pose, scale, roll and yaw of that photo; a
+        near-duplicate's crop and resize included), so a sketch lines up with the photo. Rows
+        without one person (``no_face``, ``multi_face``) raise ValueError.
+        """
+        row = self._row(sample_id)
+        if row.identity_id < 0:
+            raise ValueError(f"SAMPLE_ID {sample_id} has no single person ({', '.join(row.noise)})")
+        width, height = self._render_size(row)
+        rng = np.random.default_rng(row.photo_seed)
+        if row.image_noise == "tiny_face":
+            place = scenes.tiny_face_placement(width, height, rng)
+        else:
+            place = scenes.portrait_placement(width, height, rng)
+        strokes = face_strokes(self.identity_params(row.identity_id), (width, height), place)
+        if row.copy_kind != "near_duplicate":
+            return strokes
+        box = _near_copy_box(width, height, self._near_copy_rng(row))
+        return crop_strokes(strokes, box, (row.width, row.height))
+
+    def _row(self, sample_id: int) -> _Row:
+        row = self._by_sample_id.get(int(sample_id))
+        if row is None:
+            raise KeyError(f"SAMPLE_ID {sample_id} is not in this corpus (seed={self.seed}, rows={self.rows})")
+        return row
+
+    def _render_size(self, row: _Row) -> tuple[int, int]:
+        """A near-duplicate is rendered at its original's size, then cropped and shrunk."""
+        source = self._plan[row.copy_of] if row.copy_kind == "near_duplicate" else row
+        return source.width, source.height
+
+    @staticmethod
+    def _near_copy_rng(row: _Row) -> np.random.Generator:
+        return np.random.default_rng([row.photo_seed, row.index])
+
     def _render(self, row: _Row, rng: np.random.Generator) -> Image.Image:
         kind = row.image_noise
+        width, height = self._render_size(row)
         if kind == "no_face":
-            return scenes.no_face(row.width, row.height, rng)
+            return scenes.no_face(width, height, rng)
         if kind == "multi_face":
-            return scenes.group([self.identity_params(i) for i in row.people], row.width, row.height, rng)
+            return scenes.group([self.identity_params(i) for i in row.people], width, height, rng)
         params = self.identity_params(row.identity_id)
         if kind == "tiny_face":
-            return scenes.tiny_face(params, row.width, row.height, rng)
-        return scenes.portrait(params, row.width, row.height, rng)
+            return scenes.tiny_face(params, width, height, rng)
+        return scenes.portrait(params, width, height, rng)
 
 
 def _is_png(row: _Row) -> bool:
@@ -264,11 +300,15 @@ def _encode(image: Image.Image, png: bool, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+def _near_copy_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """The crop a re-post keeps of the original (up to 4 % off each side); drawn from ``rng`` first."""
+    left, top = int(width * rng.uniform(0, 0.04)), int(height * rng.uniform(0, 0.04))
+    return left, top, width - int(width * rng.uniform(0, 0.04)), height - int(height * rng.uniform(0, 0.04))
+
+
 def _near_copy(image: Image.Image, width: int, height: int, rng: np.random.Generator) -> Image.Image:
     """The same photo re-posted: slightly cropped, resized, colour-shifted."""
-    w, h = image.size
-    dx, dy = int(w * rng.uniform(0, 0.04)), int(h * rng.uniform(0, 0.04))
-    cropped = image.crop((dx, dy, w - int(w * rng.uniform(0, 0.04)), h - int(h * rng.uniform(0, 0.04))))
+    cropped = image.crop(_near_copy_box(*image.size, rng))
     resized = cropped.resize((width, height), Image.BILINEAR)
     pixels = np.asarray(resized, np.float32) * rng.uniform(0.92, 1.08) + rng.uniform(-8, 8)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")

@@ -18,23 +18,33 @@ from fvlp_core.corpus.faces import (
 )
 
 
-def portrait(params: FaceParams, width: int, height: int, rng: np.random.Generator) -> Image.Image:
-    """One person filling a LAION-sized photo (head about half the short side)."""
+def portrait_placement(width: int, height: int, rng: np.random.Generator) -> Placement:
+    """Where :func:`portrait` puts the face; it draws these numbers from ``rng`` first."""
     short = min(width, height)
     base = Placement(cx=width * 0.5, cy=height * 0.46, unit=short * rng.uniform(0.19, 0.25))
-    place = jitter_placement(base, short, rng)
+    return jitter_placement(base, short, rng)
+
+
+def portrait(params: FaceParams, width: int, height: int, rng: np.random.Generator) -> Image.Image:
+    """One person filling a LAION-sized photo (head about half the short side)."""
+    place = portrait_placement(width, height, rng)
     canvas = Canvas(width, height, background(width, height, rng))
     draw_face(canvas, photo_outfit(params, rng), place, random_lighting(rng))
     return canvas.image(rng, grain=float(rng.uniform(0.5, 3.0)))
 
 
+def tiny_face_placement(width: int, height: int, rng: np.random.Generator) -> Placement:
+    """Where :func:`tiny_face` puts the face (half face width 4-8 px); drawn from ``rng`` first."""
+    unit = rng.uniform(4.0, 8.0)
+    return Placement(cx=rng.uniform(0.2, 0.8) * width, cy=rng.uniform(0.25, 0.6) * height, unit=unit,
+                     roll=float(rng.uniform(-0.1, 0.1)), yaw=float(rng.uniform(-0.3, 0.3)))
+
+
 def tiny_face(params: FaceParams, width: int, height: int, rng: np.random.Generator) -> Image.Image:
     """A person far away: the face is a few pixels wide somewhere in a large scene."""
-    unit = rng.uniform(4.0, 8.0)  # half face width in pixels
-    place = Placement(cx=rng.uniform(0.2, 0.8) * width, cy=rng.uniform(0.25, 0.6) * height, unit=unit,
-                      roll=float(rng.uniform(-0.1, 0.1)), yaw=float(rng.uniform(-0.3, 0.3)))
+    place = tiny_face_placement(width, height, rng)
     canvas = Canvas(width, height, background(width, height, rng))
-    _scenery(canvas, rng, horizon=place.cy + unit * 6)
+    _scenery(canvas, rng, horizon=place.cy + place.unit * 6)
     draw_face(canvas, photo_outfit(params, rng), place, random_lighting(rng))
     return canvas.image(rng, grain=1.5)
 
