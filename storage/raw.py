@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 
-from storage.shards import list_shards, shard_index, shard_path, write_manifest, write_shard
+from storage.shards import list_shards, read_manifest, shard_index, shard_path, write_manifest, write_shard
 
 REQUIRED_COLUMNS: dict[str, pa.DataType] = {
     "SAMPLE_ID": pa.int64(),
@@ -471,5 +471,6 @@ def write_raw_manifest(
             if spec.index in shard_status
         ],
     }
-    write_manifest(raw_dir, manifest)
+    if read_manifest(raw_dir) != manifest:  # an unchanged dataset keeps its file untouched
+        write_manifest(raw_dir, manifest)
     return manifest

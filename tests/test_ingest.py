@@ -225,10 +225,12 @@ def test_raw_schema_contract_and_accounting(tmp_path: Path, prefect_harness):
     frame = dd.read_parquet(config.paths.raw_dir)
     assert len(frame) == 11 and frame.npartitions == 3
 
-    # A second run writes nothing new.
-    mtimes = {p.name: p.stat().st_mtime_ns for p in list_shards(config.paths.raw_dir)}
+    # A second run writes nothing new: no shard, not even the manifest.
+    files = list_shards(config.paths.raw_dir) + [config.paths.raw_dir / "manifest.json"]
+    mtimes = [p.stat().st_mtime_ns for p in files]
     assert ingest_flow(config)["written_shards"] == 0
-    assert {p.name: p.stat().st_mtime_ns for p in list_shards(config.paths.raw_dir)} == mtimes
+    assert [p.stat().st_mtime_ns for p in files] == mtimes
+    assert sorted(p.name for p in config.paths.raw_dir.iterdir()) == sorted(p.name for p in files)
 
 
 def test_crash_mid_shard_then_rerun_loses_and_duplicates_nothing(
