@@ -235,6 +235,10 @@ def test_render_jitter_changes_photo_not_person():
     assert not np.array_equal(a, b)
 
 
-def test_too_many_identities_is_a_clear_error():
+def test_bad_sizes_are_clear_errors():
     with pytest.raises(ValueError, match="identities"):
         EmbeddedCorpus(rows=50, identities=200, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        EmbeddedCorpus(rows=50, identities=10, seed=-1)
+    with pytest.raises(KeyError, match="SAMPLE_ID 7"):
+        EmbeddedCorpus(rows=50, identities=10, seed=0).image_bytes(7)

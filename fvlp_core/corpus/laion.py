@@ -70,6 +70,8 @@ class EmbeddedCorpus:
             raise ValueError(f"rows must be >= 1, got {rows}")
         if identities < 1:
             raise ValueError(f"identities must be >= 1, got {identities}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         self.rows, self.identities, self.seed = rows, identities, seed
         self._plan = self._make_plan()
         self._by_sample_id = {row.sample_id: row for row in self._plan}
