@@ -398,7 +398,11 @@ def _attribute_head(config: CleanConfig, truth: pd.DataFrame | None, crops: dict
 def _faces_table(job: ShardJob, kept: pd.DataFrame, attributes: KeptAttributes, config: CleanConfig) -> pa.Table:
     wanted = set(kept["SAMPLE_ID"].astype(int))
     table = read_measurements(job.measurement_path, ["SAMPLE_ID", "crop"])
-    crop_of = {s: c for s, c in zip(table.column("SAMPLE_ID").to_pylist(), table.column("crop").to_pylist()) if s in wanted}
+    # A repeated SAMPLE_ID's later row (never fetched, no crop) must not replace the kept row's crop.
+    crop_of = {
+        s: c for s, c in zip(table.column("SAMPLE_ID").to_pylist(), table.column("crop").to_pylist())
+        if s in wanted and c is not None
+    }
     ids = kept["SAMPLE_ID"].astype(int).tolist()
     names = [attributes.names.get(s, []) for s in ids]
     return pa.table({
