@@ -11,7 +11,6 @@ in tests/test_ingest.py and tests/test_fetch.py (see docs/guarantees.md).
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
