@@ -113,9 +113,9 @@ def measure_shard(raw_path: str, out_path: str, settings: MeasureSettings) -> di
     current = {"raw": raw_fingerprint(Path(raw_path)), **settings.versions}
     stored = stored_versions(Path(out_path))
     stale = [g for g in ("image", "caption", "agreement") if stored.get(g) != current[g] or stored.get("raw") != current["raw"]]
-    raw = read_raw_rows(Path(raw_path))
     if not stale:
-        return {"shard": Path(raw_path).name, "rows": raw.num_rows, "remeasured": []}
+        return {"shard": Path(raw_path).name, "rows": pq.ParquetFile(raw_path).metadata.num_rows, "remeasured": []}
+    raw = read_raw_rows(Path(raw_path))
     columns: dict[str, list] = {}
     if len(stale) < 3:
         previous = read_measurements(Path(out_path))
