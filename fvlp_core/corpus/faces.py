@@ -558,14 +558,14 @@ class Canvas:
         draw = ImageDraw.Draw(mask)
         ink = int(round(255 * alpha))  # blur and clip commute with this scaling
         for points, kind, width in shapes:
-            xy = [(float(x - x0), float(y - y0)) for x, y in points]
+            local = np.asarray(points, np.float64) - (x0, y0)
             if kind == "poly":
-                draw.polygon(xy, fill=ink)
+                draw.polygon([tuple(p) for p in local.tolist()], fill=ink)
             elif kind == "ellipse":
-                (ax, ay), (bx, by) = xy
+                (ax, ay), (bx, by) = local.tolist()
                 draw.ellipse((min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)), fill=ink)
             else:
-                draw.line(xy, fill=ink, width=max(1, int(round(width))), joint="curve")
+                draw.line([tuple(p) for p in local.tolist()], fill=ink, width=max(1, int(round(width))), joint="curve")
         if blur >= 0.75:  # smaller radii change nothing visible after the 2x reduction
             mask = mask.filter(ImageFilter.GaussianBlur(blur))
         if clip is not None:
