@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, Sequence
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from PIL import Image
 
@@ -41,6 +41,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", 
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _READ_CHUNK = 64 * 1024
+_URL_SAFE = "/?&=%:;@!$'()*+,~-._"
 
 
 @dataclass(frozen=True)
@@ -372,6 +373,8 @@ class HttpFetcher:
                 if not err.retry or attempt == attempts - 1:
                     suffix = f" (after {attempts} attempts)" if err.retry and attempts > 1 else ""
                     return FetchResult(err.status, error=f"{err}{suffix}")
+            except Exception as err:  # one hostile URL must not take down the shard's other rows
+                return FetchResult("error", error=f"unexpected {type(err).__name__}: {err}")
             time.sleep(self.config.backoff_s * 2**attempt)
         raise AssertionError("unreachable: the last attempt always returns")
 
@@ -386,6 +389,8 @@ class HttpFetcher:
                 raise _Failed("http_error", f"more than {self.config.max_redirects} redirects")
             except (TimeoutError, socket.timeout) as err:
                 raise _Failed("timeout", f"timed out: {err or 'no data'}", retry=True) from err
+            except UnicodeError as err:  # e.g. a host name that is not valid IDNA
+                raise _Failed("error", f"cannot encode URL: {err}") from err
             except (OSError, http.client.HTTPException) as err:
                 if deadline.expired:
                     raise _Failed("timeout", f"gave up after {self.config.total_timeout_s}s in total", retry=True) from err
@@ -407,7 +412,8 @@ class HttpFetcher:
             connection = _PinnedHTTPSConnection(parts.hostname, port, address, ssl_context=self.ssl_context, **timeouts)
         else:
             connection = _PinnedHTTPConnection(parts.hostname, port, address, **timeouts)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # Scraped URLs carry spaces and non-ASCII; percent-encode them, keep existing escapes.
+        target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=_URL_SAFE)
         return connection, target
 
     def _request(self, url: str, deadline: _Deadline) -> tuple[str | None, bytes]:

@@ -124,7 +124,7 @@ class ShardSpec:
 
     @property
     def name(self) -> str:
-        return f"shard-{self.index:05d}.parquet"
+        return shard_path(Path(), self.index).name
 
 
 def plan_shards(total_rows: int, shard_size: int) -> list[ShardSpec]:
@@ -221,6 +221,9 @@ def open_metadata(paths: Sequence[Path]) -> MetadataFiles:
         except Exception as err:  # pyarrow raises several types for non-Parquet bytes
             raise MetadataError(f"{path}: not a readable Parquet file ({err})") from err
         schema = parquet.schema_arrow
+        repeated = sorted({name for name in schema.names if schema.names.count(name) > 1})
+        if repeated:
+            raise MetadataError(f"{path}: column(s) {', '.join(repeated)} appear more than once")
         missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
         if missing:
             raise MetadataError(

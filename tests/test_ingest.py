@@ -103,6 +103,10 @@ def test_reserved_and_unreadable_inputs(tmp_path: Path):
         open_metadata([garbage])
     with pytest.raises(MetadataError, match="absent.parquet: metadata file not found"):
         open_metadata([tmp_path / "absent.parquet"])
+    twice = pa.Table.from_arrays([*laion_table([1]).columns, pa.array(["a"])], names=[*laion_table([1]).column_names, "TEXT"])
+    write(twice, tmp_path / "twice.parquet")
+    with pytest.raises(MetadataError, match=r"twice.parquet: column\(s\) TEXT appear more than once"):
+        open_metadata([tmp_path / "twice.parquet"])
 
 
 def test_null_or_fractional_sample_id_is_an_error_naming_rows(tmp_path: Path):

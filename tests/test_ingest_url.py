@@ -127,6 +127,8 @@ def make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
                     self.wfile.write(b"x" * 10)
                     self.wfile.flush()
                     time.sleep(0.05)
+            elif path.startswith("/caf%C3%A9%20photo.png"):
+                self.send_body(IMAGE)  # reached only if the client percent-encoded the path
             elif path == "/hold":
                 time.sleep(0.3)
                 self.send_body(IMAGE)
@@ -203,6 +205,12 @@ def test_transient_failures_are_retried(server: Server):
     assert server.paths.count("/flaky/a") == 2
     [no_retry] = fetch_paths(server, ["/flaky/b"], retries=0)
     assert no_retry.status == "http_error"
+
+
+def test_scraped_urls_with_spaces_and_non_ascii_are_encoded(server: Server):
+    [result] = fetch_paths(server, ["/café photo.png?size=large&x=%41"])
+    assert result.status == "ok"
+    assert server.paths == ["/caf%C3%A9%20photo.png?size=large&x=%41"]
 
 
 def test_redirect_limit_counts_hops(server: Server):
@@ -291,3 +299,19 @@ def test_ingest_flow_from_urls(server: Server, tmp_path: Path, prefect_harness):
     requests_before = len(server.paths)
     assert ingest_flow(config)["written_shards"] == 0
     assert len(server.paths) == requests_before  # a complete re-run fetches nothing
+
+
+def test_an_unexpected_failure_stays_with_its_row(server: Server, monkeypatch: pytest.MonkeyPatch):
+    real_resolve = fetch.resolve_target
+
+    def resolve(host, port, allow_private):
+        if port == 1:
+            raise RuntimeError("resolver bug")
+        return real_resolve(host, port, allow_private)
+
+    monkeypatch.setattr(fetch, "resolve_target", resolve)
+    fetcher = HttpFetcher(local_config(), max_bytes=MAX_BYTES)
+    broken, fine = fetcher.fetch([FetchRequest(1, "http://127.0.0.1:1/x.png"), FetchRequest(2, server.url("/img/2.png"))])
+    fetcher.close()
+    assert broken.status == "error" and "RuntimeError: resolver bug" in broken.error
+    assert fine.status == "ok"
