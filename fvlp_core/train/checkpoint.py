@@ -38,6 +38,13 @@ def write_text_atomic(path: Path, text: str) -> None:
     _atomic_write_bytes(Path(path), lambda handle: handle.write(text.encode()))
 
 
+def write_run_config(folder: Path, config_json: str) -> Path:
+    """``config.json`` of a run: the resolved config that produced its checkpoints."""
+    path = Path(folder) / CONFIG_NAME
+    write_text_atomic(path, json.dumps(json.loads(config_json), indent=2, sort_keys=True) + "\n")
+    return path
+
+
 def save_checkpoint(path: Path, *, stage: str, model_name: str, config_json: str, model: dict,
                     optimizer: dict, scheduler: dict, step: int, total_steps: int,
                     metrics: dict[str, float] | None = None) -> Path:

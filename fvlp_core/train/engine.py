@@ -30,12 +30,12 @@ from fvlp_core.models import FVLPFusion, FVLPPretrain, get_tokenizer
 from fvlp_core.models.factory import image_size
 from fvlp_core.train.checkpoint import (
     CHECKPOINT_NAME,
-    CONFIG_NAME,
     checkpoint_config,
     load_checkpoint,
     mark_latest,
     run_dir,
     save_checkpoint,
+    write_run_config,
     write_text_atomic,
 )
 from fvlp_core.train.data import FacePairStream, SketchEpisodeStream, StreamPlan
@@ -171,7 +171,7 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
     elif runtime.is_main:
-        write_text_atomic(folder / CONFIG_NAME, json.dumps(json.loads(config_json), indent=2) + "\n")
+        write_run_config(folder, config_json)
 
     wrapped: nn.Module = model
     if runtime.world_size > 1:

@@ -1,0 +1,112 @@
+"""Embedding API over a trained checkpoint, for evaluation and retrieval services.
+
+    encoder = FVLPEncoder.load("fvlp-data/checkpoints/finetune/<run>/checkpoint.pt", device="cuda")
+    gallery = encoder.encode_images(photos)                  # list[PIL.Image] or [B,3,H,W] tensor
+    queries = encoder.encode_sketches(sketches, captions)    # fused sketch+text (captions optional)
+    texts = encoder.encode_texts(["a young woman with arched eyebrows"])
+
+Every method returns L2-normalised float32 CPU tensors in ONE embedding space (dot product
+= cosine similarity). A fine-tuning checkpoint embeds with the multi-scale fusion head; a
+pretraining checkpoint with the CLIP projections (photos and sketches alike).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from fvlp_core.models import FVLPFusion, get_tokenizer
+from fvlp_core.models.factory import create_backbone, encode_image_tokens, encode_text_tokens, image_size
+from fvlp_core.train.checkpoint import checkpoint_config, load_checkpoint
+from fvlp_core.train.data import image_tensor
+
+ImageInput = Sequence[Image.Image] | Sequence[bytes] | torch.Tensor
+
+
+class FVLPEncoder:
+    def __init__(self, model: torch.nn.Module, model_name: str, stage: str, device: torch.device, batch_size: int = 64):
+        self.model = model.to(device).eval()
+        self.model_name = model_name
+        self.stage = stage
+        self.device = device
+        self.batch_size = batch_size
+        self.backbone = model.backbone if stage == "finetune" else model
+        self.image_size = image_size(self.backbone)
+        self.tokenizer = get_tokenizer(model_name)
+
+    @classmethod
+    def load(cls, checkpoint_path: Path | str, device: str | torch.device = "auto", batch_size: int = 64) -> "FVLPEncoder":
+        """Load a pretraining or fine-tuning checkpoint (weights only: no code runs)."""
+        if str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        state = load_checkpoint(Path(checkpoint_path))
+        config = checkpoint_config(state)
+        if state["stage"] == "finetune":
+            model = FVLPFusion(
+                state["model_name"],
+                fusion_layers=config.get("fusion_layers"),
+                conv_channels=config.get("fusion_channels"),
+                attention_channels=config.get("fusion_attention_channels"),
+                embed_dim=config.get("fusion_embed_dim", 256),
+            )
+            model.load_state_dict(state["model"])
+        else:
+            model = create_backbone(state["model_name"])
+            prefix = "backbone."
+            model.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
+        return cls(model, state["model_name"], state["stage"], torch.device(device), batch_size)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.encode_texts(["a face"]).shape[1]
+
+    def _pixels(self, images: ImageInput) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            return images
+        decoded = [Image.open(io.BytesIO(i)) if isinstance(i, (bytes, bytearray)) else i for i in images]
+        return torch.stack([image_tensor(image, self.image_size) for image in decoded])
+
+    def _chunks(self, count: int):
+        return (slice(start, start + self.batch_size) for start in range(0, count, self.batch_size))
+
+    @torch.no_grad()
+    def _image_embeddings(self, images: ImageInput, texts: Sequence[str] | None) -> torch.Tensor:
+        pixels = self._pixels(images)
+        if texts is not None and len(texts) != pixels.shape[0]:
+            raise ValueError(f"{pixels.shape[0]} sketches but {len(texts)} captions")
+        out = []
+        for chunk in self._chunks(pixels.shape[0]):
+            batch = pixels[chunk].to(self.device)
+            tokens = None if texts is None else self.tokenizer(list(texts[chunk])).to(self.device)
+            if self.stage == "finetune":
+                emb = self.model.encode_sketches(batch, tokens)
+            else:
+                emb = F.normalize(encode_image_tokens(self.backbone, batch)[0].float(), dim=-1)
+                if tokens is not None:
+                    emb = emb + F.normalize(encode_text_tokens(self.backbone, tokens)[0].float(), dim=-1)
+            out.append(F.normalize(emb.float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+    def encode_images(self, images: ImageInput) -> torch.Tensor:
+        """Photos -> [N, D]. Accepts PIL images, PNG/JPEG bytes, or preprocessed [N,3,H,W] tensors."""
+        return self._image_embeddings(images, None)
+
+    def encode_sketches(self, sketches: ImageInput, captions: Sequence[str] | None = None) -> torch.Tensor:
+        """Partial sketches -> [N, D]; with ``captions`` (one per sketch) the fused sketch+text query."""
+        return self._image_embeddings(sketches, captions)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        out = []
+        for chunk in self._chunks(len(texts)):
+            tokens = self.tokenizer(list(texts[chunk])).to(self.device)
+            if self.stage == "finetune":
+                emb = self.model.encode_texts(tokens)
+            else:
+                emb = encode_text_tokens(self.backbone, tokens)[0]
+            out.append(F.normalize(emb.float(), dim=-1).cpu())
+        return torch.cat(out)

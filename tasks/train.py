@@ -1,0 +1,111 @@
+"""Prefect tasks that launch training as a subprocess (``python -m fvlp_core.train`` or torchrun).
+
+Training runs out of process so a GPU work pool's worker only needs this command line, a
+crash or OOM cannot take the flow down with it, and torchrun can own the ranks. The
+child's stdout (one JSON line per optimizer step, then a ``done`` line) is streamed to the
+Prefect logger; its stderr (the progress bar) goes to the flow's stderr.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from fvlp_core.config import TrainConfig
+from fvlp_core.train.checkpoint import CHECKPOINT_NAME, run_dir
+from storage.results import new_run_id
+from storage.shards import list_shards
+
+LAUNCH_CONFIG_NAME = "launch-config.json"
+TAIL_LINES = 40
+
+
+def with_run_id(config: TrainConfig, stage: str) -> TrainConfig:
+    """The config with its run id fixed (generated when absent): it names checkpoints and results."""
+    return config if config.run_id else config.model_copy(update={"run_id": new_run_id(stage)})
+
+
+def is_resume(config: TrainConfig, stage: str) -> bool:
+    return (run_dir(config.paths.checkpoints_dir, stage, config.run_id) / CHECKPOINT_NAME).is_file()
+
+
+def dataset_fingerprint(*dataset_dirs: Path) -> str:
+    """Names, sizes and mtimes of the input shards: changes whenever the training data does."""
+    digest = hashlib.sha256()
+    for folder in dataset_dirs:
+        for shard in list_shards(folder):
+            stat = shard.stat()
+            digest.update(f"{shard}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def training_command(stage: str, config: TrainConfig, config_path: Path) -> list[str]:
+    """The command one node runs: plain python for one process, torchrun otherwise."""
+    module = ["-m", "fvlp_core.train", stage, "--config", str(config_path)]
+    if config.nproc_per_node * config.nnodes == 1:
+        return [sys.executable, *module]
+    launcher = [sys.executable, "-m", "torch.distributed.run",
+                "--nproc-per-node", str(config.nproc_per_node), "--nnodes", str(config.nnodes)]
+    if config.nnodes > 1:
+        launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", str(config.rdzv_endpoint),
+                     "--rdzv-id", str(config.run_id)]
+    else:
+        launcher += ["--standalone"]
+    return [*launcher, *module]
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def run_training(stage: str, config: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) one training run to completion; returns the child's ``done`` record.
+
+    Raises RuntimeError with the last output lines when the child exits non-zero.
+    """
+    logger = get_run_logger()
+    folder = run_dir(config.paths.checkpoints_dir, stage, config.run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_json = config.model_dump_json()
+    config_path = folder / LAUNCH_CONFIG_NAME
+    config_path.write_text(json.dumps(json.loads(config_json), indent=2, sort_keys=True) + "\n")
+    command = training_command(stage, config, config_path)
+    logger.info("launching %s run %s: %s", stage, config.run_id, " ".join(command))
+
+    done: dict[str, Any] | None = None
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=None, text=True, env=env) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            record = _json_record(line)
+            if record and record.get("event") == "done":
+                done = record
+            logger.info("%s", line)
+    if child.returncode != 0:
+        raise RuntimeError(f"{stage} run {config.run_id} failed (exit {child.returncode}); last output:\n"
+                           + "\n".join(tail))
+    if done is None:
+        raise RuntimeError(f"{stage} run {config.run_id} exited 0 without a 'done' record; last output:\n"
+                           + "\n".join(tail))
+    return done
+
+
+def _json_record(line: str) -> dict[str, Any] | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+def metric_rows(metrics: dict[str, float], split: str, variant: str) -> list[dict[str, Any]]:
+    return [{"split": split, "variant": variant, "name": name, "value": float(value)} for name, value in metrics.items()]
