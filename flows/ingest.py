@@ -9,7 +9,6 @@ writes fixed-size shards to ``<data-root>/raw`` with a fetch status per row. Wit
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -24,11 +23,9 @@ from tasks.ingest import ingest_shard, plan_ingest, prepare_embedded_source, wri
 def ingest_flow(config: IngestConfig = IngestConfig()) -> dict[str, Any]:
     """Returns ``{"raw_dir", "rows", "shards", "written_shards", "status_counts"}``."""
     logger = get_run_logger()
-    corpus = None
-    metadata_paths: list[Path] = list(config.metadata)
+    corpus, metadata_paths = None, list(config.metadata)
     if config.source == "embedded":
-        corpus, generated = prepare_embedded_source(config)
-        metadata_paths = metadata_paths or [generated]
+        corpus, metadata_paths = prepare_embedded_source(config)
     plan = plan_ingest(metadata_paths, config)
     fetcher = open_fetcher(
         config.source,

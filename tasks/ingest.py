@@ -9,6 +9,7 @@ instead of being mixed in.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -114,10 +115,7 @@ def fetch_shard(plan: IngestPlan, spec: ShardSpec, fetcher: Fetcher) -> dict[str
         metadata_schema=plan.metadata.schema,
         fingerprint=plan.fingerprint,
     )
-    counts: dict[str, int] = {}
-    for result in results:
-        counts[result.status] = counts.get(result.status, 0) + 1
-    return counts
+    return dict(Counter(r.status for r in results))
 
 
 @task(name="ingest-shard", task_run_name="ingest-{spec.name}", cache_policy=NO_CACHE)
@@ -140,7 +138,6 @@ def write_ingest_manifest(plan: IngestPlan, written: dict[int, dict[str, int]]) 
     )
 
 
-
 def _same_source(source_dir: Path, corpus: EmbeddedCorpus) -> bool:
     """True when ``source_dir`` already holds exactly this corpus's metadata and ground truth."""
     try:
@@ -157,14 +154,17 @@ def _same_source(source_dir: Path, corpus: EmbeddedCorpus) -> bool:
 
 
 @task(name="prepare-embedded-source", cache_policy=NO_CACHE)
-def prepare_embedded_source(config: IngestConfig) -> tuple[EmbeddedCorpus, Path]:
-    """The embedded corpus and its metadata file, written only if not already on disk."""
+def prepare_embedded_source(config: IngestConfig) -> tuple[EmbeddedCorpus, list[Path]]:
+    """The embedded corpus and the metadata to ingest: ``config.metadata`` when given, else the
+    corpus's own, written into ``source_dir`` unless that folder already holds exactly it."""
     logger = get_run_logger()
     corpus = EmbeddedCorpus(config.rows, config.identities, config.seed)
+    if config.metadata:
+        return corpus, list(config.metadata)
     source_dir = config.paths.source_dir
     if _same_source(source_dir, corpus):
         logger.info("embedded corpus (rows=%d, seed=%d) already in %s", config.rows, config.seed, source_dir)
     else:
         write_embedded_source(source_dir, corpus)
         logger.info("wrote embedded corpus (rows=%d, seed=%d) to %s", config.rows, config.seed, source_dir)
-    return corpus, source_dir / METADATA_FILE
+    return corpus, [source_dir / METADATA_FILE]

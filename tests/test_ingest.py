@@ -376,3 +376,23 @@ def test_embedded_render_workers_give_the_same_bytes():
     finally:
         pooled.close()
     assert serial[-1].status == "not_found"
+
+
+def test_embedded_images_for_given_metadata(tmp_path: Path, prefect_harness):
+    from flows.ingest import ingest_flow
+    from fvlp_core.corpus import EmbeddedCorpus
+
+    corpus = EmbeddedCorpus(10, 4, 2)
+    known = corpus.sample_ids()[:3]
+    meta = write(laion_table(known + [10**12]), tmp_path / "mine.parquet")
+    config = IngestConfig(
+        paths=Paths(data_root=tmp_path / "data"), metadata=[meta], rows=10, identities=4, seed=2, render_workers=1
+    )
+    ingest_flow(config)
+    table = read_dataset(config.paths.raw_dir)
+    assert table.column("fetch_status").to_pylist()[-1] == "not_found"
+    assert table.column("image").to_pylist()[:3] == [
+        corpus.image_bytes(i) if s == "ok" else None
+        for i, s in zip(known, table.column("fetch_status").to_pylist())
+    ]
+    assert not config.paths.source_dir.exists()  # given metadata: no corpus files written
