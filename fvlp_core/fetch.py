@@ -88,13 +88,9 @@ def image_files_by_id(names: Sequence[str]) -> dict[int, list[str]]:
     grouped: dict[int, list[str]] = {}
     for name in names:
         path = PurePosixPath(name.replace("\\", "/"))
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        try:
-            sample_id = int(path.stem)
-        except ValueError:
-            continue
-        grouped.setdefault(sample_id, []).append(name)
+        # ASCII digits only: int() would also take "+5", " 5" and "1_000".
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.stem.isascii() and path.stem.isdigit():
+            grouped.setdefault(int(path.stem), []).append(name)
     return grouped
 
 

@@ -49,6 +49,8 @@ def test_folder_fetcher_keys_files_by_sample_id(tmp_path: Path):
     (tmp_path / "4.png").write_bytes(b"text, not pixels")
     (tmp_path / "5.png").write_bytes(png_bytes(256))
     (tmp_path / "6.json").write_text("{}")  # sidecars are not images
+    (tmp_path / "+6.png").write_bytes(png_bytes())  # only plain digits name an id
+    (tmp_path / "6_0.png").write_bytes(png_bytes())
     fetcher = FolderFetcher(tmp_path, max_bytes=2_000)
     results = fetcher.fetch([FetchRequest(i) for i in (1, 2, 3, 4, 5, 6)])
     assert statuses(results) == ["ok", "ok", "error", "not_image", "too_large", "not_found"]
