@@ -20,12 +20,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fvlp_core.corpus.faces import STROKE_GROUPS, Stroke
+from fvlp_core.detection.crop import ARCFACE_TEMPLATE
 
 DEFAULT_STEPS = 50  # T, as evaluated in the paper
 INK = 0
 PAPER = 255
 GROUP_RANK = {group: i for i, group in enumerate(STROKE_GROUPS)}
-COARSE_ZOOMS = tuple(np.round(np.arange(0.7, 2.31, 0.1), 2))  # face size in crop / in render, searched
 
 
 def order_strokes(strokes: Sequence[Stroke]) -> list[Stroke]:
@@ -108,91 +108,68 @@ def transform_strokes(strokes: Sequence[Stroke], matrix: np.ndarray) -> list[Str
             for s in strokes]
 
 
-def _coarse_warp(template: np.ndarray, moving: np.ndarray) -> tuple[float, np.ndarray]:
-    """Best zoom + shift taking ``template`` (photo) coordinates to ``moving`` (render) ones.
+def crop_layout(margin: float) -> np.ndarray:
+    """Where a landmark-aligned crop puts eyes, nose tip and mouth corners (fractions of its side).
 
-    The photo's central part (mostly face, little backdrop) is shrunk by each candidate
-    zoom and located in the edge-padded render by normalised cross-correlation.
+    The clean stage maps the detector's 5 landmarks onto the ArcFace 112 px template shrunk
+    by ``margin`` per side (``fvlp_core.detection.crop``), so these positions are fixed.
     """
-    side = template.shape[0]
-    pad = side // 2
-    padded = cv2.copyMakeBorder(moving, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    inner = slice(int(side * 0.2), int(side * 0.8))
-    centre_part = template[inner, inner]
-    best = (-1.0, np.eye(2, 3, dtype=np.float32))
-    for zoom in COARSE_ZOOMS:
-        size = max(8, round(centre_part.shape[0] / zoom))
-        scores = cv2.matchTemplate(padded, cv2.resize(centre_part, (size, size), interpolation=cv2.INTER_AREA),
-                                   cv2.TM_CCOEFF_NORMED)
-        _, score, _, (x, y) = cv2.minMaxLoc(scores)
-        if score > best[0]:
-            # photo point p -> render point (p - inner_start) / zoom + (x, y) - pad
-            offset = np.array([x - pad, y - pad], dtype=np.float32) - inner.start / zoom
-            best = (float(score), np.hstack([np.eye(2, dtype=np.float32) / zoom, offset[:, None]]).astype(np.float32))
-    return best
+    return (ARCFACE_TEMPLATE.astype(np.float64) - 56.0) / (112.0 * (1.0 + 2.0 * margin)) + 0.5
 
 
-def align_render_to_photo(render: np.ndarray, photo: np.ndarray, min_correlation: float = 0.6,
-                          work_size: int = 96) -> np.ndarray | None:
-    """Affine map from a canonical render's pixel frame into ``photo``'s, or None if unsure.
+def stroke_landmarks(strokes: Sequence[Stroke]) -> np.ndarray | None:
+    """The 5 detector-style landmarks of a corpus line drawing, or None if it lacks the parts.
 
-    The cleaned crop is the detector's crop of a jittered photo, framed tighter or looser
-    than the canonical render the corpus strokes live in. A coarse zoom/shift search
-    (normalised cross-correlation) followed by enhanced-correlation (ECC) affine refinement,
-    both on grey images at most ``work_size`` pixels wide, recovers the map. A weak fit
-    (correlation below ``min_correlation``, or a scale outside 0.4..2.5) returns None and
-    the caller keeps the canonical frame.
+    Eyes: centres of the two smallest closed loops of the ``eyes`` group (the pupils); nose
+    tip: the ``nose`` strokes' median x at their lower part; mouth corners: the leftmost and
+    rightmost ``mouth`` points.
     """
-    photo_h, photo_w = np.asarray(photo).shape[:2]
-    render_h, render_w = np.asarray(render).shape[:2]
-    side = min(work_size, max(photo_h, photo_w))
-    template = cv2.resize(_grey_float(photo), (side, side), interpolation=cv2.INTER_AREA)
-    moving = cv2.resize(_grey_float(render), (side, side), interpolation=cv2.INTER_AREA)
-    coarse_score, warp = _coarse_warp(template, moving)
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5)
-    try:
-        correlation, warp = cv2.findTransformECC(template, moving, warp, cv2.MOTION_AFFINE, criteria, None, 5)
-    except cv2.error:
-        correlation = coarse_score  # refinement did not converge: keep the coarse fit
-    # The warp maps photo coordinates to render coordinates (both at working size): invert
-    # it for the strokes, then conjugate with the two resizes.
-    to_photo_small = np.linalg.inv(np.vstack([warp.astype(np.float64), [0.0, 0.0, 1.0]]))
-    into_small = np.diag([side / render_w, side / render_h, 1.0])
-    out_of_small = np.diag([photo_w / side, photo_h / side, 1.0])
-    to_photo = (out_of_small @ to_photo_small @ into_small)[:2]
-    scale = float(np.sqrt(abs(np.linalg.det(to_photo[:, :2]))) * render_w / photo_w)
-    if correlation < min_correlation or not 0.4 <= scale <= 2.5:
+    loops = [np.asarray(s.points) for s in strokes
+             if s.group == "eyes" and len(s.points) >= 8 and np.linalg.norm(s.points[0] - s.points[-1]) < 1e-6]
+    nose = [np.asarray(s.points) for s in strokes if s.group == "nose"]
+    mouth = [np.asarray(s.points) for s in strokes if s.group == "mouth"]
+    if len(loops) < 2 or not nose or not mouth:
         return None
-    return to_photo
+    pupils = sorted(loops, key=lambda p: float(np.ptp(p, axis=0).max()))[:2]
+    left_eye, right_eye = sorted((p.mean(axis=0) for p in pupils), key=lambda c: c[0])
+    nose_points, mouth_points = np.vstack(nose), np.vstack(mouth)
+    nose_tip = np.array([np.median(nose_points[:, 0]), np.quantile(nose_points[:, 1], 0.7)])
+    return np.array([left_eye, right_eye, nose_tip,
+                     mouth_points[np.argmin(mouth_points[:, 0])], mouth_points[np.argmax(mouth_points[:, 0])]])
 
 
-def corpus_episode(strokes: Sequence[Stroke], canonical: np.ndarray | None, photo: np.ndarray,
-                   steps: int = DEFAULT_STEPS) -> tuple[np.ndarray, bool]:
-    """Episode of an embedded-corpus photo from its exact strokes (drawn at the photo's size).
+def align_to_crop(strokes: Sequence[Stroke], size: int, margin: float) -> np.ndarray | None:
+    """2x3 similarity taking corpus strokes into a ``size`` px landmark-aligned crop, as the crop was made.
 
-    ``canonical`` is the un-jittered render the strokes match; when given, the strokes are
-    registered onto ``photo`` (a detector crop). Returns the frames and whether they were
-    aligned (False: left in the canonical frame, offset from the crop by the detector's
-    crop box).
+    The cleaned crop is the detector's landmark-aligned crop of a jittered photo while the
+    strokes live in the canonical render frame; mapping the drawing's own landmarks onto
+    the crop layout puts the sketch where the face is. None when the drawing lacks them.
     """
-    height, width = np.asarray(photo).shape[:2]
-    matrix = None if canonical is None else align_render_to_photo(canonical, photo)
+    marks = stroke_landmarks(strokes)
+    if marks is None:
+        return None
+    matrix, _ = cv2.estimateAffinePartial2D(marks.astype(np.float32), (crop_layout(margin) * size).astype(np.float32))
+    return matrix
+
+
+def corpus_episode(strokes: Sequence[Stroke], size: int, steps: int = DEFAULT_STEPS,
+                   crop_margin: float | None = 0.25) -> tuple[np.ndarray, bool]:
+    """Episode of an embedded-corpus face from its exact strokes (drawn at ``size``, the crop's side).
+
+    With ``crop_margin`` the strokes are moved into the landmark-aligned crop's frame
+    (:func:`align_to_crop`); None, or a drawing without landmarks, leaves them in the
+    canonical render frame. Returns the frames and whether they were aligned.
+    """
+    matrix = None if crop_margin is None else align_to_crop(strokes, size, crop_margin)
     placed = order_strokes(strokes) if matrix is None else transform_strokes(order_strokes(strokes), matrix)
-    return render_episode(placed, (width, height), steps), matrix is not None
-
-
-def _grey_float(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
-    return grey.astype(np.float32) / 255.0
+    return render_episode(placed, size, steps), matrix is not None
 
 
 # --------------------------------------------------------------------------- line art from photos
 
-# Facial layout of a landmark-aligned crop (fractions of width/height): eyes, nose tip,
-# mouth corners of the ArcFace template with the clean stage's default 25 % margin, which
-# is where the crop puts them. Used when no landmarks are given.
-DEFAULT_LAYOUT = np.array([[0.395, 0.474], [0.604, 0.473], [0.500, 0.594], [0.414, 0.716], [0.588, 0.715]])
+# Where faces sit in the clean stage's crops (default 25 % margin); line art uses it as the
+# landmark layout when none is given.
+DEFAULT_LAYOUT = crop_layout(0.25)
 
 
 def face_region(point: np.ndarray, landmarks: np.ndarray) -> str:

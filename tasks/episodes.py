@@ -5,9 +5,10 @@ Two sources:
 * the embedded corpus (default): one episode per identity with a kept cleaned face. The
   gallery photo is that identity's kept crop with the highest detector score (ties: lowest
   SAMPLE_ID), its caption the template caption, its split the ground-truth split. The
-  sketch is the identity's exact line drawing (``face_strokes``), registered onto the crop
-  (ECC against the un-jittered render; when registration fails the sketch stays in the
-  canonical frame and the manifest counts it as ``unaligned``).
+  sketch is the identity's exact line drawing (``face_strokes``) moved into the crop's
+  frame: the drawing's own eye/nose/mouth landmarks are mapped where the clean stage's
+  landmark-aligned crop puts them (its ``crop_margin``). A drawing without those landmarks
+  stays in the canonical render frame; the manifest counts it as ``unaligned``.
 * real photos (a clean stage without the corpus ground truth): one episode per kept face,
   drawn from its edge line art (``fvlp_core.episodes.photo_episode``); the split is a
   fixed hash of the SAMPLE_ID (30 % test).
@@ -32,7 +33,7 @@ from PIL import Image
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from fvlp_core.config import IngestConfig, Paths, resolve_config
+from fvlp_core.config import CleanConfig, IngestConfig, Paths, resolve_config
 from fvlp_core.episodes import DEFAULT_STEPS, corpus_episode, encode_png, photo_episode
 from fvlp_core.fs2k import load_fs2k_sde, select_steps
 from storage.episodes import (
@@ -48,7 +49,7 @@ from storage.episodes import (
 )
 from storage.shards import list_shards, write_manifest
 
-EPISODES_VERSION = "1"  # bump when the generated drawings change
+EPISODES_VERSION = "2"  # bump when the generated drawings change
 CHUNK_PHOTOS = 64
 CORPUS_SETTINGS_FILE = "corpus.json"
 TEST_SHARE = 0.3  # real photos: share of faces put in the test split
@@ -73,6 +74,11 @@ def _png_from_file(path: Path, mode: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- embedded corpus
+
+
+def crop_margin(paths: Paths) -> float:
+    """The clean stage's crop margin (defaults < FVLP_* environment), which placed the faces."""
+    return resolve_config(CleanConfig, {"paths": paths.model_dump(mode="json")}).crop_margin
 
 
 def corpus_settings(paths: Paths) -> dict[str, int]:
@@ -115,12 +121,13 @@ def hashed_split(sample_id: int, test_share: float = TEST_SHARE) -> str:
     return "test" if ((int(sample_id) * 2654435761) % 2**32) / 2**32 < test_share else "train"
 
 
-def _face_chunk(clean_dir: Path, rows: list[dict[str, Any]], steps: int, corpus: Any | None) -> tuple[list, list, int]:
+def _face_chunk(clean_dir: Path, rows: list[dict[str, Any]], steps: int, corpus: Any | None,
+                margin: float) -> tuple[list, list, int]:
     """Episodes of cleaned faces: exact corpus strokes when ``corpus`` is given, else edge line art.
 
     Crops are read per chunk, so memory holds one chunk's images at a time.
     """
-    from fvlp_core.corpus import face_strokes, render_face
+    from fvlp_core.corpus import face_strokes
 
     crops = read_face_crops(clean_dir, [row["SAMPLE_ID"] for row in rows])
     photos, sketches, unaligned = [], [], 0
@@ -134,10 +141,9 @@ def _face_chunk(clean_dir: Path, rows: list[dict[str, Any]], steps: int, corpus:
         if corpus is None:
             frames = photo_episode(crop, steps)
         else:
-            params = corpus.identity_params(int(row["identity_id"]))
             size = crop.shape[1]
-            frames, aligned = corpus_episode(face_strokes(params, size), np.asarray(render_face(params, size)),
-                                             crop, steps)
+            strokes = face_strokes(corpus.identity_params(int(row["identity_id"])), size)
+            frames, aligned = corpus_episode(strokes, size, steps, margin)
             unaligned += not aligned
         photos.append({"photo_id": photo_id, "split": row["split"], "image": png, "caption": row["caption"],
                        "captions": [row["caption"]], "source": "generated"})
@@ -189,7 +195,7 @@ def ensure_episodes(paths: Paths, steps: int = DEFAULT_STEPS, fs2k_sde: Path | N
             raise FileNotFoundError(f"no face shards in {faces_dir}: run the clean stage first")
         truth_file = paths.source_dir / "ground_truth.parquet"
         from_corpus = truth_file.exists()
-        settings = corpus_settings(paths) if from_corpus else {}
+        settings = {**corpus_settings(paths), "crop_margin": crop_margin(paths)} if from_corpus else {}
         inputs = face_files + ([truth_file] if from_corpus else [])
         plan = {"source": "generated", "drawing": "corpus-strokes" if from_corpus else "line-art", "steps": steps,
                 "version": EPISODES_VERSION, "input_fingerprint": _stat_fingerprint(inputs, settings)}
@@ -216,14 +222,15 @@ def ensure_episodes(paths: Paths, steps: int = DEFAULT_STEPS, fs2k_sde: Path | N
             from fvlp_core.corpus import EmbeddedCorpus
             from storage.source import read_ground_truth
 
-            corpus = EmbeddedCorpus(**settings)
+            corpus = EmbeddedCorpus(settings["rows"], settings["identities"], settings["seed"])
             items, skipped = select_gallery_faces(faces, read_ground_truth(paths.source_dir))
         else:
             items = [{**row, "split": hashed_split(row["SAMPLE_ID"])}
                      for row in faces.sort_values("SAMPLE_ID").to_dict("records")]
         if not items:
             raise ValueError(f"no usable cleaned face in {paths.clean_dir / 'faces'} (skipped: {skipped})")
-        build = lambda chunk: _face_chunk(paths.clean_dir, chunk, steps, corpus)  # noqa: E731
+        margin = settings.get("crop_margin", 0.0)
+        build = lambda chunk: _face_chunk(paths.clean_dir, chunk, steps, corpus, margin)  # noqa: E731
 
     done = complete_chunks(episodes_dir)
     chunk_count = (len(items) + CHUNK_PHOTOS - 1) // CHUNK_PHOTOS

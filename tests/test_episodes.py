@@ -10,13 +10,15 @@ import pytest
 from PIL import Image
 
 from fvlp_core.corpus.faces import STROKE_GROUPS, Stroke, face_strokes, render_face, sample_identity
+from fvlp_core.detection.crop import crop_face
 from fvlp_core.episodes import (
-    align_render_to_photo,
+    corpus_episode,
     encode_png,
     face_region,
     line_art_strokes,
     order_strokes,
     render_episode,
+    stroke_landmarks,
     transform_strokes,
 )
 from storage.episodes import complete_chunks, iter_sketch_chunks, read_photos, write_episode_chunk
@@ -66,25 +68,34 @@ def test_order_strokes_rejects_unknown_group() -> None:
         order_strokes([Stroke("ears", np.zeros((2, 2)), 1.0)])
 
 
-@pytest.mark.parametrize("angle, scale, shift", [(0.08, 0.9, (4.0, -3.0)), (-0.05, 1.6, (-30.0, -20.0))])
-def test_alignment_recovers_a_known_similarity(angle: float, scale: float, shift: tuple[float, float]) -> None:
-    # The second case frames the face much tighter, as the detector's crops do.
-    params = sample_identity(np.random.default_rng(3))
-    canonical = np.asarray(render_face(params, 96))
-    c, s = np.cos(angle) * scale, np.sin(angle) * scale
-    truth = np.array([[c, -s, shift[0]], [s, c, shift[1]]])
-    photo = cv2.warpAffine(canonical, truth, (96, 96), borderMode=cv2.BORDER_REPLICATE)
-    found = align_render_to_photo(canonical, photo)
-    assert found is not None
-    probe = np.array([[20.0, 30.0], [70.0, 40.0], [48.0, 80.0]])
-    moved = transform_strokes([Stroke("hair", probe, 1.0)], found)[0].points
-    np.testing.assert_allclose(moved, probe @ truth[:, :2].T + truth[:, 2], atol=1.0)
+def test_stroke_landmarks_sit_on_the_drawn_face() -> None:
+    strokes = face_strokes(sample_identity(np.random.default_rng(3)), 128)
+    left_eye, right_eye, nose, mouth_left, mouth_right = stroke_landmarks(strokes)
+    assert left_eye[0] < nose[0] < right_eye[0] and abs(left_eye[1] - right_eye[1]) < 4
+    assert left_eye[1] < nose[1] < mouth_left[1] and mouth_left[0] < nose[0] < mouth_right[0]
+    assert stroke_landmarks([s for s in strokes if s.group != "eyes"]) is None
 
 
-def test_alignment_gives_up_on_unrelated_images() -> None:
+def test_corpus_sketch_lands_on_the_cleaned_crop() -> None:
+    """Crop a jittered photo the way the clean stage does (on its landmarks); the sketch must follow."""
     params = sample_identity(np.random.default_rng(4))
-    noise = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
-    assert align_render_to_photo(np.asarray(render_face(params, 96)), noise) is None
+    strokes = face_strokes(params, 160)
+    # A "photo": the canonical render moved, zoomed and rolled; its landmarks move with it.
+    angle, scale = 0.1, 1.2
+    c, s = np.cos(angle) * scale, np.sin(angle) * scale
+    jitter = np.array([[c, -s, -10.0], [s, c, -25.0]])
+    photo = cv2.warpAffine(np.asarray(render_face(params, 160)), jitter, (160, 160), borderMode=cv2.BORDER_REPLICATE)
+    marks = stroke_landmarks(transform_strokes(strokes, jitter))
+    crop = crop_face(photo, np.array([0, 0, 160, 160]), marks, 96, 0.25)
+
+    frames, aligned = corpus_episode(face_strokes(params, 96), 96, steps=3, crop_margin=0.25)
+    assert aligned
+    edges = cv2.Canny(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), 40, 100) > 0
+    ink = frames[-1] < 128
+    near_edges = cv2.dilate(edges.astype(np.uint8), np.ones((5, 5))).astype(bool)
+    assert (ink & near_edges).sum() / ink.sum() > 0.6
+    unaligned, _ = corpus_episode(face_strokes(params, 96), 96, steps=3, crop_margin=None)
+    assert ((unaligned[-1] < 128) & near_edges).sum() / (unaligned[-1] < 128).sum() < (ink & near_edges).sum() / ink.sum()
 
 
 def test_face_region_from_landmarks() -> None:
