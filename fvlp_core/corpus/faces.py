@@ -712,7 +712,7 @@ def draw_face(canvas: Canvas, p: FaceParams, place: Placement, light: Lighting =
     canvas.paint([line(g.nose_tip, 0.04)], dark_skin, alpha=0.45, blur=0.02 * u)
     for nx, ny, rx, ry in g.nostrils:
         canvas.paint([ellipse(nx, ny, rx, ry)], tuple(c * 0.4 for c in skin), alpha=0.7, blur=0.012 * u)
-    # Under-nose and under-lip shadows.
+    # The nose shades the upper lip.
     canvas.paint([ellipse(tip_x, tip_y + 0.12, p.nose_width * 0.9, 0.05)], dark_skin, alpha=0.3, blur=0.04 * u)
 
     if p.beard == "stubble":
@@ -730,12 +730,12 @@ def draw_face(canvas: Canvas, p: FaceParams, place: Placement, light: Lighting =
     canvas.paint([poly(g.upper_lip)], _shaded(tuple(c * 0.9 for c in lip), place, s, light, 0, 0, W, H))
     canvas.paint([poly(g.lower_lip)], _shaded(lip, place, s, light, 0, 0, W, H))
     canvas.paint([line(g.mouth_line, 0.025)], tuple(c * 0.4 for c in lip), alpha=0.9)
-    lower_mid = g.lower_lip[-len(g.lower_lip) // 2]
+    lower_mid = g.lower_lip[-len(g.lower_lip) // 2]  # the lower lip shades the chin
     canvas.paint([ellipse(lower_mid[0], lower_mid[1] + 0.05, p.mouth_width * 0.5, 0.04)], dark_skin, alpha=0.3, blur=0.03 * u)
     if g.moustache is not None:
         canvas.paint([poly(g.moustache)], _shaded(p.hair_rgb, place, s, light, 0, 0, W, H, hair_tex), blur=0.01 * u)
 
-    # Eyes: white, iris, pupil, catch-light, lids and lashes.
+    # Eyes: white, iris, pupil, catch-light, lid shadow, lash line, lower lid, crease.
     brow_rgb = tuple(c * 0.55 for c in p.hair_rgb) if p.hair_colour in ("blond", "gray") else p.hair_rgb
     for eye, lid, (ix, iy, ir) in zip(g.eyes, g.upper_lids, g.irises):
         eye_mask = canvas.paint([poly(eye)], (232, 228, 224))
