@@ -139,3 +139,22 @@ def test_rerun_with_new_threshold_redecides_without_detecting(cleaned):
     changed = set(third["changed_rules"])
     assert "no_face" in changed and "caption_too_short" not in changed and "not_english" not in changed
 
+
+@pytest.mark.slow
+def test_flow_runs_on_an_existing_cluster_given_by_address(tmp_path, prefect_harness):
+    from distributed import LocalCluster
+
+    from flows.clean import clean_flow
+
+    rows = [
+        {"SAMPLE_ID": 1, "TEXT": "A group of young women smiling at a party", "image": GROUP_PHOTO.read_bytes()},
+        {"SAMPLE_ID": 2, "TEXT": "Tom Hanks at the premiere of his new film", "image": PORTRAIT.read_bytes()},
+        {"SAMPLE_ID": 3, "TEXT": GOOD_TEXT, "image": b""},
+    ]
+    write_raw_shards(tmp_path / "raw", [rows[:2], rows[2:]])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        config = CleanConfig(paths=Paths(data_root=tmp_path), dask_address=cluster.scheduler_address)
+        result = clean_flow(config)
+        # The shards were measured by this cluster, not by a LocalCluster of the flow's own.
+        assert "measure_shard" in cluster.scheduler.task_prefixes
+    assert (result["input_rows"], result["kept"], result["rejected"]) == (3, 1, 2)
