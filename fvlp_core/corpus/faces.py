@@ -245,6 +245,16 @@ def _bezier(p0, p1, p2, n=16) -> np.ndarray:
     return (1 - t) ** 2 * np.asarray(p0) + 2 * (1 - t) * t * np.asarray(p1) + t**2 * np.asarray(p2)
 
 
+def _tousled(p: FaceParams, arc: np.ndarray) -> np.ndarray:
+    """A hair silhouette is no perfect ellipse: bumps along it, larger for wavy hair."""
+    bumps = np.random.default_rng(p.detail_seed + 1)
+    t = np.linspace(0, 1, len(arc))
+    amplitude = 0.05 if p.hair_texture == "wavy" else 0.025
+    wobble = sum(amplitude / k * np.sin(2 * math.pi * (k * 3 * t + bumps.random())) for k in (1, 2, 3))
+    centre = np.array([0.0, arc[:, 1].max()])
+    return centre + (arc - centre) * (1 + wobble)[:, None]
+
+
 @dataclass
 class _Geometry:
     """Named outlines of one face in face units (closed polygons unless noted)."""
@@ -303,7 +313,7 @@ def _geometry(p: FaceParams, yaw: float = 0.0) -> _Geometry:
         length = {"short": 0.1, "bun": 0.2, "medium": 0.7 + 0.5 * p.hair_length, "long": 1.6 + 1.2 * p.hair_length}.get(
             p.hair_style, 0.0
         )
-        crown = _arc(0, top + (H + p.hair_volume), hw, H + p.hair_volume, math.pi, 2 * math.pi, 40)
+        crown = _tousled(p, _arc(0, top + (H + p.hair_volume), hw, H + p.hair_volume, math.pi, 2 * math.pi, 40))
         if p.hair_style in ("medium", "long"):
             bottom = p.eye_y + length
             side = [(hw + 0.05 * length, bottom), (hw * 0.7, bottom + 0.12), (-hw * 0.7, bottom + 0.12), (-hw - 0.05 * length, bottom)]
@@ -330,7 +340,8 @@ def _geometry(p: FaceParams, yaw: float = 0.0) -> _Geometry:
                 ys = ys + 0.14 * np.exp(-((np.abs(u) - 0.55) ** 2) / 0.04)
         edge = np.stack([xs[::-1], ys[::-1]], axis=1)
         cap_w = W + 0.1 + p.hair_volume * 0.45
-        cap = _arc(0, top + (H + p.hair_volume), cap_w, H + p.hair_volume, math.pi * 1.02, 2 * math.pi * 0.99, _CAP_POINTS)
+        cap = _tousled(p, _arc(0, top + (H + p.hair_volume), cap_w, H + p.hair_volume, math.pi * 1.02, 2 * math.pi * 0.99,
+                               _CAP_POINTS))
         hair_front = np.concatenate([cap, [(W + 0.08, temple_y + 0.1)], edge, [(-W - 0.08, temple_y + 0.1)]])
         # Strands flow from the parting to the sides and down the back mass.
         n_strands = 6 if p.hair_style == "short" else 9
@@ -629,7 +640,7 @@ def _shaded(rgb, place: Placement, scale: float, light: Lighting, cx: float, cy:
             shade = shade * texture(u, v)
         lit = base * (shade * light.gain)[..., None]
         if gloss > 0:
-            spec = np.clip((nx * hx + ny * hy + nz * hz) / norm, 0, 1) ** 24
+            spec = np.clip((nx * hx + ny * hy + nz * hz) / norm, 0, 1) ** 12
             lit = lit + (gloss * 255 * light.gain) * spec[..., None]
         return lit
 
@@ -687,7 +698,8 @@ def draw_face(canvas: Canvas, p: FaceParams, place: Placement, light: Lighting =
 
     canvas.paint([poly(g.shoulders)], _shaded(p.clothes_rgb, place, s, light, 0, H + 2.3, 3.4, 1.8))
     if g.hair_back is not None:
-        canvas.paint([poly(g.hair_back)], _shaded(tuple(c * 0.8 for c in p.hair_rgb), place, s, light, 0, 0, W * 1.6, H * 1.6, hair_tex))
+        canvas.paint([poly(g.hair_back)], _shaded(tuple(c * 0.8 for c in p.hair_rgb), place, s, light, 0, 0, W * 1.6, H * 1.6,
+                                                  hair_tex, gloss=0.08))
     canvas.paint([poly(g.neck)], _shaded(tuple(c * 0.78 for c in skin), place, s, light, 0, H, W * 1.2, H * 1.3,
                                          _jaw_shadow(g.face)))
     if g.necklace is not None:
@@ -697,7 +709,7 @@ def draw_face(canvas: Canvas, p: FaceParams, place: Placement, light: Lighting =
     for ear in g.ears:
         canvas.paint([poly(ear)], _shaded(tuple(c * 0.9 for c in skin), place, s, light, 0, 0, W * 1.05, H))
         canvas.paint([line(ear * [0.985, 1] + [0, 0.02], 0.025)], dark_skin, alpha=0.5, blur=0.02 * u)
-    gloss = 0.1 + 0.3 * p.skin_tone
+    gloss = 0.06 + 0.18 * p.skin_tone
     face_mask = canvas.paint([poly(g.face)], _shaded(skin, place, s, light, 0, -0.05, W * 1.04, H * 1.04, gloss=gloss))
     # Eye sockets, cheek and nose-side shading.
     for sx in (-1, 1):
@@ -755,7 +767,8 @@ def draw_face(canvas: Canvas, p: FaceParams, place: Placement, light: Lighting =
         canvas.paint([poly(sb)], p.hair_rgb, alpha=0.95)
 
     if g.hair_front is not None:
-        canvas.paint([poly(g.hair_front)], _shaded(p.hair_rgb, place, s, light, 0, -0.3, W * 1.3, H * 1.3, hair_tex), blur=0.01 * u)
+        canvas.paint([poly(g.hair_front)], _shaded(p.hair_rgb, place, s, light, 0, -0.3, W * 1.3, H * 1.3, hair_tex, gloss=0.12),
+                     blur=0.01 * u)
         for strand in g.strands:
             canvas.paint([line(strand, 0.02)], tuple(c * 0.6 for c in p.hair_rgb), alpha=0.5)
     if g.hat is not None:
