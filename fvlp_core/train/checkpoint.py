@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from storage.shards import remove_orphan_temp_files
+
 FORMAT = "fvlp-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
@@ -32,6 +34,7 @@ def _atomic_write_bytes(path: Path, write) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    remove_orphan_temp_files(path)  # half-written checkpoints of killed runs (same temp naming)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
