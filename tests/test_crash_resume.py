@@ -330,6 +330,7 @@ def test_training_killed_mid_checkpoint_write_resumes_to_identical_weights(tmp_p
     steps = [json.loads(line)["step"] for line in done.stdout.splitlines() if '"event": "step"' in line]
     assert steps == [3, 4]  # the resumed run redid only the step whose checkpoint was cut short
     assert (run.parent / "LATEST").read_text().strip() == "r1"
+    assert not [p.name for p in run.iterdir() if ".tmp-" in p.name], "the half-written checkpoint was left behind"
 
 
 def store_contents(path: Path) -> dict:
