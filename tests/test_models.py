@@ -70,11 +70,12 @@ def _train_steps(model, inputs, steps: int, lr: float = 3e-4) -> list[float]:
 
 def test_pretraining_losses_are_finite_and_decrease_on_a_fixed_batch():
     torch.manual_seed(0)
-    # No queue: with one fixed batch the queue would only hold copies of it.
-    model = FVLPPretrain(TINY, queue_size=0, momentum=0.9)
+    # No queue (with one fixed batch it would only hold copies of it) and no soft targets
+    # (an untrained momentum model's are near-uniform and hold the loss up on purpose).
+    model = FVLPPretrain(TINY, queue_size=0, momentum=0.5, alpha=0.0)
     images, text, groups = _fixed_batch()
-    losses = _train_steps(model, (images, text, groups), steps=10, lr=1e-3)
-    assert min(losses[-3:]) < 0.7 * losses[0], losses
+    losses = _train_steps(model, (images, text, groups), steps=12)
+    assert min(losses[-3:]) < 0.5 * losses[0], losses
 
 
 def test_feature_queue_wraps_around_and_keeps_groups():

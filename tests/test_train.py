@@ -1,0 +1,269 @@
+"""Training engine: deterministic streams, exact resume after a kill, safe checkpoints, flows."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from fvlp_core.config import FinetuneConfig, Paths, PretrainConfig
+from fvlp_core.models import get_tokenizer
+from fvlp_core.train import train
+from fvlp_core.train.__main__ import main as train_main
+from fvlp_core.train.checkpoint import latest_checkpoint, load_checkpoint
+from fvlp_core.train.data import FacePairStream, SketchEpisodeStream, StreamPlan
+from fvlp_core.train.engine import warmup_cosine
+from storage.episodes import write_episode_chunk
+from storage.shards import shard_path, write_shard
+from tasks.train import training_command
+
+REPO = Path(__file__).resolve().parent.parent
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
+SHAPES = ("circle", "square")
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _shape(colour: str, shape: str, rng: random.Random, line_art: bool = False, progress: float = 1.0) -> Image.Image:
+    """A coloured shape (photo) or its partial outline (sketch step) on white."""
+    image = Image.new("L" if line_art else "RGB", (40, 40), "white")
+    draw = ImageDraw.Draw(image)
+    x, y = rng.randint(2, 10), rng.randint(2, 10)
+    box = [x, y, x + 26, y + 26]
+    if line_art:
+        draw.arc(box, 0, int(360 * progress), fill=0, width=2)
+    else:
+        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLOURS[colour])
+    return image
+
+
+def make_clean_faces(clean_dir: Path, pairs: int = 48, per_shard: int = 20, seed: int = 0) -> None:
+    """``clean_dir/faces`` shards with the documented columns (crop PNG + caption)."""
+    rng = random.Random(seed)
+    rows = []
+    for sample_id in range(pairs):
+        colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+        rows.append({"SAMPLE_ID": sample_id, "crop": _png(_shape(colour, shape, rng)),
+                     "caption": f"a {colour} {shape}", "text": "", "attributes": [], "det_score": 0.99,
+                     "box": [0.0, 0.0, 40.0, 40.0], "landmarks": None, "identity_id": sample_id})
+    for index, start in enumerate(range(0, pairs, per_shard)):
+        write_shard(pa.Table.from_pylist(rows[start:start + per_shard]), shard_path(clean_dir / "faces", index))
+
+
+def episode_rows(train: int = 16, test: int = 8, steps: int = 3, seed: int = 1):
+    rng = random.Random(seed)
+    photos, sketches = [], []
+    for index in range(train + test):
+        colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+        photo_id, split = f"p{index:03d}", "train" if index < train else "test"
+        caption = f"a {colour} {shape}"
+        state = rng.getstate()
+        photos.append({"photo_id": photo_id, "split": split, "image": _png(_shape(colour, shape, rng)),
+                       "caption": caption, "captions": [caption], "source": "generated"})
+        for step in range(steps):
+            rng.setstate(state)  # same position as the photo
+            sketch = _shape(colour, shape, rng, line_art=True, progress=(step + 1) / steps)
+            sketches.append({"photo_id": photo_id, "split": split, "step": step, "image": _png(sketch)})
+    return photos, sketches
+
+
+def make_episodes(episodes_dir: Path, **kwargs) -> None:
+    photos, sketches = episode_rows(**kwargs)
+    write_episode_chunk(episodes_dir, 0, photos, sketches)
+
+
+@pytest.fixture()
+def data_root(tmp_path) -> Path:
+    paths = Paths(data_root=tmp_path / "data")
+    make_clean_faces(paths.clean_dir)
+    make_episodes(paths.episodes_dir)
+    return paths.data_root
+
+
+def pretrain_config(data_root: Path, **overrides) -> PretrainConfig:
+    values = dict(paths={"data_root": data_root}, run_id="pre", epochs=2, batch_size=8, queue_size=16,
+                  warmup_steps=1, checkpoint_every=2, device="cpu", holdout_fraction=0.15)
+    return PretrainConfig.model_validate({**values, **overrides})
+
+
+def test_face_stream_is_seeded_and_skips_exactly(data_root):
+    tokenizer = get_tokenizer("fvlp-vit-tiny")
+    stream = FacePairStream(Paths(data_root=data_root).clean_dir, tokenizer, 32, seed=3, holdout_fraction=0.15,
+                            plan=StreamPlan(batch_size=8))
+    full = list(stream.epoch(1))
+    assert len(full) == stream.batches_per_epoch() >= 3
+    resumed = list(stream.epoch(1, start_batch=2))
+    assert all(torch.equal(a["images"], b["images"]) and torch.equal(a["text"], b["text"])
+               for a, b in zip(full[2:], resumed, strict=True))
+    assert not torch.equal(full[0]["groups"], list(stream.epoch(2))[0]["groups"])  # a new order each epoch
+
+
+def test_ranks_take_disjoint_slices_of_each_global_batch(data_root):
+    tokenizer = get_tokenizer("fvlp-vit-tiny")
+    episodes = Paths(data_root=data_root).episodes_dir
+    streams = [SketchEpisodeStream(episodes, tokenizer, 32, seed=0, plan=StreamPlan(4, world_size=2, rank=r))
+               for r in (0, 1)]
+    first = [next(s.epoch(0)) for s in streams]
+    assert first[0]["photos"].shape == (4, 3, 32, 32)
+    assert not torch.equal(first[0]["photos"], first[1]["photos"])
+
+
+def test_warmup_then_cosine_schedule():
+    factor = warmup_cosine(warmup_steps=4, total_steps=20)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(12) == pytest.approx(0.5)
+    assert factor(20) == pytest.approx(0.0)
+
+
+def test_unknown_config_keys_are_rejected(tmp_path, capsys):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"run_id": "x", "learning_rate": 0.1}))
+    with pytest.raises(SystemExit):
+        train_main(["pretrain", "--config", str(config)])
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_torchrun_command_for_several_processes(tmp_path):
+    config = PretrainConfig(run_id="r", nproc_per_node=4, nnodes=2, rdzv_endpoint="head:29400")
+    command = training_command("pretrain", config, tmp_path / "c.json")
+    assert command[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node"]
+    assert "--rdzv-endpoint" in command and "head:29400" in command
+    assert command[-5:] == ["-m", "fvlp_core.train", "pretrain", "--config", str(tmp_path / "c.json")]
+    single = training_command("pretrain", PretrainConfig(run_id="r"), tmp_path / "c.json")
+    assert single == [sys.executable, "-m", "fvlp_core.train", "pretrain", "--config", str(tmp_path / "c.json")]
+
+
+def test_pretrain_then_finetune_in_process_write_safe_checkpoints(data_root):
+    result = train("pretrain", pretrain_config(data_root, epochs=1))
+    state = torch.load(result["checkpoint"], weights_only=True)
+    assert state["step"] == result["steps"] > 0
+    assert {"heldout_t2i_r_at_1", "chance_r_at_1"} <= set(result["metrics"])
+    assert latest_checkpoint(Paths(data_root=data_root).checkpoints_dir, "pretrain") == Path(result["checkpoint"])
+
+    config = FinetuneConfig(paths=Paths(data_root=data_root), run_id="fine", epochs=1, batch_size=4, device="cpu",
+                            steps_per_episode=3, warmup_steps=1, pretrained_checkpoint=Path(result["checkpoint"]))
+    tuned = train("finetune", config)
+    metrics = tuned["metrics"]
+    assert metrics["test_episodes"] == 8 and metrics["gallery_size"] == 8
+    assert 0 < metrics["m_at_B"] <= 100 and metrics["chance_m_at_B"] == pytest.approx(100 * 2.717857 / 8)
+    assert torch.isfinite(torch.tensor(list(metrics.values()))).all()
+
+
+def test_resume_refuses_a_changed_config(data_root):
+    train("pretrain", pretrain_config(data_root, epochs=1))
+    with pytest.raises(ValueError, match="different config"):
+        train("pretrain", pretrain_config(data_root, epochs=1, lr=1e-3))
+
+
+def _launch(config: PretrainConfig, path: Path) -> subprocess.Popen:
+    path.write_text(config.model_dump_json())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "fvlp_core.train", "pretrain", "--config", str(path)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_reproduces_an_uninterrupted_run(data_root, tmp_path):
+    straight = pretrain_config(data_root, run_id="straight", epochs=3)
+    killed = pretrain_config(data_root, run_id="killed", epochs=3)
+    _launch(straight, tmp_path / "straight.json").communicate(timeout=600)
+
+    child = _launch(killed, tmp_path / "killed.json")
+    assert child.stdout is not None
+    for line in child.stdout:  # SIGKILL right after the step-5 line: the step-4 checkpoint is on disk
+        if '"step": 5,' in line:
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    folder = Paths(data_root=data_root).checkpoints_dir / "pretrain"
+    assert load_checkpoint(folder / "killed" / "checkpoint.pt")["step"] == 4
+
+    resumed = _launch(killed, tmp_path / "killed.json")
+    resumed.communicate(timeout=600)
+    assert resumed.returncode == 0
+    a = load_checkpoint(folder / "straight" / "checkpoint.pt")
+    b = load_checkpoint(folder / "killed" / "checkpoint.pt")
+    assert a["step"] == b["step"] == a["total_steps"]
+    assert a["model"].keys() == b["model"].keys()
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+@pytest.mark.slow
+def test_checkpoint_loads_into_a_fresh_process(data_root, tmp_path):
+    result = train("pretrain", pretrain_config(data_root, epochs=1))
+    config = FinetuneConfig(paths=Paths(data_root=data_root), run_id="fine", epochs=1, batch_size=4, device="cpu",
+                            steps_per_episode=3, pretrained_checkpoint=Path(result["checkpoint"]))
+    checkpoint = train("finetune", config)["checkpoint"]
+    script = (
+        "import sys, torch\n"
+        "from fvlp_core.embed import FVLPEncoder\n"
+        "enc = FVLPEncoder.load(sys.argv[1], device='cpu')\n"
+        "from PIL import Image\n"
+        "img = [Image.new('L', (40, 40), 255)] * 3\n"
+        "e = [enc.encode_images(img), enc.encode_sketches(img, ['a red circle'] * 3), enc.encode_texts(['a'])]\n"
+        "print([tuple(x.shape) for x in e], float(e[1].norm(dim=-1).mean()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, checkpoint], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[(3, 256), (3, 256), (1, 256)] 1.0"
+
+
+def make_fs2k_sde(root: Path) -> None:
+    photos, sketches = episode_rows()
+    for split in ("train", "test"):
+        rows = []
+        for photo in (p for p in photos if p["split"] == split):
+            pid = photo["photo_id"]
+            (root / "photos").mkdir(parents=True, exist_ok=True)
+            (root / "photos" / f"{pid}.png").write_bytes(photo["image"])
+            paths = []
+            for sketch in (s for s in sketches if s["photo_id"] == pid):
+                path = root / "sketches" / pid / f"{sketch['step']}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(sketch["image"])
+                paths.append(str(path.relative_to(root)))
+            caption = photo["caption"] if split == "train" else [photo["caption"]]
+            rows.append({"photo": f"photos/{pid}.png", "photo_id": pid, "caption": caption, "sketch_sde": paths})
+        (root / f"{split}.json").write_text(json.dumps(rows))
+
+
+@pytest.mark.slow
+def test_pretrain_and_finetune_flows_tie_run_ids_checkpoints_and_results(tmp_path, prefect_harness):
+    from flows.finetune import finetune_flow
+    from flows.pretrain import pretrain_flow
+    from storage.results import ResultsStore
+
+    paths = Paths(data_root=tmp_path / "data")
+    make_clean_faces(paths.clean_dir)
+    make_fs2k_sde(tmp_path / "fs2k")
+    pre = pretrain_flow(PretrainConfig(paths=paths, epochs=1, batch_size=8, queue_size=16, device="cpu",
+                                       holdout_fraction=0.15))
+    assert Path(pre["checkpoint"]) == paths.checkpoints_dir / "pretrain" / pre["run_id"] / "checkpoint.pt"
+    assert (paths.checkpoints_dir / "pretrain" / "LATEST").read_text().strip() == pre["run_id"]
+
+    fine = finetune_flow(FinetuneConfig(paths=paths, epochs=1, batch_size=4, device="cpu", steps_per_episode=3,
+                                        fs2k_sde=tmp_path / "fs2k"))
+    config = json.loads((paths.checkpoints_dir / "finetune" / fine["run_id"] / "config.json").read_text())
+    assert config["pretrained_checkpoint"] == pre["checkpoint"]
+    store = ResultsStore(paths.results_store)
+    runs = dict(store.query("SELECT run_id, status FROM runs"))
+    assert runs[pre["run_id"]] == runs[fine["run_id"]] == "finished"
+    names = {row[0] for row in store.query("SELECT name FROM metrics WHERE run_id = ?", [fine["run_id"]])}
+    assert {"m_at_B", "chance_m_at_B", "final_itsc"} <= names
