@@ -378,3 +378,55 @@ def test_killed_results_write_leaves_all_or_nothing_and_rerun_matches(tmp_path: 
     assert store_contents(crashed) == expected
     assert store.query("SELECT count(*) FROM latest_metrics WHERE run_id IN "
                        "(SELECT run_id FROM runs WHERE status <> 'finished')") == [(0,)]
+
+
+def kill_once_while_measuring(marker: Path, delay_s: float = 0.05):
+    """A Dask worker plugin: the first worker to start measuring a shard SIGKILLs itself as it begins."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class KillOnceWhileMeasuring(WorkerPlugin):
+        name = "fvlp-kill-once-while-measuring"
+
+        def transition(self, key, start, finish, **kwargs) -> None:
+            import threading
+
+            if finish == "executing" and "measure_shard" in str(key) and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                threading.Timer(delay_s, _die).start()
+
+    return KillOnceWhileMeasuring()
+
+
+@pytest.mark.slow
+def test_dask_worker_killed_mid_shard_is_replaced_and_decisions_match(tmp_path: Path, prefect_harness):
+    from distributed import Client, LocalCluster
+
+    from flows.clean import clean_flow
+    from fvlp_core.config import CleanConfig
+    from storage.clean import read_decisions, read_faces
+    from tests.clean_fixtures import PORTRAIT, bad_images, write_raw_shards
+
+    shards = [
+        [{"SAMPLE_ID": 1, "TEXT": "Portrait of a smiling man with short hair", "image": PORTRAIT.read_bytes()},
+         {"SAMPLE_ID": 2, "TEXT": "Young woman with glasses reading outdoors", "image": bad_images()["truncated_png"]}],
+        [{"SAMPLE_ID": 3, "TEXT": "Elderly gentleman wearing a hat in the park", "image": bad_images()["png_bomb"]}],
+    ]
+    for root in ("uninterrupted", "killed"):
+        write_raw_shards(tmp_path / root / "raw", shards)
+    marker = tmp_path / "killed-worker-pid"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        def config(root: str) -> CleanConfig:
+            return CleanConfig(paths=Paths(data_root=tmp_path / root), dask_address=cluster.scheduler_address)
+
+        expected = clean_flow(config("uninterrupted"))
+        client.register_plugin(kill_once_while_measuring(marker))
+        result = clean_flow(config("killed"))
+        survivors = set(client.run(os.getpid).values())
+    assert marker.exists() and int(marker.read_text()) not in survivors  # a worker really died mid-task
+    for key in ("input_rows", "kept", "rejected"):
+        assert result[key] == expected[key]
+    for read in (read_decisions, read_faces):
+        assert read(tmp_path / "killed" / "clean").equals(read(tmp_path / "uninterrupted" / "clean"))
+    measurements = tmp_path / "killed" / "clean" / "measurements"
+    assert not [p.name for p in measurements.iterdir() if ".tmp-" in p.name]
