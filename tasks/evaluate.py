@@ -87,11 +87,14 @@ def embed_episodes(config: EvaluateConfig, checkpoint: str, steps: int) -> tuple
     logger.info("embedded %d gallery photos and captions", len(photo_ids))
 
     embedder = EpisodeEmbedder(encoder, gallery, steps, dict(zip(photo_ids, captions)))
+    done = 0
     for chunk in iter_sketch_chunks(config.paths.episodes_dir, split=config.split):
         ids, step_numbers, images = (chunk[c].to_pylist() for c in ("photo_id", "step", "image"))
         for start in range(0, len(ids), config.batch_size):
             stop = start + config.batch_size
             embedder.add(ids[start:stop], step_numbers[start:stop], [_decode(b) for b in images[start:stop]])
+        done += len(ids)
+        logger.info("embedded %d of %d sketches (x2 variants)", done, len(photo_ids) * steps)
     episodes = embedder.finish()
     logger.info("embedded %d episodes x %d steps (sketch and sketch+text)", len(episodes.true_index), steps)
     return gallery, episodes
