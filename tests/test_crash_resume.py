@@ -5,7 +5,8 @@ point (no exception handlers, ``finally`` blocks or atexit hooks run, exactly as
 OOM killer or a pre-empted node ends a worker): half-way through writing a raw shard's
 bytes, between a finished temp file and its rename, half-way through writing a training
 checkpoint, inside an open DuckDB transaction, and after a DuckDB commit but before the
-file was checkpointed. A re-run must then end with exactly the rows/weights/results of an
+file was checkpointed; and a Dask worker dies as it starts measuring a shard. A re-run (or,
+for the worker, Dask's retry) must then end with exactly the rows/weights/results of an
 uninterrupted run: nothing lost, nothing twice, no half-written file left behind.
 """
 from __future__ import annotations
