@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,14 +206,21 @@ def dask_client(config: CleanConfig) -> Iterator[Any]:
     """A client on the configured scheduler, or on a LocalCluster that lives for the block."""
     from distributed import Client, LocalCluster
 
-    if config.dask_address:
-        with Client(config.dask_address) as client:
+    # The scheduler's INFO chatter (every worker and connection) would drown the flow's own log.
+    chatter = logging.getLogger("distributed")
+    level = chatter.level
+    chatter.setLevel(logging.WARNING)
+    try:
+        if config.dask_address:
+            with Client(config.dask_address) as client:
+                yield client
+            return
+        with LocalCluster(
+            n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster, Client(cluster) as client:
             yield client
-        return
-    with LocalCluster(
-        n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster, Client(cluster) as client:
-        yield client
+    finally:
+        chatter.setLevel(level)
 
 
 @task(name="measure-shards", cache_policy=NO_CACHE)
