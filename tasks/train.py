@@ -79,7 +79,8 @@ def run_training(stage: str, config: TrainConfig) -> dict[str, Any]:
 
     done: dict[str, Any] | None = None
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Passive OpenMP waiting: spinning threads starve each other on a shared CPU.
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=None, text=True, env=env) as child:
         assert child.stdout is not None
         for line in child.stdout:

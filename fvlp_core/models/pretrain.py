@@ -12,6 +12,7 @@ from fvlp_core.models.factory import create_backbone, encode_image_tokens, encod
 from fvlp_core.models.grounded import ImageGroundedTextEncoder
 from fvlp_core.models.losses import (
     gather_no_grad,
+    gather_with_grad,
     matching_loss,
     positive_targets,
     sample_hard_negatives,
@@ -66,9 +67,12 @@ class FVLPPretrain(nn.Module):
         self.group_queue[slots] = groups
         self.queue_ptr.fill_(int((self.queue_ptr + n) % size))
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor, groups: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, text: torch.Tensor, groups: torch.Tensor, seed: int,
+                alpha: float | None = None) -> dict[str, torch.Tensor]:
         """Losses for one batch. ``groups``: equal ids mark pairs with the same caption; ``seed`` drives
-        the hard-negative draw so a resumed run samples exactly what an uninterrupted one did."""
+        the hard-negative draw so a resumed run samples exactly what an uninterrupted one did;
+        ``alpha`` overrides the soft-target weight (the trainer ramps it up over the first epoch)."""
+        alpha = self.alpha if alpha is None else alpha
         image_emb, image_tokens, _ = encode_image_tokens(self.backbone, images)
         text_emb, _ = encode_text_tokens(self.backbone, text)
         image_feat = F.normalize(image_emb.float(), dim=-1)
@@ -77,19 +81,27 @@ class FVLPPretrain(nn.Module):
             self.backbone.logit_scale.clamp_(0, torch.log(torch.tensor(MAX_LOGIT_SCALE)).item())
         logit_scale = self.backbone.logit_scale.exp()
 
-        # ITC against momentum features of this batch (all ranks) plus the queue, soft targets.
+        # ITC: this batch's columns (all ranks) are the ONLINE features, so both towers get
+        # gradients from the start as in CLIP; the queue adds older momentum features as extra
+        # negatives. Soft targets mix the momentum model's similarities (weight alpha) with the
+        # caption-group positives. (ALBEF puts momentum features in the batch columns too; with
+        # a few hundred steps the momentum model is still mostly its random init, and
+        # aligning to it stalls learning.)
+        image_all, text_all = gather_with_grad(image_feat), gather_with_grad(text_feat)
         with torch.no_grad():
             self._momentum_update()
             image_m = F.normalize(encode_image_tokens(self.momentum_backbone, images)[0].float(), dim=-1)
             text_m = F.normalize(encode_text_tokens(self.momentum_backbone, text)[0].float(), dim=-1)
             image_m_all, text_m_all = gather_no_grad(image_m), gather_no_grad(text_m)
             groups_all = gather_no_grad(groups)
-            image_bank = torch.cat([image_m_all.T, self.image_queue.float()], dim=1)
-            text_bank = torch.cat([text_m_all.T, self.text_queue.float()], dim=1)
             bank_groups = torch.cat([groups_all, self.group_queue])
             targets = positive_targets(groups, bank_groups)
-            i2t_targets = self.alpha * F.softmax(logit_scale * image_m @ text_bank, dim=1) + (1 - self.alpha) * targets
-            t2i_targets = self.alpha * F.softmax(logit_scale * text_m @ image_bank, dim=1) + (1 - self.alpha) * targets
+            image_m_bank = torch.cat([image_m_all.T, self.image_queue.float()], dim=1)
+            text_m_bank = torch.cat([text_m_all.T, self.text_queue.float()], dim=1)
+            i2t_targets = alpha * F.softmax(logit_scale * image_m @ text_m_bank, dim=1) + (1 - alpha) * targets
+            t2i_targets = alpha * F.softmax(logit_scale * text_m @ image_m_bank, dim=1) + (1 - alpha) * targets
+        text_bank = torch.cat([text_all.T, self.text_queue.float()], dim=1)
+        image_bank = torch.cat([image_all.T, self.image_queue.float()], dim=1)
         itc = 0.5 * (
             soft_cross_entropy(logit_scale * image_feat @ text_bank, i2t_targets)
             + soft_cross_entropy(logit_scale * text_feat @ image_bank, t2i_targets)

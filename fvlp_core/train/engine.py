@@ -204,6 +204,10 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
             for micro in range(config.grad_accum):
                 batch = {k: v.to(runtime.device, non_blocking=True) for k, v in next(batches).items()}
                 sync = micro == config.grad_accum - 1 or runtime.world_size == 1
+                if stage == "pretrain":
+                    # Soft targets come from a momentum model that starts untrained: ramp their
+                    # weight up over the first epoch (as ALBEF/BLIP do).
+                    batch["alpha"] = config.alpha * min(1.0, (step + 1) / steps_per_epoch)
                 with (nullcontext() if sync else wrapped.no_sync()), autocast:
                     losses = wrapped(**batch, seed=step_seed(config.seed, step, micro, runtime.rank))
                 (losses["loss"] / config.grad_accum).backward()
