@@ -107,6 +107,9 @@ class FVLPFusion(nn.Module):
         self.text_proj = nn.Linear(self.backbone.text_projection.shape[1], embed_dim)
         if init_checkpoint is not None:
             self.load_pretrained(init_checkpoint)
+        # Images embed through the fusion head, so the CLIP image projection gets no gradient
+        # (DistributedDataParallel refuses parameters that never receive one).
+        self.backbone.visual.proj.requires_grad_(False)
 
     def load_pretrained(self, path: Path) -> None:
         """Backbone (and ITM encoder, when present) from an fvlp pretraining or open_clip checkpoint."""
