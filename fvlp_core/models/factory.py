@@ -76,7 +76,10 @@ def create_backbone(model_name: str, init_checkpoint: Path | None = None) -> ope
     model = open_clip.create_model(model_name, pretrained=None)
     if init_checkpoint is not None:
         state = backbone_state_dict(read_weights(init_checkpoint))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # tensor shapes of another architecture
+            raise CheckpointError(f"{init_checkpoint} does not fit {model_name}: {err}") from err
         if missing or unexpected:
             raise CheckpointError(
                 f"{init_checkpoint} does not fit {model_name}: missing {sorted(missing)[:5]}"
