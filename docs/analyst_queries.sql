@@ -3,13 +3,14 @@
 -- (a read-only session blocks writers: close it when a flow is due to write).
 -- tests/test_results_store.py runs every statement of this file.
 
--- 1. Latest metrics per model, one row per model/variant (percent).
+-- 1. Latest sketch-retrieval metrics per model, one row per model/variant (percent).
 SELECT model_fingerprint, run_id, split, variant,
        round(max(value) FILTER (WHERE name = 'm_at_A'), 2)  AS m_at_A,
        round(max(value) FILTER (WHERE name = 'm_at_B'), 2)  AS m_at_B,
        round(max(value) FILTER (WHERE name = 'wm_at_A'), 2) AS wm_at_A,
        round(max(value) FILTER (WHERE name = 'wm_at_B'), 2) AS wm_at_B
 FROM latest_metrics
+WHERE variant IN ('sketch', 'sketch+text')
 GROUP BY ALL
 ORDER BY model_fingerprint, variant;
 
