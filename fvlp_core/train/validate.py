@@ -71,7 +71,9 @@ def validate_finetune(model: FVLPFusion, config: FinetuneConfig, device: torch.d
         model.encode_images(torch.stack([decode_png(b, size, f"photo {p}") for p, b in chunk]).to(device)).float().cpu()
         for chunk in _batched(list(zip(photo_ids, photos.column("image").to_pylist())))
     ])
-    text_emb = torch.cat([model.encode_texts(tokenizer(chunk).to(device)).float().cpu() for chunk in _batched(captions)])
+    # Unnormalised caption projections, once per photo: every step's query reuses its photo's.
+    text_raw = torch.cat([model._text_forward(tokenizer(chunk).to(device)).float().cpu() for chunk in _batched(captions)])
+    text_emb = F.normalize(text_raw, dim=-1)
 
     steps = config.steps_per_episode
     fused = torch.zeros(len(photo_ids), steps, gallery.shape[1])
@@ -81,10 +83,10 @@ def validate_finetune(model: FVLPFusion, config: FinetuneConfig, device: torch.d
 
     def flush() -> None:
         pixels = torch.stack([decode_png(b, size, f"photo {photo_ids[r]} step {s}") for r, s, b in pending]).to(device)
-        text = tokenizer([captions[r] for r, _, _ in pending]).to(device)
         index = ([r for r, _, _ in pending], [s for _, s, _ in pending])
-        fused[index] = model.encode_sketches(pixels, text).float().cpu()
-        sketch_only[index] = model.encode_sketches(pixels).float().cpu()
+        sketch_raw = model._image_forward(pixels)[0].float().cpu()
+        fused[index] = F.normalize(sketch_raw + text_raw[index[0]], dim=-1)  # = encode_sketches(pixels, text)
+        sketch_only[index] = F.normalize(sketch_raw, dim=-1)
         filled[index] = True
         pending.clear()
 
