@@ -101,10 +101,6 @@ def vision_width(model: open_clip.CLIP) -> int:
     return model.visual.transformer.width
 
 
-def text_width(model: open_clip.CLIP) -> int:
-    return model.transformer.width
-
-
 def encode_image_tokens(
     model: open_clip.CLIP, images: torch.Tensor, indices: list[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
