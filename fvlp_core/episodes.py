@@ -43,13 +43,6 @@ def _arc_lengths(points: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
 
 
-def _sub_polyline(points: np.ndarray, cumulative: np.ndarray, start: float, stop: float) -> np.ndarray:
-    """The part of a polyline between arc lengths ``start`` and ``stop`` (interpolated ends)."""
-    inner = (cumulative > start) & (cumulative < stop)
-    ends = [np.interp(start, cumulative, points[:, i]) for i in (0, 1)], [np.interp(stop, cumulative, points[:, i]) for i in (0, 1)]
-    return np.vstack([ends[0], points[inner], ends[1]])
-
-
 def _draw(draw: ImageDraw.ImageDraw, points: np.ndarray, width: float) -> None:
     w = max(1, int(round(width)))
     if len(points) == 1 or np.ptp(points, axis=0).max() < 0.5:
@@ -60,43 +53,53 @@ def _draw(draw: ImageDraw.ImageDraw, points: np.ndarray, width: float) -> None:
     draw.line([tuple(p) for p in points], fill=INK, width=w, joint="curve" if w > 2 else None)
 
 
+def _reveal_positions(points: np.ndarray, cumulative: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Arc length along the polyline of the point nearest to each ink pixel (x, y)."""
+    if cumulative[-1] <= 0.0:
+        return np.zeros(len(ys))
+    samples = np.arange(0.0, cumulative[-1] + 0.5, 0.5)
+    path = np.stack([np.interp(samples, cumulative, points[:, i]) for i in (0, 1)], axis=1)
+    pixels = np.stack([xs, ys], axis=1).astype(np.float64)
+    nearest = np.empty(len(pixels), dtype=np.int64)
+    for chunk in range(0, len(pixels), 4096):  # bounded memory on long strokes
+        d = ((pixels[chunk:chunk + 4096, None, :] - path[None, :, :]) ** 2).sum(axis=2)
+        nearest[chunk:chunk + 4096] = d.argmin(axis=1)
+    return samples[nearest]
+
+
 def render_episode(strokes: Sequence[Stroke], size: int | tuple[int, int], steps: int = DEFAULT_STEPS) -> np.ndarray:
     """``steps`` cumulative sketches of ``strokes`` (already in drawing order): uint8 (T, H, W).
 
-    Dark ink on white. Step t holds the first (t + 1) / T of the total ink.
+    Dark ink on white. Step t holds the first (t + 1) / T of the total ink. Each stroke is
+    rasterised whole and its pixels are revealed in the order the pen passes them, so the
+    frames are exactly cumulative and the last one is the finished drawing for every T
+    (drawing the pieces of a split stroke separately would add or lose pixels at the splits).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     width, height = (size, size) if isinstance(size, int) else size
-    canvas = Image.new("L", (width, height), PAPER)
-    draw = ImageDraw.Draw(canvas)
-    frames = np.empty((steps, height, width), dtype=np.uint8)
+    frames = np.full((steps, height, width), PAPER, dtype=np.uint8)
     if not strokes:
-        frames[:] = PAPER
         return frames
 
-    points = [np.asarray(s.points, dtype=np.float64).reshape(-1, 2) for s in strokes]
-    cumulative = [_arc_lengths(p) for p in points]
-    # A dot still takes ink, so it appears at its turn rather than all at once.
-    lengths = np.array([max(c[-1] if len(c) else 0.0, 1.0) for c in cumulative])
-    total = float(lengths.sum())
-    stroke, done_in_stroke, position = 0, 0.0, 0.0
-    for t in range(steps):
-        target = total if t == steps - 1 else total * (t + 1) / steps
-        while stroke < len(strokes) and position < target - 1e-9:
-            stop = min(lengths[stroke], done_in_stroke + (target - position))
-            real = cumulative[stroke][-1] if len(cumulative[stroke]) else 0.0
-            if real <= 0.0:
-                _draw(draw, points[stroke][:1], strokes[stroke].width)
-            else:
-                scale = real / lengths[stroke]
-                _draw(draw, _sub_polyline(points[stroke], cumulative[stroke], done_in_stroke * scale, stop * scale),
-                      strokes[stroke].width)
-            position += stop - done_in_stroke
-            done_in_stroke = stop
-            if done_in_stroke >= lengths[stroke] - 1e-9:
-                stroke, done_in_stroke = stroke + 1, 0.0
-        frames[t] = np.asarray(canvas)
+    # reveal[y, x]: ink position (arc length over the whole drawing) at which the pixel appears
+    reveal = np.full((height, width), np.inf)
+    position = 0.0
+    for stroke in strokes:
+        points = np.asarray(stroke.points, dtype=np.float64).reshape(-1, 2)
+        cumulative = _arc_lengths(points)
+        real = cumulative[-1] if len(cumulative) else 0.0
+        length = max(real, 1.0)  # a dot still takes ink, so it appears at its turn
+        canvas = Image.new("L", (width, height), PAPER)
+        _draw(ImageDraw.Draw(canvas), points, stroke.width)
+        ys, xs = np.nonzero(np.asarray(canvas) == INK)
+        along = _reveal_positions(points, cumulative, ys, xs) * (length / real if real > 0.0 else 0.0)
+        reveal[ys, xs] = np.minimum(reveal[ys, xs], position + along)
+        position += length
+
+    for t in range(steps - 1):
+        frames[t][reveal <= position * (t + 1) / steps] = INK
+    frames[-1][np.isfinite(reveal)] = INK
     return frames
 
 
