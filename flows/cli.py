@@ -43,6 +43,13 @@ TOOLS: dict[str, tuple[str, str]] = {
     "status": ("flows.status:main", "Summarise the last runs in the results store"),
 }
 
+METAVARS = {Path: "PATH", int: "INT", float: "NUMBER", str: "TEXT"}
+
+ENV_EPILOG = (
+    "Every option can also come from the environment: FVLP_<FIELD> (e.g. FVLP_DATA_ROOT), "
+    "nested groups as FVLP_<GROUP>__<FIELD> (e.g. FVLP_HTTP__CONCURRENCY); flags win."
+)
+
 # Flags shared by every stage's `paths` group are spelled without a prefix.
 FLAT_GROUPS = {"paths"}
 
@@ -57,12 +64,13 @@ def _flag_kwargs(annotation: Any) -> dict[str, Any]:
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}
     if origin is list:
-        return {"nargs": "+", "type": args[0] if args and args[0] in (Path, str, int, float) else str}
+        item = args[0] if args and args[0] in METAVARS else str
+        return {"nargs": "+", "type": item, "metavar": METAVARS[item]}
     if origin is typing.Literal:
         return {"choices": [str(a) for a in args]}
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
         return _flag_kwargs(args[0])
-    return {}
+    return {"metavar": METAVARS.get(annotation, "VALUE")}
 
 
 def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], prefix: tuple[str, ...] = ()) -> None:
@@ -131,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fvlp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (model, _, help_text) in COMMANDS.items():
-        add_model_flags(sub.add_parser(name, help=help_text, description=help_text), model)
+        add_model_flags(sub.add_parser(name, help=help_text, description=help_text, epilog=ENV_EPILOG), model)
     for name, (_, help_text) in TOOLS.items():
         sub.add_parser(name, help=help_text, add_help=False)  # listed here, parsed by the tool itself
     return parser
