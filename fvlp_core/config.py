@@ -198,7 +198,7 @@ class TrainConfig(StrictModel):
 
 
 class PretrainConfig(TrainConfig):
-    epochs: int = Field(8, ge=1, description="Passes over the cleaned pairs (3: ~2x chance held-out R@1, 8: ~5x)")
+    epochs: int = Field(3, ge=1, description="Passes over the cleaned pairs (3: ~2x chance held-out R@1, 8: ~5x)")
     momentum: float = Field(0.995, gt=0, lt=1, description="Momentum encoder EMA")
     queue_size: int = Field(1024, ge=0, description="ITC feature queue length (0: in-batch negatives only)")
     alpha: float = Field(0.4, ge=0, le=1, description="Soft-target weight for ITC distillation")
