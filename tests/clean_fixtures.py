@@ -18,6 +18,19 @@ INSIGHTFACE_IMAGES = Path(insightface.__file__).parent / "data" / "images"
 GROUP_PHOTO = INSIGHTFACE_IMAGES / "t1.jpg"  # six faces
 PORTRAIT = INSIGHTFACE_IMAGES / "Tom_Hanks_54745.png"  # one face, 112 x 112
 
+# Person captions that are all different, so duplicate_caption stays out of a test's way.
+DISTINCT_CAPTIONS = (
+    "Young woman with glasses reading outdoors", "Elderly gentleman wearing a hat in the park",
+    "Bride laughing at her wedding reception", "Businessman giving a talk at a conference",
+    "Teen girl with curly red hair posing", "Father and son fishing by the lake",
+    "Actress Emma Stone attends the Oscars", "Close up face of a bearded man",
+    "Smiling nurse in a hospital corridor", "Grandmother baking cookies with her grandson",
+    "Singer performing on stage at night", "Student portrait for the yearbook",
+    "Portrait of a smiling man with short hair", "Doctor in a white coat smiling",
+    "Chef tasting soup in a busy kitchen", "Soldier saluting at a parade",
+    "Author signing books at a store", "Dancer stretching before a show",
+)
+
 
 def png_bytes(image: Image.Image, **kwargs) -> bytes:
     buffer = io.BytesIO()

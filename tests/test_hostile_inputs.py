@@ -25,19 +25,8 @@ from fvlp_core.detection.images import ImageRejected, decode_rgb
 from fvlp_core.fetch import FetchRequest, FolderFetcher, check_image
 from storage.clean import read_decisions, read_raw_rows
 from storage.shards import read_dataset, shard_path, write_shard
-from tests.clean_fixtures import PORTRAIT, bad_images, encode, portrait_variants
+from tests.clean_fixtures import DISTINCT_CAPTIONS, PORTRAIT, bad_images, encode, portrait_variants
 
-CAPTIONS = (
-    "Young woman with glasses reading outdoors", "Elderly gentleman wearing a hat in the park",
-    "Bride laughing at her wedding reception", "Businessman giving a talk at a conference",
-    "Teen girl with curly red hair posing", "Father and son fishing by the lake",
-    "Actress Emma Stone attends the Oscars", "Close up face of a bearded man",
-    "Smiling nurse in a hospital corridor", "Grandmother baking cookies with her grandson",
-    "Singer performing on stage at night", "Student portrait for the yearbook",
-    "Portrait of a smiling man with short hair", "Doctor in a white coat smiling",
-    "Chef tasting soup in a busy kitchen", "Soldier saluting at a parade",
-    "Author signing books at a store", "Dancer stretching before a show",
-)
 GOOD = encode(Image.open(PORTRAIT).convert("RGB").resize((224, 224)), "PNG")
 UNDECODABLE = {"zero_bytes", "not_an_image", "truncated_png", "corrupt_jpeg"}
 BOMBS = {"png_bomb", "jpeg_bomb"}
@@ -45,7 +34,7 @@ BOMBS = {"png_bomb", "jpeg_bomb"}
 
 def hostile_rows() -> list[dict]:
     """One dict per metadata row: what goes in, and what must come out of ingest and clean."""
-    captions = iter(CAPTIONS)  # distinct, so duplicate_caption stays out of the way
+    captions = iter(DISTINCT_CAPTIONS)  # distinct, so duplicate_caption stays out of the way
     rows = [{"SAMPLE_ID": 1, "case": "good", "image": GOOD, "outcome": "kept-or-face-rule"}]
     for name, data in bad_images().items():
         rows.append({"case": name, "image": data,
