@@ -3,15 +3,18 @@
 Training runs out of process so a GPU work pool's worker only needs this command line, a
 crash or OOM cannot take the flow down with it, and torchrun can own the ranks. The
 child's stdout (one JSON line per optimizer step, then a ``done`` line) is streamed to the
-Prefect logger; its stderr (the progress bar) goes to the flow's stderr.
+Prefect logger; its stderr (the progress bar) goes on to the flow's stderr, and its last lines
+(a traceback, when the child fails) go into the error the task raises, so the UI shows them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,24 @@ def training_command(stage: str, config: TrainConfig, config_path: Path) -> list
     return [*launcher, *module]
 
 
+def _relay_stderr(stream: Any, tail: deque[str]) -> None:
+    """Pass the child's stderr through unchanged (tqdm redraws with \\r) and keep its last lines."""
+    sink = getattr(sys.stderr, "buffer", None)
+    pending = ""
+    for chunk in iter(lambda: stream.read1(4096), b""):
+        text = chunk.decode(errors="replace")
+        if sink is not None:
+            sink.write(chunk)
+            sink.flush()
+        else:  # a replaced sys.stderr (pytest capture, notebooks) takes text only
+            sys.stderr.write(text)
+        pending += text
+        *lines, pending = re.split(r"[\r\n]", pending)
+        tail.extend(line for line in lines if line.strip())
+    if pending.strip():
+        tail.append(pending)
+
+
 @task(name="train", cache_policy=NO_CACHE)
 def run_training(stage: str, config: TrainConfig) -> dict[str, Any]:
     """Run (or resume) one training run to completion; returns the child's ``done`` record.
@@ -79,10 +100,13 @@ def run_training(stage: str, config: TrainConfig) -> dict[str, Any]:
 
     done: dict[str, Any] | None = None
     tail: deque[str] = deque(maxlen=TAIL_LINES)
+    errors: deque[str] = deque(maxlen=TAIL_LINES)
     # Passive OpenMP waiting: spinning threads starve each other on a shared CPU.
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=None, text=True, env=env) as child:
-        assert child.stdout is not None
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as child:
+        assert child.stdout is not None and child.stderr is not None
+        relay = threading.Thread(target=_relay_stderr, args=(child.stderr.buffer, errors), daemon=True)
+        relay.start()
         for line in child.stdout:
             line = line.rstrip("\n")
             tail.append(line)
@@ -90,9 +114,10 @@ def run_training(stage: str, config: TrainConfig) -> dict[str, Any]:
             if record and record.get("event") == "done":
                 done = record
             logger.info("%s", line)
+        relay.join()
     if child.returncode != 0:
         raise RuntimeError(f"{stage} run {config.run_id} failed (exit {child.returncode}); last output:\n"
-                           + "\n".join(tail))
+                           + "\n".join(tail) + "\nlast errors:\n" + "\n".join(errors))
     if done is None:
         raise RuntimeError(f"{stage} run {config.run_id} exited 0 without a 'done' record; last output:\n"
                            + "\n".join(tail))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
+from prefect import flow
 from PIL import Image, ImageDraw
 
 from fvlp_core.config import FinetuneConfig, Paths, PretrainConfig
@@ -25,7 +26,7 @@ from fvlp_core.train.data import FacePairStream, SketchEpisodeStream, StreamPlan
 from fvlp_core.train.engine import warmup_cosine
 from storage.episodes import write_episode_chunk
 from storage.shards import shard_path, write_shard
-from tasks.train import training_command
+from tasks.train import run_training, training_command
 
 REPO = Path(__file__).resolve().parent.parent
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
@@ -267,3 +268,17 @@ def test_pretrain_and_finetune_flows_tie_run_ids_checkpoints_and_results(tmp_pat
     assert runs[pre["run_id"]] == runs[fine["run_id"]] == "finished"
     names = {row[0] for row in store.query("SELECT name FROM metrics WHERE run_id = ?", [fine["run_id"]])}
     assert {"m_at_B", "chance_m_at_B", "final_itsc"} <= names
+
+
+def test_a_failed_training_child_names_its_error_in_the_task_failure(tmp_path, prefect_harness):
+    """The child's traceback reaches the raised error (and so the Prefect UI), not only the console."""
+
+    @flow
+    def launch() -> None:
+        run_training("pretrain", PretrainConfig(paths=Paths(data_root=tmp_path), run_id="no-data", device="cpu"))
+
+    with pytest.raises(RuntimeError) as failure:
+        launch()
+    message = str(failure.value)
+    assert "pretrain run no-data failed (exit 1)" in message
+    assert "no face shards in" in message and "run the clean stage first" in message
