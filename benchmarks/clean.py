@@ -34,10 +34,11 @@ from fvlp_core.attribute_head import (  # noqa: E402
     predict_probabilities,
     train_attribute_head,
 )
-from fvlp_core.detection.measure import decode_png  # noqa: E402
+from fvlp_core.png import decode_png  # noqa: E402
 from storage.clean import read_decisions, read_ground_truth_if_any, read_measurements  # noqa: E402
 from storage.shards import list_shards, read_shard, shard_path, write_shard  # noqa: E402
-from tasks.clean import dask_client, measure_settings, measure_shard  # noqa: E402
+from tasks.clean import dask_client  # noqa: E402
+from tasks.clean_worker import measure_settings, measure_shard  # noqa: E402
 
 MAX_PIXELS = 40_000_000
 INSIGHTFACE_IMAGES = Path(insightface.__file__).parent / "data" / "images"

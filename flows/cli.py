@@ -24,7 +24,9 @@ from fvlp_core.config import (
     IngestConfig,
     PipelineConfig,
     PretrainConfig,
+    EpisodesConfig,
     resolve_config,
+    spread_paths,
 )
 
 # subcommand -> (config model, "module:flow function", one-line help)
@@ -32,9 +34,10 @@ COMMANDS: dict[str, tuple[type[BaseModel], str, str]] = {
     "ingest": (IngestConfig, "flows.ingest:ingest_flow", "Fetch LAION-Face images into sharded Parquet"),
     "clean": (CleanConfig, "flows.clean:clean_flow", "Detect/crop faces and filter captions with Dask"),
     "pretrain": (PretrainConfig, "flows.pretrain:pretrain_flow", "Image-text pretraining (ITC + ITM)"),
+    "episodes": (EpisodesConfig, "flows.episodes:episodes_flow", "Sketch drawing episodes from cleaned faces or FS2K-SDE"),
     "finetune": (FinetuneConfig, "flows.finetune:finetune_flow", "Sketch-text fusion fine-tuning (ITC + ITSC + ITM)"),
     "evaluate": (EvaluateConfig, "flows.evaluate:evaluate_flow", "SLFIR metrics into the DuckDB results store"),
-    "run": (PipelineConfig, "flows.pipeline:pipeline_flow", "The whole DAG: ingest -> clean -> pretrain -> finetune -> evaluate"),
+    "run": (PipelineConfig, "flows.pipeline:pipeline_flow", "The whole DAG: ingest -> clean -> pretrain, episodes -> finetune -> evaluate"),
 }
 
 # subcommand -> ("module:main", one-line help): operations with a few flags of their own, no config.
@@ -105,8 +108,7 @@ def _overrides(namespace: argparse.Namespace, model: type[BaseModel]) -> dict[st
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    paths = _collect_paths(nested)
-    return _spread_paths(model, nested, paths) if paths else nested
+    return spread_paths(model, nested, _collect_paths(nested))
 
 
 def _collect_paths(tree: dict[str, Any]) -> dict[str, Any]:
@@ -118,16 +120,6 @@ def _collect_paths(tree: dict[str, Any]) -> dict[str, Any]:
             if found:
                 return found
     return {}
-
-
-def _spread_paths(model: type[BaseModel], tree: dict[str, Any], paths: dict[str, Any]) -> dict[str, Any]:
-    out = dict(tree)
-    for name, field in model.model_fields.items():
-        if name == "paths":
-            out[name] = paths
-        elif _is_model(field.annotation):
-            out[name] = _spread_paths(field.annotation, out.get(name, {}), paths)
-    return out
 
 
 def _load(target: str) -> Callable[..., Any]:

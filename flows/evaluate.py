@@ -1,6 +1,6 @@
 """Evaluate flow: a fine-tuned checkpoint on sketch episodes -> SLFIR metrics in the results store.
 
-``fvlp evaluate`` embeds the split's gallery and every step of every episode once, scores
+``fvlp evaluate`` reads the episodes build (``--episodes``), embeds the split's gallery and every step of every episode once, scores
 sketch-only and sketch+text queries (m@A, m@B, wm@A, wm@B, acc@1/5/10 curves) and
 caption<->photo recall, then writes metrics, curves and artifact paths to the DuckDB
 results store in one transaction. A failure anywhere leaves the run row ``failed`` with
@@ -13,9 +13,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from fvlp_core.config import EvaluateConfig
+from storage.episodes import read_episodes_reference
 from storage.results import ResultsStore
-from tasks.episodes import ensure_episodes
-from tasks.evaluate import dataset_fingerprint, embed_episodes, report_evaluation, resolve_checkpoint, score_episodes
+from tasks.evaluate import embed_episodes, report_evaluation, resolve_checkpoint, score_episodes
 
 
 @flow(name="evaluate")
@@ -25,8 +25,8 @@ def evaluate_flow(config: EvaluateConfig = EvaluateConfig()) -> dict[str, Any]:
     store = ResultsStore(config.paths.results_store)
     with store.run("evaluate", config=config.model_dump(mode="json")) as run_id:
         model = resolve_checkpoint(config)
-        episodes = ensure_episodes(config.paths, config.steps_per_episode, config.fs2k_sde)
-        store.set_fingerprints(run_id, dataset_fingerprint=dataset_fingerprint(config.paths.episodes_dir, config.split),
+        episodes = read_episodes_reference(config.episodes_dir)
+        store.set_fingerprints(run_id, dataset_fingerprint=f"{episodes['fingerprint']}:{config.split}",
                                model_fingerprint=model["fingerprint"])
         gallery, embedded = embed_episodes(config, model["checkpoint"], episodes["steps"])
         result = score_episodes(gallery, embedded)

@@ -1,9 +1,9 @@
-"""The whole DAG as one Prefect flow: ingest -> clean -> pretrain -> finetune -> evaluate.
+"""The whole DAG as one Prefect flow: ingest -> clean -> pretrain, episodes -> finetune -> evaluate.
 
 Each stage runs as a subflow inside one cached task, so the UI shows the parent run
 with one nested run per stage, and a re-run with the same inputs finds each finished
 stage in the cache instead of repeating it. A stage's cache key is its config plus
-what its upstream stage returned and a fingerprint of the files that reference names:
+what its upstream stages returned and a fingerprint of the files those references name:
 changing a stage's parameters, or an upstream stage rewriting its outputs, re-runs
 everything below. Cache records live under the data root, beside the outputs they
 describe. A stage interrupted mid-way has no cache record, so a re-run starts it again
@@ -22,21 +22,33 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.cache_policies import INPUTS
 
 from flows.clean import clean_flow
+from flows.episodes import episodes_flow
 from flows.evaluate import evaluate_flow
 from flows.finetune import finetune_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
-from fvlp_core.config import PipelineConfig, StrictModel
+from fvlp_core.config import PIPELINE_STAGES, PipelineConfig, StrictModel
+from storage.files import stat_fingerprint
 
 # Stage name -> flow, in DAG order.
 STAGE_FLOWS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "ingest": ingest_flow,
     "clean": clean_flow,
     "pretrain": pretrain_flow,
+    "episodes": episodes_flow,
     "finetune": finetune_flow,
     "evaluate": evaluate_flow,
 }
-STAGES = tuple(STAGE_FLOWS)
+STAGES = PIPELINE_STAGES
+# Stage -> the stages whose outputs it reads (its cache key includes their references).
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "ingest": (),
+    "clean": ("ingest",),
+    "pretrain": ("clean",),
+    "episodes": ("clean",),
+    "finetune": ("pretrain", "episodes"),
+    "evaluate": ("finetune", "episodes"),
+}
 TRAINING_STAGES = ("pretrain", "finetune")
 
 # Reference keys that name files or folders a later stage reads.
@@ -53,28 +65,23 @@ PATH_REFERENCES = ("raw_dir", "clean_dir", "checkpoint", "episodes_dir")
     retries=0,
 )
 def run_stage(stage: str, config: StrictModel, upstream: dict[str, Any]) -> dict[str, Any]:
-    """Run one stage flow as a subflow. ``upstream`` (the previous stage's reference and
-    output fingerprint) is not read: it is here to key the cache."""
+    """Run one stage flow as a subflow. ``upstream`` (the upstream stages' references and
+    output fingerprints) is not read: it is here to key the cache."""
     get_run_logger().info("running stage %s", stage)
     return STAGE_FLOWS[stage](config)
 
 
-def output_fingerprint(reference: dict[str, Any]) -> dict[str, list[tuple[str, int, int]]]:
-    """(name, size, mtime) of every file a reference names, so a stage that rewrote its
-    outputs in place still changes the cache key of the stages below it."""
+def output_fingerprint(reference: dict[str, Any]) -> dict[str, str]:
+    """Stat fingerprint of every file a reference names, so a stage that rewrote its outputs
+    in place still changes the cache key of the stages below it."""
     fingerprint = {}
     for key in PATH_REFERENCES:
         if reference.get(key) is None:
             continue
         root = Path(reference[key])
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        fingerprint[key] = [(str(p.relative_to(root.parent)), *_size_and_mtime(p)) for p in files if p.exists()]
+        fingerprint[key] = stat_fingerprint(p for p in files if p.exists())
     return fingerprint
-
-
-def _size_and_mtime(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
 
 
 def missing_outputs(reference: dict[str, Any]) -> list[str]:
@@ -91,8 +98,9 @@ def stage_config(
 ) -> StrictModel:
     """The config ``stage`` runs with: its own, plus what the pipeline fills in.
 
-    Fine-tuning starts from this run's pretraining checkpoint and evaluation scores this
-    run's fine-tuned one, unless the config names them. A training stage without a run id
+    Fine-tuning starts from this run's pretraining checkpoint and trains on this run's
+    episodes; evaluation scores this run's fine-tuned checkpoint on the same episodes,
+    unless the config names them. A training stage without a run id
     gets one derived from its config and inputs, so a re-run after an interruption
     resumes the same checkpoint folder (``refresh`` asks for a new run instead).
     """
@@ -101,6 +109,8 @@ def stage_config(
         own = own.model_copy(update={"pretrained_checkpoint": Path(references["pretrain"]["checkpoint"])})
     if stage == "evaluate" and own.checkpoint is None:
         own = own.model_copy(update={"checkpoint": Path(references["finetune"]["checkpoint"])})
+    if stage in ("finetune", "evaluate") and own.episodes is None:
+        own = own.model_copy(update={"episodes": Path(references["episodes"]["episodes_dir"])})
     if stage in TRAINING_STAGES and own.run_id is None and not config.refresh:
         inputs = json.dumps({"config": own.model_dump(mode="json"), "upstream": upstream}, sort_keys=True, default=str)
         own = own.model_copy(update={"run_id": f"{stage}-{hashlib.sha256(inputs.encode()).hexdigest()[:12]}"})
@@ -137,23 +147,24 @@ def run_or_reuse(stage: str, config: StrictModel, upstream: dict[str, Any], refr
 
 @flow(name="pipeline")
 def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
-    """ingest -> clean -> pretrain -> finetune -> evaluate; returns each stage's references.
+    """ingest -> clean -> pretrain, episodes -> finetune -> evaluate; returns each stage's references.
 
     ``reused`` lists the stages taken from the cache because their inputs had not changed.
     """
     logger = get_run_logger()
     progress = create_progress_artifact(
-        progress=0.0, key="pipeline-progress", description="Share of the five stages finished in this run"
+        progress=0.0, key="pipeline-progress", description="Share of the stages finished in this run"
     )
     references: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, dict[str, str]] = {}
     reused: list[str] = []
-    upstream: dict[str, Any] = {}
     for done, stage in enumerate(STAGES, start=1):
+        upstream = {name: {"reference": references[name], "outputs": outputs[name]} for name in UPSTREAM[stage]}
         reference, from_cache = run_or_reuse(
             stage, stage_config(config, stage, references, upstream), upstream, config.refresh
         )
         references[stage] = reference
-        upstream = {"reference": reference, "outputs": output_fingerprint(reference)}
+        outputs[stage] = output_fingerprint(reference)
         if from_cache:
             reused.append(stage)
         update_progress_artifact(progress, progress=100.0 * done / len(STAGES))

@@ -196,6 +196,10 @@ class TrainConfig(StrictModel):
             raise ValueError("multi-process training needs an explicit run_id shared by every node")
         return self
 
+    def architecture(self) -> dict[str, Any]:
+        """What :func:`fvlp_core.models.create_model` needs to rebuild this stage's model."""
+        raise NotImplementedError(f"{type(self).__name__} names no model architecture")
+
 
 class PretrainConfig(TrainConfig):
     epochs: int = Field(3, ge=1, description="Passes over the cleaned pairs (3: ~2x chance held-out R@1, 8: ~5x)")
@@ -206,16 +210,35 @@ class PretrainConfig(TrainConfig):
         0.1, ge=0, lt=1, description="Share of cleaned pairs (stable hash of SAMPLE_ID) kept out for validation"
     )
 
+    def architecture(self) -> dict[str, Any]:
+        return {"model_name": self.model, "queue_size": self.queue_size, "momentum": self.momentum, "alpha": self.alpha}
 
-class FinetuneConfig(TrainConfig):
+
+class EpisodesInput(StrictModel):
+    """The sketch-episode dataset a stage reads (or, for the episodes stage, writes)."""
+
+    paths: Paths = Paths()
+    episodes: Path | None = Field(None, description="Episodes dataset folder (default: <data_root>/episodes)")
+
+    @property
+    def episodes_dir(self) -> Path:
+        return self.episodes or self.paths.episodes_dir
+
+
+class EpisodesConfig(EpisodesInput):
+    """Drawing episodes: generated from the cleaned faces, or read from an FS2K-SDE root."""
+
+    steps_per_episode: int = Field(50, ge=1, description="T: sketch steps per drawing episode")
+    fs2k_sde: Path | None = Field(None, description="FS2K-SDE root (annotation JSON + images); default: generated")
+
+
+class FinetuneConfig(TrainConfig, EpisodesInput):
     epochs: int = Field(10, ge=1, description="Passes over the training photos (one random sketch step each)")
     batch_size: int = Field(16, ge=2, description="Examples per process per micro-batch")
     lr: float = Field(1e-4, gt=0, description="Peak AdamW learning rate of the encoders")
     fusion_lr: float = Field(1e-3, gt=0, description="Learning rate of the fusion conv/attention head")
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps before the cosine decay")
     pretrained_checkpoint: Path | None = Field(None, description="FVLP pretraining checkpoint (default: latest)")
-    steps_per_episode: int = Field(50, ge=1, description="T: sketch steps per drawing episode")
-    fs2k_sde: Path | None = Field(None, description="FS2K-SDE root (annotation JSON + images); default: generated")
     fusion_layers: list[int] | None = Field(
         None, description="ViT blocks (0-based) for multi-scale features; default 3/5/7/11 scaled to the depth"
     )
@@ -223,15 +246,19 @@ class FinetuneConfig(TrainConfig):
     fusion_attention_channels: int | None = Field(None, ge=1, description="Attention hidden width; default conv / 4")
     fusion_embed_dim: int = Field(256, ge=1, description="Retrieval embedding size")
 
+    def architecture(self) -> dict[str, Any]:
+        return {"model_name": self.model, "fusion_layers": self.fusion_layers, "conv_channels": self.fusion_channels,
+                "attention_channels": self.fusion_attention_channels, "embed_dim": self.fusion_embed_dim}
 
-class EvaluateConfig(StrictModel):
-    paths: Paths = Paths()
-    checkpoint: Path | None = Field(None, description="Fine-tuned checkpoint (default: checkpoints/finetune/LATEST)")
+
+class EvaluateConfig(EpisodesInput):
+    checkpoint: Path | None = Field(None, description="Fine-tuned checkpoint (default: the latest finetune run)")
     split: str = Field("test", description="Episode split to evaluate (gallery = every photo of the split)")
     batch_size: int = Field(128, ge=1, description="Images per encoder batch")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    steps_per_episode: int = Field(50, ge=1, description="T: sketch steps per episode (built if missing)")
-    fs2k_sde: Path | None = Field(None, description="FS2K-SDE root to evaluate on (default: generated episodes)")
+
+
+PIPELINE_STAGES = ("ingest", "clean", "pretrain", "episodes", "finetune", "evaluate")
 
 
 class PipelineConfig(StrictModel):
@@ -240,13 +267,14 @@ class PipelineConfig(StrictModel):
     ingest: IngestConfig = IngestConfig()
     clean: CleanConfig = CleanConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    episodes: EpisodesConfig = EpisodesConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     refresh: bool = Field(False, description="Re-run every stage even when a finished run had the same inputs")
 
     @model_validator(mode="after")
     def _one_data_root(self) -> "PipelineConfig":
-        stages = {name: getattr(self, name).paths for name in ("ingest", "clean", "pretrain", "finetune", "evaluate")}
+        stages = {name: getattr(self, name).paths for name in PIPELINE_STAGES}
         if len(set(stages.values())) > 1:
             listed = ", ".join(f"{name}: {paths.data_root}" for name, paths in stages.items())
             raise ValueError(f"all stages must share one data root and results store, got {listed}")
@@ -288,17 +316,18 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _with_paths(model: type[BaseModel], values: dict[str, Any], paths_env: dict[str, Any]) -> dict[str, Any]:
-    """Apply the shared path variables to every ``paths`` field, however deep."""
-    if not paths_env:
+def spread_paths(model: type[BaseModel], values: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
+    """``shared`` path settings (data root, results path) under every ``paths`` field of
+    ``model``, however deep; values already set there win."""
+    if not shared:
         return values
     out = dict(values)
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if annotation is Paths:
-            out[name] = _deep_merge(paths_env, out.get(name, {}))
+            out[name] = _deep_merge(shared, out.get(name, {}))
         elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            out[name] = _with_paths(annotation, out.get(name, {}), paths_env)
+            out[name] = spread_paths(annotation, out.get(name, {}), shared)
     return out
 
 
@@ -308,7 +337,7 @@ class ConfigError(ValueError):
 
 def resolve_config(model: type[ConfigT], overrides: dict[str, Any] | None = None) -> ConfigT:
     """Build ``model`` from defaults, FVLP_* environment and ``overrides`` (CLI/form values)."""
-    values = _with_paths(model, _env_overrides(model), _paths_env())
+    values = spread_paths(model, _env_overrides(model), _paths_env())
     values = _deep_merge(values, overrides or {})
     try:
         return model.model_validate(values)

@@ -11,7 +11,6 @@ pretraining checkpoint with the CLIP projections (photos and sketches alike).
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
@@ -19,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fvlp_core.models import FVLPFusion, get_tokenizer
-from fvlp_core.models.factory import create_backbone, encode_image_tokens, encode_text_tokens, image_size
-from fvlp_core.train.checkpoint import checkpoint_config, load_checkpoint
-from fvlp_core.train.data import image_tensor
+from fvlp_core.checkpoint import checkpoint_architecture, load_checkpoint
+from fvlp_core.models import create_model, get_tokenizer
+from fvlp_core.models.factory import encode_image_tokens, encode_text_tokens, image_size
+from fvlp_core.png import open_image
+from fvlp_core.transforms import image_tensor
 
 ImageInput = Sequence[Image.Image] | Sequence[bytes] | torch.Tensor
 
@@ -44,21 +44,12 @@ class FVLPEncoder:
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         state = load_checkpoint(Path(checkpoint_path))
-        config = checkpoint_config(state)
-        if state["stage"] == "finetune":
-            model = FVLPFusion(
-                state["model_name"],
-                fusion_layers=config.get("fusion_layers"),
-                conv_channels=config.get("fusion_channels"),
-                attention_channels=config.get("fusion_attention_channels"),
-                embed_dim=config.get("fusion_embed_dim", 256),
-            )
-            model.load_state_dict(state["model"])
-        else:
-            model = create_backbone(state["model_name"])
-            prefix = "backbone."
-            model.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
-        return cls(model, state["model_name"], state["stage"], torch.device(device), batch_size)
+        architecture = checkpoint_architecture(state)
+        model = create_model(state["stage"], architecture)
+        model.load_state_dict(state["model"])
+        if state["stage"] == "pretrain":
+            model = model.backbone  # embeds with the CLIP projections; the ITM and momentum parts stay behind
+        return cls(model, architecture["model_name"], state["stage"], torch.device(device), batch_size)
 
     @property
     def embed_dim(self) -> int:
@@ -67,7 +58,7 @@ class FVLPEncoder:
     def _pixels(self, images: ImageInput) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
             return images
-        decoded = [Image.open(io.BytesIO(i)) if isinstance(i, (bytes, bytearray)) else i for i in images]
+        decoded = [open_image(bytes(i)) if isinstance(i, (bytes, bytearray)) else i for i in images]
         return torch.stack([image_tensor(image, self.image_size) for image in decoded])
 
     def _chunks(self, count: int):

@@ -12,7 +12,7 @@ therefore has exactly T distinct-by-construction frames ending on the finished s
 """
 from __future__ import annotations
 
-import io
+
 from typing import Sequence
 
 import cv2
@@ -262,12 +262,6 @@ def line_art_strokes(image: np.ndarray, landmarks: np.ndarray | None = None, min
         return GROUP_RANK[group], top, float(centre[0])
 
     return [Stroke(STROKE_GROUPS[key(p)[0]], p, width) for p in sorted(pieces, key=key)]
-
-
-def encode_png(frame: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="PNG", optimize=False, compress_level=6)
-    return buffer.getvalue()
 
 
 def photo_episode(photo: np.ndarray, steps: int = DEFAULT_STEPS, landmarks: np.ndarray | None = None) -> np.ndarray:

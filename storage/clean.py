@@ -9,14 +9,26 @@ so a re-run knows which shards (and which half: image or caption) are still vali
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage.shards import list_shards, read_dataset, read_shard, shard_index, shard_path, write_manifest, write_shard
+from storage.files import stat_fingerprint
+from storage.shards import (
+    DatasetError,
+    list_shards,
+    read_dataset,
+    read_manifest,
+    read_shard,
+    shard_index,
+    shard_path,
+    write_manifest,
+    write_shard,
+)
 from storage.source import GROUND_TRUTH_FILE, read_ground_truth
 
 MEASUREMENTS = "measurements"
@@ -84,9 +96,8 @@ FACE_SCHEMA = pa.schema([
 
 
 def raw_fingerprint(path: Path) -> str:
-    """Name, size and modification time: changes whenever ingest rewrites the shard."""
-    stat = os.stat(path)
-    return f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}"
+    """Changes whenever ingest rewrites the raw shard."""
+    return stat_fingerprint([path])
 
 
 def read_raw_rows(path: Path) -> pa.Table:
@@ -119,12 +130,27 @@ def read_measurements(path: Path, columns: list[str] | None = None) -> pa.Table:
     return read_shard(path, columns)
 
 
-def write_decisions(table: pa.Table, clean_dir: Path, index: int) -> Path:
-    return write_shard(table, shard_path(Path(clean_dir) / DECISIONS, index), DECISION_SCHEMA)
+def measured_crops(path: Path, wanted: set[int]) -> dict[int, bytes]:
+    """Face crops (PNG) of the ``wanted`` SAMPLE_IDs in one measurements shard.
+
+    A repeated SAMPLE_ID's later row (never fetched, so no crop) never hides the first row's crop.
+    """
+    table = read_measurements(path, ["SAMPLE_ID", "crop"])
+    return {
+        sample_id: crop
+        for sample_id, crop in zip(table.column("SAMPLE_ID").to_pylist(), table.column("crop").to_pylist())
+        if sample_id in wanted and crop is not None
+    }
 
 
-def write_faces(table: pa.Table, clean_dir: Path, index: int) -> Path:
-    return write_shard(table, shard_path(Path(clean_dir) / FACES, index), FACE_SCHEMA)
+def write_decisions(columns: dict[str, list], clean_dir: Path, index: int) -> Path:
+    """One decisions shard from ``DECISION_SCHEMA``'s columns."""
+    return write_shard(pa.table(columns, schema=DECISION_SCHEMA), shard_path(Path(clean_dir) / DECISIONS, index))
+
+
+def write_faces(columns: dict[str, list], clean_dir: Path, index: int) -> Path:
+    """One faces shard from ``FACE_SCHEMA``'s columns."""
+    return write_shard(pa.table(columns, schema=FACE_SCHEMA), shard_path(faces_dir(clean_dir), index))
 
 
 def remove_stale_shards(clean_dir: Path, keep: set[int]) -> None:
@@ -139,12 +165,66 @@ def write_clean_manifest(clean_dir: Path, manifest: dict) -> None:
     write_manifest(Path(clean_dir) / DECISIONS, manifest)
 
 
+def read_clean_manifest(clean_dir: Path) -> dict:
+    """The last clean run's manifest: rule versions, its settings and the corpus it cleaned ({} if none)."""
+    return read_manifest(Path(clean_dir) / DECISIONS)
+
+
 def read_decisions(clean_dir: Path, columns: list[str] | None = None) -> pa.Table:
     return read_dataset(Path(clean_dir) / DECISIONS, columns)
 
 
+def faces_dir(clean_dir: Path) -> Path:
+    return Path(clean_dir) / FACES
+
+
+def face_shards(clean_dir: Path) -> list[Path]:
+    shards = list_shards(faces_dir(clean_dir))
+    if not shards:
+        raise FileNotFoundError(f"no face shards in {faces_dir(clean_dir)}: run the clean stage first")
+    return shards
+
+
 def read_faces(clean_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    return read_dataset(Path(clean_dir) / FACES, columns)
+    return pa.concat_tables([read_shard(p, columns) for p in face_shards(clean_dir)])
+
+
+FACE_INDEX_COLUMNS = ["SAMPLE_ID", "caption", "det_score", "identity_id"]
+
+
+def read_face_index(clean_dir: Path) -> pa.Table:
+    """Kept faces without their crops: SAMPLE_ID, caption, det_score, identity_id."""
+    return read_faces(clean_dir, FACE_INDEX_COLUMNS)
+
+
+def face_sample_ids(shard: Path) -> list[int]:
+    return read_shard(shard, ["SAMPLE_ID"]).column("SAMPLE_ID").to_pylist()
+
+
+def read_face_pairs(shard: Path) -> pa.Table:
+    """``SAMPLE_ID``, ``crop`` (PNG bytes), ``caption`` of one shard; a row without crop or caption is an error."""
+    table = read_shard(shard, ["SAMPLE_ID", "crop", "caption"])
+    for column in ("crop", "caption"):
+        values = table.column(column)
+        bad = pc.or_(pc.is_null(values), pc.equal(pc.binary_length(values), 0))
+        if pc.any(bad).as_py():
+            sample_id = table.filter(bad).column("SAMPLE_ID")[0].as_py()
+            raise DatasetError(f"{shard}: SAMPLE_ID {sample_id} has an empty {column!r}")
+    return table
+
+
+def read_face_crops(clean_dir: Path, sample_ids: Sequence[int]) -> dict[int, bytes]:
+    """PNG crops of ``sample_ids`` (one shard in memory at a time); a missing id is an error."""
+    wanted = pa.array(sorted(set(int(s) for s in sample_ids)), type=pa.int64())
+    crops: dict[int, bytes] = {}
+    for path in face_shards(clean_dir):
+        table = read_shard(path, ["SAMPLE_ID", "crop"])
+        table = table.filter(pc.is_in(table["SAMPLE_ID"], value_set=wanted))
+        crops.update(zip(table["SAMPLE_ID"].to_pylist(), table["crop"].to_pylist()))
+    missing = [s for s in wanted.to_pylist() if s not in crops]
+    if missing:
+        raise KeyError(f"{faces_dir(clean_dir)}: no crop for SAMPLE_ID {missing[0]} ({len(missing)} missing)")
+    return crops
 
 
 

@@ -15,7 +15,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage.shards import list_shards, read_manifest, shard_index, shard_path, write_manifest, write_shard
+from storage.files import stat_fingerprint
+from storage.shards import (
+    DatasetError,
+    list_shards,
+    read_manifest,
+    shard_index,
+    shard_path,
+    write_manifest,
+    write_shard,
+)
 
 PHOTO_SCHEMA = pa.schema([
     pa.field("photo_id", pa.string(), nullable=False),
@@ -113,32 +122,59 @@ def iter_sketch_chunks(episodes_dir: Path, split: str | None = None) -> Iterator
             yield table.sort_by([("photo_id", "ascending"), ("step", "ascending")])
 
 
-# --------------------------------------------------------------------------- inputs from the clean stage
+def read_episodes_reference(episodes_dir: Path) -> dict[str, Any]:
+    """What a later stage needs of a finished episodes build: its folder, settings and fingerprint.
 
-FACE_INDEX_COLUMNS = ["SAMPLE_ID", "caption", "det_score", "identity_id"]
+    Raises :class:`DatasetError` when no complete build is there: later stages read
+    episodes, only the episodes stage writes them.
+    """
+    episodes_dir = Path(episodes_dir)
+    manifest = read_episodes_manifest(episodes_dir)
+    if not manifest.get("complete") or len(complete_chunks(episodes_dir)) != manifest.get("chunks"):
+        raise DatasetError(f"{episodes_dir} holds no complete episodes build: run `fvlp episodes` first")
+    shards = list_shards(photos_dir(episodes_dir)) + list_shards(sketches_dir(episodes_dir))
+    return {"episodes_dir": str(episodes_dir), "source": manifest["source"], "steps": manifest["steps"],
+            "photos": manifest["photos"], "splits": manifest["splits"], "skipped": manifest.get("skipped", {}),
+            "fingerprint": stat_fingerprint(shards, manifest["input_fingerprint"])}
 
 
-def _faces_dir(clean_dir: Path) -> Path:
-    return Path(clean_dir) / "faces"
+def episode_photos(episodes_dir: Path, split: str) -> pa.Table:
+    """``photo_id``, ``image`` (PNG), ``caption`` of one split, in photo_id order."""
+    table = read_photos(episodes_dir, split, columns=["photo_id", "image", "caption"])
+    if table.num_rows == 0:
+        raise DatasetError(f"{photos_dir(episodes_dir)} has no {split!r} photos")
+    return table.sort_by("photo_id")
 
 
-def read_face_index(clean_dir: Path) -> pa.Table:
-    """Kept faces without their crops: SAMPLE_ID, caption, det_score, identity_id."""
-    shards = list_shards(_faces_dir(clean_dir))
-    if not shards:
-        raise FileNotFoundError(f"no face shards in {_faces_dir(clean_dir)}: run the clean stage first")
-    return pa.concat_tables([pq.read_table(p, columns=FACE_INDEX_COLUMNS) for p in shards])
+def iter_sketches(episodes_dir: Path, split: str) -> Iterator[tuple[str, int, bytes]]:
+    """(photo_id, step, PNG bytes) of every sketch of ``split``, one chunk in memory at a time."""
+    for chunk in iter_sketch_chunks(episodes_dir, split):
+        yield from zip(*(chunk.column(c).to_pylist() for c in ("photo_id", "step", "image")))
 
 
-def read_face_crops(clean_dir: Path, sample_ids: Sequence[int]) -> dict[int, bytes]:
-    """PNG crops of ``sample_ids`` (one shard in memory at a time); a missing id is an error."""
-    wanted = pa.array(sorted(set(int(s) for s in sample_ids)), type=pa.int64())
-    crops: dict[int, bytes] = {}
-    for path in list_shards(_faces_dir(clean_dir)):
-        table = pq.read_table(path, columns=["SAMPLE_ID", "crop"])
-        table = table.filter(pc.is_in(table["SAMPLE_ID"], value_set=wanted))
-        crops.update(zip(table["SAMPLE_ID"].to_pylist(), table["crop"].to_pylist()))
-    missing = [s for s in wanted.to_pylist() if s not in crops]
+def episode_lengths(episodes_dir: Path, split: str) -> dict[str, int]:
+    """Number of sketch steps per photo of ``split`` (steps must be 0..T-1 without gaps)."""
+    steps: dict[str, list[int]] = {}
+    for chunk in iter_sketch_chunks(episodes_dir, split):
+        for photo_id, step in zip(chunk.column("photo_id").to_pylist(), chunk.column("step").to_pylist()):
+            steps.setdefault(photo_id, []).append(step)
+    lengths = {}
+    for photo_id, found in steps.items():
+        if sorted(found) != list(range(len(found))):
+            raise DatasetError(f"{sketches_dir(episodes_dir)}: photo_id {photo_id} has steps "
+                               f"{sorted(found)[:10]}..., expected 0..T-1")
+        lengths[photo_id] = len(found)
+    return lengths
+
+
+def read_sketch_steps(episodes_dir: Path, split: str, wanted: dict[str, int]) -> dict[str, bytes]:
+    """The sketch image at step ``wanted[photo_id]`` for every photo in ``wanted``."""
+    found = {}
+    for photo_id, step, image in iter_sketches(episodes_dir, split):
+        if wanted.get(photo_id) == step:
+            found[photo_id] = image
+    missing = sorted(set(wanted) - set(found))
     if missing:
-        raise KeyError(f"{_faces_dir(clean_dir)}: no crop for SAMPLE_ID {missing[0]} ({len(missing)} missing)")
-    return crops
+        raise DatasetError(f"{sketches_dir(episodes_dir)}: no sketch for photo_id {missing[0]} step "
+                           f"{wanted[missing[0]]} ({len(missing)} missing)")
+    return found

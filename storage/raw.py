@@ -448,8 +448,10 @@ def write_raw_manifest(
     fingerprint: str,
     source: str,
     shard_status: dict[int, dict[str, int]],
+    corpus: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Write (and return) ``manifest.json``: inputs, complete shards with status counts, totals."""
+    """Write (and return) ``manifest.json``: inputs, the embedded corpus's settings (None for
+    real images), complete shards with status counts, totals."""
     totals: dict[str, int] = {}
     for counts in shard_status.values():
         for status, n in counts.items():
@@ -458,6 +460,7 @@ def write_raw_manifest(
         "dataset": "raw",
         "plan_fingerprint": fingerprint,
         "source": source,
+        "corpus": corpus,
         "inputs": [{"file": str(p), "rows": n} for p, n in zip(metadata.files, metadata.row_counts)],
         "rows": metadata.total_rows,
         "shard_size": shard_size,
@@ -477,3 +480,8 @@ def write_raw_manifest(
     if read_manifest(raw_dir) != manifest:  # an unchanged dataset keeps its file untouched
         write_manifest(raw_dir, manifest)
     return manifest
+
+
+def read_raw_manifest(raw_dir: Path) -> dict[str, Any]:
+    """The ingest run's manifest ({} before the first ingest)."""
+    return read_manifest(raw_dir)

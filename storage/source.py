@@ -51,7 +51,7 @@ def write_embedded_source(source_dir: Path, corpus: EmbeddedCorpus) -> tuple[Pat
     )
 
 
-def read_metadata(source_dir: Path) -> pd.DataFrame:
+def read_source_metadata(source_dir: Path) -> pd.DataFrame:
     return _read(Path(source_dir) / METADATA_FILE, METADATA_SCHEMA).to_pandas()
 
 

@@ -8,8 +8,6 @@ runs every time from stored measurements: it is vectorised and cheap.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,8 +16,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -32,152 +28,32 @@ from fvlp_core.attribute_head import (
 )
 from fvlp_core.captions import caption_for_sample
 from fvlp_core.config import CleanConfig
-from fvlp_core.detection.backends import DetectorSpec, detector_for, file_digest
-from fvlp_core.detection.measure import ImageParams, decode_png, empty_measurement, measure_image
 from fvlp_core.filters import (
-    CAPTION_MEASURER_VERSION,
     RULE_NAMES,
-    caption_text,
     combined_version,
     decide,
-    measure_captions,
     image_duplicates,
     near_duplicates,
     rule_versions,
     score_against_noise,
 )
+from fvlp_core.png import decode_png
 from storage.clean import (
-    GROUP_FIELDS,
     MEASUREMENT_SCHEMA,
+    measured_crops,
     measurement_path,
-    raw_fingerprint,
+    read_clean_manifest,
     read_decisions,
     read_ground_truth_if_any,
     read_measurements,
-    read_raw_rows,
     remove_stale_shards,
-    stored_versions,
     write_clean_manifest,
     write_decisions,
     write_faces,
-    write_measurements,
 )
-from storage.shards import list_shards, read_manifest, shard_index
-
-
-@dataclass(frozen=True)
-class MeasureSettings:
-    """Everything a Dask worker needs to measure a shard (small and picklable)."""
-
-    detector: DetectorSpec
-    image: ImageParams
-    agreement_checkpoint: str | None
-
-    @property
-    def versions(self) -> dict[str, str]:
-        return {
-            "image": self.image.version,
-            "caption": CAPTION_MEASURER_VERSION,
-            "agreement": _agreement_version(self.agreement_checkpoint),
-        }
-
-
-def _agreement_version(checkpoint: str | None) -> str:
-    return "none" if checkpoint is None else file_digest(checkpoint)
-
-
-def detector_spec(config: CleanConfig) -> DetectorSpec:
-    backend = config.detector
-    if backend == "auto":
-        backend = "insightface" if config.insightface_model else "retinaface"
-    if backend == "insightface" and config.insightface_model is None:
-        raise ValueError("--detector insightface needs --insightface-model pointing at a local det_*.onnx file")
-    model = str(config.insightface_model.resolve()) if backend == "insightface" else None
-    return DetectorSpec(
-        backend=backend, model_path=model, max_side=config.detector_max_side,
-        min_score=config.detector_min_score, threads=config.detector_threads, gpu=config.gpu,
-    )
-
-
-def measure_settings(config: CleanConfig) -> MeasureSettings:
-    spec = detector_spec(config)
-    image = ImageParams(spec.identity, config.max_image_pixels, config.crop_size, config.crop_margin)
-    checkpoint = str(config.agreement_checkpoint.resolve()) if config.agreement_checkpoint else None
-    return MeasureSettings(spec, image, checkpoint)
-
-
-# ---------------------------------------------------------------- measuring (runs on Dask workers)
-
-
-def measure_shard(raw_path: str, out_path: str, settings: MeasureSettings) -> dict[str, Any]:
-    """Measure one raw shard into its measurements shard; recompute only stale groups."""
-    current = {"raw": raw_fingerprint(Path(raw_path)), **settings.versions}
-    stored = stored_versions(Path(out_path))
-    stale = [g for g in ("image", "caption", "agreement") if stored.get(g) != current[g] or stored.get("raw") != current["raw"]]
-    if not stale:
-        return {"shard": Path(raw_path).name, "rows": pq.ParquetFile(raw_path).metadata.num_rows, "remeasured": []}
-    raw = read_raw_rows(Path(raw_path))
-    columns: dict[str, list] = {}
-    if len(stale) < 3:
-        previous = read_measurements(Path(out_path))
-        columns = {name: previous.column(name).to_pylist() for name in previous.column_names}
-    ids = raw.column("SAMPLE_ID").to_pylist()
-    texts = [caption_text(t)[0] for t in raw.column("TEXT").to_pylist()]
-    columns["SAMPLE_ID"], columns["text"] = ids, texts
-    if "image" in stale:
-        columns.update(_measure_images(raw, settings))
-    if "caption" in stale:
-        columns.update(measure_captions(raw.column("TEXT").to_pylist()))
-    if "agreement" in stale:
-        columns["agreement"] = _agreement_scores(columns["crop"], texts, settings.agreement_checkpoint)
-    write_measurements(columns, Path(out_path), current)
-    return {"shard": Path(raw_path).name, "rows": raw.num_rows, "remeasured": stale}
-
-
-def _measure_images(raw: pa.Table, settings: MeasureSettings) -> dict[str, list]:
-    detector = detector_for(settings.detector)  # cached: built once per worker process
-    rows = []
-    statuses = raw.column("fetch_status").to_pylist()
-    errors = raw.column("fetch_error").to_pylist()
-    for data, status, error in zip(raw.column("image").to_pylist(), statuses, errors):
-        if data is None and status != "ok":
-            row = empty_measurement()
-            row["image_error_rule"] = "undecodable_image"
-            row["image_error"] = f"not fetched ({status}: {error})" if error else f"not fetched ({status})"
-        else:
-            row = measure_image(data, detector, settings.image)
-        rows.append(row)
-    return {name: [r[name] for r in rows] for name in GROUP_FIELDS["image"]}
-
-
-def _agreement_scores(crops: list, texts: list[str], checkpoint: str | None) -> list[float | None]:
-    """Cosine similarity of each face crop and its caption under a trained FVLP model."""
-    if checkpoint is None:
-        return [None] * len(crops)
-    encoder = _encoder(checkpoint)
-    present = [i for i, (c, t) in enumerate(zip(crops, texts)) if c is not None and t.strip()]
-    scores: list[float | None] = [None] * len(crops)
-    if present:
-        images = encoder.encode_images([crops[i] for i in present])  # PNG bytes: the encoder decodes them
-        captions = encoder.encode_texts([texts[i] for i in present])
-        similarity = (np.asarray(images) * np.asarray(captions)).sum(axis=1)
-        for i, value in zip(present, similarity):
-            scores[i] = float(value)
-    return scores
-
-
-_ENCODERS: dict[str, Any] = {}
-
-
-def _encoder(checkpoint: str):
-    if checkpoint not in _ENCODERS:
-        from fvlp_core.embed import FVLPEncoder
-
-        _ENCODERS[checkpoint] = FVLPEncoder.load(checkpoint)
-    return _ENCODERS[checkpoint]
-
-
-# ---------------------------------------------------------------- Prefect tasks
+from storage.raw import read_raw_manifest
+from storage.shards import list_shards, shard_index, shard_rows
+from tasks.clean_worker import measure_settings, measure_shard
 
 
 @dataclass(frozen=True)
@@ -288,27 +164,31 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
     per_shard = []
     for job in jobs:
         rows = measurements[measurements["shard"] == job.index]
-        decisions = pa.table({
+        decisions = {
             "SAMPLE_ID": rows["SAMPLE_ID"].to_numpy(dtype=np.int64),
             "raw_shard": rows["raw_shard"].tolist(),
             "kept": rows["kept"].to_numpy(dtype=bool),
             "reasons": rows["reasons"].tolist(),
             "measurements": rows["measurements"].tolist(),
             "rule_version": [version] * len(rows),
-        })
+        }
         write_decisions(decisions, config.paths.clean_dir, job.index)
         kept_rows = rows[rows["kept"]]
-        write_faces(_faces_table(job, kept_rows, attributes, config), config.paths.clean_dir, job.index)
+        write_faces(_face_columns(job, kept_rows, attributes, config), config.paths.clean_dir, job.index)
         kept = int(kept_rows.shape[0])
-        raw_rows = pq.ParquetFile(job.raw_path).metadata.num_rows
+        raw_rows = shard_rows(job.raw_path)
         if len(rows) != raw_rows:
             raise AssertionError(f"{job.raw_path}: {raw_rows} input rows but {len(rows)} decisions")
         per_shard.append({"shard": job.raw_path.name, "input_rows": len(rows), "kept": kept, "rejected": len(rows) - kept})
-    previous_versions = _previous_rule_versions(config)
+    previous_versions = read_clean_manifest(config.paths.clean_dir).get("rule_versions", {})
     changed_rules = sorted(r for r in RULE_NAMES if previous_versions.get(r) != versions[r])
     write_clean_manifest(config.paths.clean_dir, {
         "rule_versions": versions, "rule_version": version, "measurement_versions": settings.versions,
         "detector": settings.detector.identity, "shards": per_shard,
+        # What later stages need to know of this output: how the crops were cut, and the
+        # embedded corpus (if any) the faces came from, as the ingest stage recorded it.
+        "settings": config.model_dump(mode="json", exclude={"paths"}),
+        "corpus": read_raw_manifest(config.paths.raw_dir).get("corpus"),
     })
     totals = {k: sum(s[k] for s in per_shard) for k in ("input_rows", "kept", "rejected")}
     logger.info("decided %d rows: kept %d, rejected %d; rules re-evaluated: %s; %d decisions changed",
@@ -322,10 +202,6 @@ def _previous_decisions(config: CleanConfig) -> pd.DataFrame | None:
         return read_decisions(config.paths.clean_dir, ["raw_shard", "SAMPLE_ID", "kept"]).to_pandas()
     except FileNotFoundError:
         return None
-
-
-def _previous_rule_versions(config: CleanConfig) -> dict[str, str]:
-    return read_manifest(config.paths.clean_dir / "decisions").get("rule_versions", {})
 
 
 @dataclass
@@ -372,12 +248,9 @@ def _attributes_for_kept(config: CleanConfig, frame: pd.DataFrame, jobs: list[Sh
 
 
 def _crops_by_id(jobs: list[ShardJob], wanted: set[int]) -> dict[int, np.ndarray]:
-    crops = {}
+    crops: dict[int, np.ndarray] = {}
     for job in jobs:
-        table = read_measurements(job.measurement_path, ["SAMPLE_ID", "crop"])
-        for sid, crop in zip(table.column("SAMPLE_ID").to_pylist(), table.column("crop").to_pylist()):
-            if crop is not None and sid in wanted:
-                crops[sid] = decode_png(crop)
+        crops.update((sid, decode_png(crop)) for sid, crop in measured_crops(job.measurement_path, wanted).items())
     return crops
 
 
@@ -403,17 +276,12 @@ def _attribute_head(config: CleanConfig, truth: pd.DataFrame | None, crops: dict
     return head
 
 
-def _faces_table(job: ShardJob, kept: pd.DataFrame, attributes: KeptAttributes, config: CleanConfig) -> pa.Table:
-    wanted = set(kept["SAMPLE_ID"].astype(int))
-    table = read_measurements(job.measurement_path, ["SAMPLE_ID", "crop"])
-    # A repeated SAMPLE_ID's later row (never fetched, no crop) must not replace the kept row's crop.
-    crop_of = {
-        s: c for s, c in zip(table.column("SAMPLE_ID").to_pylist(), table.column("crop").to_pylist())
-        if s in wanted and c is not None
-    }
+def _face_columns(job: ShardJob, kept: pd.DataFrame, attributes: KeptAttributes,
+                  config: CleanConfig) -> dict[str, list]:
     ids = kept["SAMPLE_ID"].astype(int).tolist()
+    crop_of = measured_crops(job.measurement_path, set(ids))
     names = [attributes.names.get(s, []) for s in ids]
-    return pa.table({
+    return {
         "SAMPLE_ID": ids,
         "crop": [crop_of[s] for s in ids],
         "caption": [caption_for_sample(s, n, attributes.male.get(s), config.seed) for s, n in zip(ids, names)],
@@ -421,9 +289,9 @@ def _faces_table(job: ShardJob, kept: pd.DataFrame, attributes: KeptAttributes, 
         "attributes": names,
         "det_score": kept["face_score"].astype(np.float32).tolist(),
         "box": [list(b) for b in kept["box"]],
-        "landmarks": [None if l is None else list(l) for l in kept["landmarks"]],
+        "landmarks": [None if lm is None else list(lm) for lm in kept["landmarks"]],
         "identity_id": [attributes.identity.get(s, -1) for s in ids],
-    })
+    }
 
 
 @task(name="score-rules", cache_policy=NO_CACHE)
@@ -441,8 +309,3 @@ def format_stats(stats: list[dict[str, Any]]) -> str:
     lines = [f"{'rule':24s} {'kept':>7s} {'rejected':>8s} {'precision':>9s} {'recall':>7s}"]
     lines += [f"{s['rule']:24s} {s['kept']:7d} {s['rejected']:8d} {pct(s['precision']):>9s} {pct(s['recall']):>7s}" for s in stats]
     return "\n".join(lines)
-
-
-def dataset_fingerprint(jobs: list[ShardJob]) -> str:
-    return hashlib.sha1(json.dumps([raw_fingerprint(j.raw_path) for j in jobs]).encode()).hexdigest()[:16]
-

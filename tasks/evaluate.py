@@ -1,8 +1,6 @@
 """Prefect tasks of the evaluation stage: resolve the model, embed once, score, report."""
 from __future__ import annotations
 
-import hashlib
-import io
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +21,10 @@ from fvlp_core.evaluation import (
     plot_curves,
     summary_markdown,
 )
-from storage.episodes import iter_sketch_chunks, read_episodes_manifest, read_photos
-
-FINETUNE_STAGE = "finetune"
-
-
-def latest_checkpoint(checkpoints_dir: Path, stage: str = FINETUNE_STAGE) -> Path:
-    """``checkpoints_dir/<stage>/<LATEST run id>/checkpoint.pt``, with a clear error when absent."""
-    latest = Path(checkpoints_dir) / stage / "LATEST"
-    if not latest.exists():
-        raise FileNotFoundError(f"{latest} not found: run `fvlp {stage}` first or pass --checkpoint")
-    run_id = latest.read_text().strip()
-    checkpoint = latest.parent / run_id / "checkpoint.pt"
-    if not checkpoint.exists():
-        raise FileNotFoundError(f"{latest} names run {run_id!r} but {checkpoint} does not exist")
-    return checkpoint
-
-
-def file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()[:16]}"
+from fvlp_core.digest import file_digest
+from fvlp_core.png import open_image
+from storage.checkpoints import latest_checkpoint
+from storage.episodes import iter_sketch_chunks, read_photos
 
 
 def load_encoder(checkpoint: Path, device: str) -> Encoder:
@@ -55,20 +34,18 @@ def load_encoder(checkpoint: Path, device: str) -> Encoder:
 
 
 def _decode(png: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(png)).convert("RGB")
+    return open_image(png).convert("RGB")
 
 
 @task(name="resolve-checkpoint", cache_policy=NO_CACHE)
 def resolve_checkpoint(config: EvaluateConfig) -> dict[str, str]:
-    checkpoint = config.checkpoint or latest_checkpoint(config.paths.checkpoints_dir)
+    checkpoint = config.checkpoint or latest_checkpoint(config.paths.checkpoints_dir, "finetune")
+    if checkpoint is None:
+        raise FileNotFoundError(f"no finished finetune run under {config.paths.checkpoints_dir / 'finetune'}: "
+                                "run `fvlp finetune` first or pass --checkpoint")
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    return {"checkpoint": str(checkpoint), "fingerprint": file_fingerprint(Path(checkpoint))}
-
-
-def dataset_fingerprint(episodes_dir: Path, split: str) -> str:
-    manifest = read_episodes_manifest(episodes_dir)
-    return f"{manifest.get('source')}:{manifest.get('input_fingerprint')}:T{manifest.get('steps')}:{split}"
+    return {"checkpoint": str(checkpoint), "fingerprint": f"sha256:{file_digest(checkpoint)}"}
 
 
 @task(name="embed-episodes", cache_policy=NO_CACHE)
@@ -76,9 +53,9 @@ def embed_episodes(config: EvaluateConfig, checkpoint: str, steps: int) -> tuple
     """Embed every gallery photo, caption and episode step of the split once, both variants."""
     logger = get_run_logger()
     encoder = load_encoder(Path(checkpoint), config.device)
-    photos = read_photos(config.paths.episodes_dir, split=config.split, columns=["photo_id", "image", "caption"])
+    photos = read_photos(config.episodes_dir, split=config.split, columns=["photo_id", "image", "caption"])
     if photos.num_rows < 2:
-        raise ValueError(f"{config.paths.episodes_dir}: split {config.split!r} has {photos.num_rows} photo(s); "
+        raise ValueError(f"{config.episodes_dir}: split {config.split!r} has {photos.num_rows} photo(s); "
                          "retrieval needs at least 2")
     photo_ids = photos["photo_id"].to_pylist()
     captions = photos["caption"].to_pylist()
@@ -88,7 +65,7 @@ def embed_episodes(config: EvaluateConfig, checkpoint: str, steps: int) -> tuple
 
     embedder = EpisodeEmbedder(encoder, gallery, steps, dict(zip(photo_ids, captions)))
     done = 0
-    for chunk in iter_sketch_chunks(config.paths.episodes_dir, split=config.split):
+    for chunk in iter_sketch_chunks(config.episodes_dir, split=config.split):
         ids, step_numbers, images = (chunk[c].to_pylist() for c in ("photo_id", "step", "image"))
         for start in range(0, len(ids), config.batch_size):
             stop = start + config.batch_size

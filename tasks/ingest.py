@@ -38,9 +38,9 @@ from storage.source import (
     METADATA_FILE,
     METADATA_SCHEMA,
     read_ground_truth,
+    read_source_metadata,
     write_embedded_source,
 )
-from storage.source import read_metadata as read_source_metadata
 
 
 @dataclass
@@ -54,6 +54,8 @@ class IngestPlan:
     fingerprint: str
     # global input row -> (file, row) of the earlier row with the same SAMPLE_ID
     duplicates: dict[int, tuple[str, int]]
+    # the embedded corpus's settings (recorded for the stages that redraw its faces), or None
+    corpus: dict[str, int] | None
 
 
 def build_plan(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestPlan:
@@ -72,7 +74,10 @@ def build_plan(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestPl
     pending = [spec for spec in shards if not shard_is_complete(raw_dir, spec, fingerprint)]
     # Duplicate ids need every SAMPLE_ID; skip that scan when nothing is left to write.
     duplicates = metadata.duplicate_rows() if pending else {}
-    return IngestPlan(raw_dir, config.source, metadata, config.shard_size, shards, pending, fingerprint, duplicates)
+    corpus = ({"rows": config.rows, "identities": config.identities, "seed": config.seed}
+              if config.source == "embedded" else None)
+    return IngestPlan(raw_dir, config.source, metadata, config.shard_size, shards, pending, fingerprint, duplicates,
+                      corpus)
 
 
 # NO_CACHE: inputs are live objects (tables, fetchers) that must not be hashed or stored.
@@ -134,7 +139,7 @@ def write_ingest_manifest(plan: IngestPlan, written: dict[int, dict[str, int]]) 
         if spec.index in written or shard_is_complete(plan.raw_dir, spec, plan.fingerprint)
     }
     return write_raw_manifest(
-        plan.raw_dir, plan.metadata, plan.shards, plan.shard_size, plan.fingerprint, plan.source, status
+        plan.raw_dir, plan.metadata, plan.shards, plan.shard_size, plan.fingerprint, plan.source, status, plan.corpus
     )
 
 

@@ -1,4 +1,4 @@
-"""Prefect tasks that launch training as a subprocess (``python -m fvlp_core.train`` or torchrun).
+"""Prefect tasks that launch training as a subprocess (``python -m fvlp_train`` or torchrun).
 
 Training runs out of process so a GPU work pool's worker only needs this command line, a
 crash or OOM cannot take the flow down with it, and torchrun can own the ranks. The
@@ -8,7 +8,6 @@ Prefect logger; its stderr (the progress bar) goes on to the flow's stderr, and 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,11 +22,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from fvlp_core.config import TrainConfig
-from fvlp_core.train.checkpoint import CHECKPOINT_NAME, run_dir
-from storage.results import new_run_id
-from storage.shards import list_shards
+from storage.checkpoints import LAUNCH_CONFIG_NAME, checkpoint_path, run_dir
+from storage.results import ResultsStore, new_run_id
 
-LAUNCH_CONFIG_NAME = "launch-config.json"
 TAIL_LINES = 40
 
 
@@ -37,22 +34,12 @@ def with_run_id(config: TrainConfig, stage: str) -> TrainConfig:
 
 
 def is_resume(config: TrainConfig, stage: str) -> bool:
-    return (run_dir(config.paths.checkpoints_dir, stage, config.run_id) / CHECKPOINT_NAME).is_file()
-
-
-def dataset_fingerprint(*dataset_dirs: Path) -> str:
-    """Names, sizes and mtimes of the input shards: changes whenever the training data does."""
-    digest = hashlib.sha256()
-    for folder in dataset_dirs:
-        for shard in list_shards(folder):
-            stat = shard.stat()
-            digest.update(f"{shard}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    return checkpoint_path(config.paths.checkpoints_dir, stage, config.run_id).is_file()
 
 
 def training_command(stage: str, config: TrainConfig, config_path: Path) -> list[str]:
     """The command one node runs: plain python for one process, torchrun otherwise."""
-    module = ["-m", "fvlp_core.train", stage, "--config", str(config_path)]
+    module = ["-m", "fvlp_train", stage, "--config", str(config_path)]
     if config.nproc_per_node * config.nnodes == 1:
         return [sys.executable, *module]
     launcher = [sys.executable, "-m", "torch.distributed.run",
@@ -135,3 +122,20 @@ def _json_record(line: str) -> dict[str, Any] | None:
 
 def metric_rows(metrics: dict[str, float], split: str, variant: str) -> list[dict[str, Any]]:
     return [{"split": split, "variant": variant, "name": name, "value": float(value)} for name, value in metrics.items()]
+
+
+def train_and_record(stage: str, config: TrainConfig, *, dataset_fingerprint: str, model_fingerprint: str,
+                     metrics_split: str) -> dict[str, Any]:
+    """Run training inside a results-store run: its row, held-out metrics and checkpoint artifact.
+
+    A resumed run already has its results row, so a resumption gets its own row whose
+    config names the same training run id.
+    """
+    store_run_id = new_run_id(stage) if is_resume(config, stage) else config.run_id
+    store = ResultsStore(config.paths.results_store)
+    with store.run(stage, config=config.model_dump(mode="json"), run_id=store_run_id,
+                   dataset_fingerprint=dataset_fingerprint, model_fingerprint=model_fingerprint) as results_run:
+        done = run_training(stage, config)
+        store.record_results(results_run, metrics=metric_rows(done["metrics"], metrics_split, stage),
+                             artifacts=[{"kind": "checkpoint", "path": done["checkpoint"]}])
+    return done

@@ -24,7 +24,7 @@ from fvlp_core.config import (
     PretrainConfig,
     resolve_config,
 )
-from fvlp_core.train.checkpoint import FORMAT, load_checkpoint
+from fvlp_core.checkpoint import FORMAT, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,27 +79,22 @@ def test_checkpoint_loaders_refuse_pickled_code(tmp_path: Path, loader: str, zip
 
 def write_face_pairs(clean_dir: Path, rows: int, seed: int = 0) -> None:
     """A small clean/faces dataset (random 32x32 crops, distinct captions) for training runs."""
-    import io
-
     import numpy as np
-    import pyarrow as pa
-    from PIL import Image
 
+    from fvlp_core.png import encode_png
     from storage.clean import write_faces
 
     rng = np.random.default_rng(seed)
 
     def crop() -> bytes:
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, format="PNG")
-        return buffer.getvalue()
+        return encode_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
 
-    write_faces(pa.table({
+    write_faces({
         "SAMPLE_ID": list(range(rows)), "crop": [crop() for _ in range(rows)],
         "caption": [f"a person with {i} freckles" for i in range(rows)], "text": ["t"] * rows,
         "attributes": [[] for _ in range(rows)], "det_score": [0.99] * rows, "box": [[0.0, 0.0, 1.0, 1.0]] * rows,
         "landmarks": [None] * rows, "identity_id": [-1] * rows,
-    }), clean_dir, 0)
+    }, clean_dir, 0)
 
 
 def test_training_resume_refuses_a_planted_checkpoint(tmp_path: Path):
@@ -114,7 +109,7 @@ def test_training_resume_refuses_a_planted_checkpoint(tmp_path: Path):
     _malicious_checkpoint(run / "checkpoint.pt", marker, zipped=True)
     (tmp_path / "cfg.json").write_text(config.model_dump_json())
     done = subprocess.run(
-        [sys.executable, "-m", "fvlp_core.train", "pretrain", "--config", str(tmp_path / "cfg.json")],
+        [sys.executable, "-m", "fvlp_train", "pretrain", "--config", str(tmp_path / "cfg.json")],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode != 0

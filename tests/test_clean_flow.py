@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from fvlp_core.config import CleanConfig, Paths
-from fvlp_core.detection.measure import decode_png
+from fvlp_core.png import decode_png
 from storage.clean import read_decisions, read_faces
 from tests.clean_fixtures import (
     DISTINCT_CAPTIONS,

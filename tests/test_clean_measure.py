@@ -7,7 +7,7 @@ import torch
 
 from fvlp_core.config import CleanConfig, Paths
 from storage.clean import read_measurements, stored_versions
-from tasks import clean as clean_tasks
+from tasks import clean_worker as clean_tasks
 from tests.clean_fixtures import GROUP_PHOTO, PORTRAIT, bad_images, write_raw_shards
 
 

@@ -21,7 +21,7 @@ from fvlp_core.corpus import (
     sample_identity,
 )
 from fvlp_core.corpus.laion import CAPTION_NOISE, DUPLICATE_NOISE, IMAGE_NOISE
-from storage.source import read_ground_truth, read_metadata, write_embedded_source
+from storage.source import read_ground_truth, read_source_metadata, write_embedded_source
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_source_round_trip(tmp_path, corpus):
     assert truth["SAMPLE_ID"].tolist() == expected["SAMPLE_ID"].tolist()
     assert truth["noise"].tolist() == expected["noise"].tolist()
     assert truth["attributes"].tolist() == expected["attributes"].tolist()
-    meta = read_metadata(tmp_path)
+    meta = read_source_metadata(tmp_path)
     assert meta["TEXT"].isna().sum() == corpus.metadata()["TEXT"].isna().sum()
 
 

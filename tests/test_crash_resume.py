@@ -85,9 +85,9 @@ def _install_crash_point(point: str) -> None:
         _kill_on_call(storage.shards.pq, "write_table", _nth_call(int(n)), write_half)
         assert storage.shards.pq is pq
     elif where == "rename":  # the temp file of <n> (a file name) is complete; the rename never happens
-        import storage.shards
+        import storage.files
 
-        _kill_on_call(storage.shards, "_atomic_replace", lambda tmp, final: Path(final).name == n)
+        _kill_on_call(storage.files, "commit", lambda tmp, final: Path(final).name == n)
     elif where == "checkpoint_bytes":  # the n-th torch.save writes half its bytes, then the process dies
         import torch
 
@@ -161,7 +161,7 @@ def child_main(argv: list[str]) -> None:
         import open_clip
 
         open_clip.add_model_config(Path(argument).parent / "model_configs")
-        from fvlp_core.train.__main__ import main
+        from fvlp_train.__main__ import main
 
         main(["pretrain", "--config", argument])
     elif scenario == "results":
@@ -299,7 +299,7 @@ def write_training_inputs(root: Path) -> Path:
 
 
 def final_state(config_path: Path) -> dict:
-    from fvlp_core.train.checkpoint import load_checkpoint
+    from fvlp_core.checkpoint import load_checkpoint
 
     config = PretrainConfig.model_validate_json(config_path.read_text())
     return load_checkpoint(config.paths.checkpoints_dir / "pretrain" / "r1" / "checkpoint.pt")

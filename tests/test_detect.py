@@ -7,7 +7,8 @@ import pytest
 from fvlp_core.detection.backends import DetectorSpec, Detections, detector_for
 from fvlp_core.detection.crop import crop_face, laplacian_variance
 from fvlp_core.detection.images import ImageRejected, decode_rgb
-from fvlp_core.detection.measure import ImageParams, decode_png, measure_image, perceptual_hash
+from fvlp_core.detection.measure import ImageParams, measure_image, perceptual_hash
+from fvlp_core.png import decode_png
 from tests.clean_fixtures import GROUP_PHOTO, PORTRAIT, bad_images, png_bomb, portrait_variants
 
 MAX_PIXELS = 40_000_000

@@ -13,7 +13,6 @@ from fvlp_core.corpus.faces import STROKE_GROUPS, Stroke, face_strokes, render_f
 from fvlp_core.detection.crop import crop_face
 from fvlp_core.episodes import (
     corpus_episode,
-    encode_png,
     face_region,
     line_art_strokes,
     order_strokes,
@@ -21,6 +20,7 @@ from fvlp_core.episodes import (
     stroke_landmarks,
     transform_strokes,
 )
+from fvlp_core.png import encode_png
 from storage.episodes import complete_chunks, iter_sketch_chunks, read_photos, write_episode_chunk
 
 

@@ -1,4 +1,4 @@
-"""The evaluate flow end to end on tiny data: episodes built, both variants scored, store written.
+"""The episodes and evaluate flows end to end on tiny data: episodes built, both variants scored, store written.
 
 The model is replaced by a small deterministic encoder (pixel thumbnails; captions hashed
 to vectors) so these tests exercise the flow, the ranking and the results store, not
@@ -16,11 +16,11 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from fvlp_core.config import EvaluateConfig, Paths
+from fvlp_core.config import CleanConfig, EpisodesConfig, EvaluateConfig, Paths
 from fvlp_core.corpus import EmbeddedCorpus, render_face
-from storage.clean import FACE_SCHEMA
+from storage.clean import FACE_SCHEMA, faces_dir, write_clean_manifest
 from storage.results import ResultsStore
-from storage.shards import shard_path, write_shard
+from storage.shards import DatasetError, shard_path, write_shard
 from storage.source import write_embedded_source
 from tests.test_fs2k import make_fs2k_tree
 
@@ -65,10 +65,11 @@ class ThumbnailEncoder:
 
 
 def make_clean_faces(paths: Paths, rows: int = 40, identities: int = 12, size: int = 64) -> None:
-    """Embedded source + a faces shard shaped like the clean stage's (crops are jittered renders)."""
+    """Embedded source + a faces shard and manifest shaped like the clean stage's (crops are jittered renders)."""
     corpus = EmbeddedCorpus(rows, identities, seed=0)
     write_embedded_source(paths.source_dir, corpus)
-    (paths.source_dir / "corpus.json").write_text(json.dumps({"rows": rows, "identities": identities, "seed": 0}))
+    write_clean_manifest(paths.clean_dir, {"settings": CleanConfig().model_dump(mode="json", exclude={"paths"}),
+                                           "corpus": {"rows": rows, "identities": identities, "seed": 0}})
     truth = corpus.ground_truth()
     faces = []
     for sample_id, identity, n_faces in zip(truth["SAMPLE_ID"], truth["identity_id"], truth["n_faces"]):
@@ -80,7 +81,7 @@ def make_clean_faces(paths: Paths, rows: int = 40, identities: int = 12, size: i
         faces.append({"SAMPLE_ID": int(sample_id), "crop": buffer.getvalue(), "caption": f"person {identity}",
                       "text": None, "attributes": [], "det_score": 0.99, "box": [0.0, 0.0, 1.0, 1.0],
                       "landmarks": None, "identity_id": int(identity)})
-    write_shard(pa.Table.from_pylist(faces, schema=FACE_SCHEMA), shard_path(paths.clean_dir / "faces", 0), FACE_SCHEMA)
+    write_shard(pa.Table.from_pylist(faces, schema=FACE_SCHEMA), shard_path(faces_dir(paths.clean_dir), 0), FACE_SCHEMA)
 
 
 @pytest.fixture
@@ -98,17 +99,23 @@ def _use_encoder(monkeypatch: pytest.MonkeyPatch, encoder: ThumbnailEncoder) -> 
     monkeypatch.setattr("tasks.evaluate.load_encoder", lambda checkpoint, device: encoder)
 
 
+def _build_episodes(paths: Paths, **overrides) -> dict:
+    from flows.episodes import episodes_flow
+
+    return episodes_flow(EpisodesConfig(paths=paths, **{"steps_per_episode": STEPS, **overrides}))
+
 def test_evaluate_writes_metrics_curves_and_artifacts(prefect_harness, data_root: Paths, monkeypatch) -> None:
     from flows.evaluate import evaluate_flow
 
     _use_encoder(monkeypatch, ThumbnailEncoder())
-    config = EvaluateConfig(paths=data_root, steps_per_episode=STEPS, batch_size=16)
+    assert _build_episodes(data_root)["built"]
+    config = EvaluateConfig(paths=data_root, batch_size=16)
     out = evaluate_flow(config)
 
     store = ResultsStore(data_root.results_store)
     status, model_fp, dataset_fp = store.query(
         "SELECT status, model_fingerprint, dataset_fingerprint FROM runs WHERE run_id = ?", [out["run_id"]])[0]
-    assert status == "finished" and model_fp.startswith("sha256:") and dataset_fp.startswith("generated:")
+    assert status == "finished" and model_fp.startswith("sha256:") and dataset_fp.endswith(":test")
     names = {(v, n) for v, n in store.query("SELECT variant, name FROM metrics WHERE run_id = ?", [out["run_id"]])}
     for variant in ("sketch", "sketch+text"):
         for name in ("m_at_A", "m_at_B", "wm_at_A", "wm_at_B", "acc_at_10_at_20pct", "acc_at_1_final"):
@@ -130,20 +137,47 @@ def test_evaluate_writes_metrics_curves_and_artifacts(prefect_harness, data_root
     kinds = {k for (k,) in store.query("SELECT kind FROM artifacts WHERE run_id = ?", [out["run_id"]])}
     assert kinds == {"curves_png", "summary_md"}
 
-    # A second run reuses the episodes (same inputs and T) instead of rebuilding them.
+    # A second build with the same inputs and T keeps the episodes; evaluating again reads them as they are.
     manifest = data_root.episodes_dir / "manifest.json"
     before = manifest.stat().st_mtime_ns
+    assert not _build_episodes(data_root)["built"]
     evaluate_flow(config)
     assert manifest.stat().st_mtime_ns == before
     assert store.query("SELECT count(DISTINCT run_id) FROM latest_metrics") == [(1,)]
+
+
+def test_stages_with_different_episode_settings_read_their_own_builds(prefect_harness, data_root: Paths,
+                                                                       monkeypatch) -> None:
+    """Episodes of another T live in their own folder; evaluating one never rebuilds or deletes the other."""
+    from flows.evaluate import evaluate_flow
+
+    _use_encoder(monkeypatch, ThumbnailEncoder())
+    short = data_root.data_root / "episodes-T3"
+    _build_episodes(data_root)
+    _build_episodes(data_root, steps_per_episode=3, episodes=short)
+
+    def snapshot(folder: Path) -> dict[str, int]:
+        return {str(p): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = snapshot(data_root.episodes_dir), snapshot(short)
+    long_run = evaluate_flow(EvaluateConfig(paths=data_root))
+    short_run = evaluate_flow(EvaluateConfig(paths=data_root, episodes=short))
+    assert (snapshot(data_root.episodes_dir), snapshot(short)) == before
+    assert long_run["metrics"]["dataset/steps"] == STEPS and short_run["metrics"]["dataset/steps"] == 3
+
+    empty = data_root.data_root / "no-episodes"
+    with pytest.raises(DatasetError, match="run `fvlp episodes` first"):
+        evaluate_flow(EvaluateConfig(paths=data_root, episodes=empty))
+    assert not empty.exists()
 
 
 def test_crash_mid_evaluation_leaves_failed_run_and_no_results(prefect_harness, data_root: Paths, monkeypatch) -> None:
     from flows.evaluate import evaluate_flow
 
     _use_encoder(monkeypatch, ThumbnailEncoder(fail_after_sketch_batches=1))
+    _build_episodes(data_root)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        evaluate_flow(EvaluateConfig(paths=data_root, steps_per_episode=STEPS, batch_size=8))
+        evaluate_flow(EvaluateConfig(paths=data_root, batch_size=8))
     store = ResultsStore(data_root.results_store)
     ((status, error),) = store.query("SELECT status, error FROM runs")
     assert status == "failed" and "simulated crash" in error
@@ -159,7 +193,8 @@ def test_evaluate_on_fs2k_sde_tree(prefect_harness, tmp_path: Path, monkeypatch)
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(b"weights")
     _use_encoder(monkeypatch, ThumbnailEncoder())
-    out = evaluate_flow(EvaluateConfig(paths=paths, checkpoint=checkpoint, fs2k_sde=root, steps_per_episode=STEPS))
+    _build_episodes(paths, fs2k_sde=root)
+    out = evaluate_flow(EvaluateConfig(paths=paths, checkpoint=checkpoint))
     assert out["metrics"]["dataset/gallery_size"] == 3.0
     assert out["metrics"]["dataset/episodes"] == 3.0
     assert out["metrics"]["dataset/steps"] == float(STEPS)
@@ -171,7 +206,8 @@ def test_real_photos_get_line_art_episodes(prefect_harness, data_root: Paths, mo
 
     (data_root.source_dir / "ground_truth.parquet").unlink()
     _use_encoder(monkeypatch, ThumbnailEncoder())
-    out = evaluate_flow(EvaluateConfig(paths=data_root, steps_per_episode=STEPS))
+    _build_episodes(data_root)
+    out = evaluate_flow(EvaluateConfig(paths=data_root))
     manifest = json.loads((data_root.episodes_dir / "manifest.json").read_text())
     assert manifest["drawing"] == "line-art" and manifest["skipped"] == {}
     assert manifest["photos"] == sum(manifest["splits"].values())

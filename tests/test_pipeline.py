@@ -11,14 +11,16 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from prefect import flow
 
 import flows.pipeline as pipeline
 from fvlp_core.config import PipelineConfig, resolve_config
+from fvlp_core.png import encode_png
 from storage.results import ResultsStore
 
-STAGES = ["ingest", "clean", "pretrain", "finetune", "evaluate"]
+STAGES = ["ingest", "clean", "pretrain", "episodes", "finetune", "evaluate"]
 
 
 def _config(data_root: Path, **overrides: Any) -> PipelineConfig:
@@ -56,6 +58,7 @@ class FakeStages:
             "ingest": stage("ingest", lambda c: {"raw_dir": str(self._output(c, "raw/shard-00000.parquet").parent), "rows": 10}),
             "clean": stage("clean", lambda c: {"run_id": "clean-1", "clean_dir": str(self._output(c, "clean/decisions"))}),
             "pretrain": stage("pretrain", lambda c: {"run_id": f"pre-{c.seed}", "checkpoint": str(self._output(c, f"ckpt/pre-{c.seed}.pt"))}),
+            "episodes": stage("episodes", lambda c: {"episodes_dir": str(self._output(c, "episodes/manifest.json").parent)}),
             "finetune": stage("finetune", lambda c: {"run_id": "ft-1", "checkpoint": str(self._output(c, "ckpt/ft.pt"))}),
             "evaluate": stage("evaluate", lambda c: {"run_id": "ev-1", "metrics": {"m_at_A": 90.0}}),
         }
@@ -102,6 +105,7 @@ def test_stages_run_in_order_and_rerun_only_when_their_inputs_change(prefect_har
     # references, not data, flow down: each training stage gets the checkpoint above it
     assert configs["finetune"].pretrained_checkpoint == Path(first["pretrain"]["checkpoint"])
     assert configs["evaluate"].checkpoint == Path(first["finetune"]["checkpoint"])
+    assert configs["finetune"].episodes == configs["evaluate"].episodes == Path(first["episodes"]["episodes_dir"])
     assert first["evaluate"] == {"run_id": "ev-1", "metrics": {"m_at_A": 90.0}}
 
     second = pipeline.pipeline_flow(_config(tmp_path))
@@ -111,7 +115,7 @@ def test_stages_run_in_order_and_rerun_only_when_their_inputs_change(prefect_har
 
     changed = pipeline.pipeline_flow(_config(tmp_path, pretrain={"seed": 1}))
     assert _ran(fake_stages) == ["pretrain", "finetune", "evaluate"]
-    assert changed["reused"] == ["ingest", "clean"]
+    assert changed["reused"] == ["ingest", "clean", "episodes"]
 
     refreshed = pipeline.pipeline_flow(_config(tmp_path, pretrain={"seed": 1}, refresh=True))
     assert _ran(fake_stages) == STAGES
@@ -122,17 +126,17 @@ def test_interrupted_pipeline_resumes_at_the_failed_stage(prefect_harness, fake_
     fake_stages.fail_once.add("finetune")
     with pytest.raises(RuntimeError, match=r"shard-00001.parquet row 7 \(SAMPLE_ID 1007\)"):
         pipeline.pipeline_flow(_config(tmp_path))
-    assert _ran(fake_stages) == ["ingest", "clean", "pretrain", "finetune"]
+    assert _ran(fake_stages) == ["ingest", "clean", "pretrain", "episodes", "finetune"]
 
     resumed = pipeline.pipeline_flow(_config(tmp_path))
     assert _ran(fake_stages) == ["finetune", "evaluate"]
-    assert resumed["reused"] == ["ingest", "clean", "pretrain"]
+    assert resumed["reused"] == ["ingest", "clean", "pretrain", "episodes"]
 
     # a cached stage whose outputs were deleted runs again, and so does everything reading them
     Path(resumed["pretrain"]["checkpoint"]).unlink()
     again = pipeline.pipeline_flow(_config(tmp_path))
     assert _ran(fake_stages) == ["pretrain", "finetune", "evaluate"]
-    assert again["reused"] == ["ingest", "clean"]
+    assert again["reused"] == ["ingest", "clean", "episodes"]
 
 
 def test_stages_must_share_one_data_root(tmp_path):
@@ -140,13 +144,15 @@ def test_stages_must_share_one_data_root(tmp_path):
         PipelineConfig.model_validate({"clean": {"paths": {"data_root": str(tmp_path / "elsewhere")}}})
 
 
-# A corpus and training budget small enough for CI on two CPU cores.
+# A corpus and training budget small enough for CI on two CPU cores, with a corpus seed,
+# crop margin and episode length other than the defaults: later stages must take them from
+# what the earlier stages recorded, not from their own defaults.
 TINY = {
-    "ingest": {"rows": 60, "identities": 12, "shard_size": 30},
-    "clean": {"workers": 1},
+    "ingest": {"rows": 60, "identities": 12, "shard_size": 30, "seed": 7},
+    "clean": {"workers": 1, "crop_margin": 0.15},
     "pretrain": {"epochs": 1, "batch_size": 8},
-    "finetune": {"epochs": 1, "batch_size": 4, "steps_per_episode": 5},
-    "evaluate": {"steps_per_episode": 5},
+    "episodes": {"steps_per_episode": 5},
+    "finetune": {"epochs": 1, "batch_size": 4},
 }
 RUNS_SQL = "SELECT flow, run_id, status FROM runs ORDER BY started_at"
 ROWS_SQL = """
@@ -173,6 +179,8 @@ def test_real_stages_end_to_end_then_a_rerun_that_reuses_them(prefect_harness, t
     store = ResultsStore(config.evaluate.paths.results_store)
     runs = store.query(RUNS_SQL)
     assert runs == [(stage, first[stage]["run_id"], "finished") for stage in ("clean", "pretrain", "finetune", "evaluate")]
+    assert first["evaluate"]["metrics"]["dataset/steps"] == 5
+    _assert_episodes_drawn_from_the_recorded_corpus(config, first["episodes"])
     rows = {flow: counts for flow, *counts in store.query(ROWS_SQL)}
     assert rows["clean"][2] > 0  # cleaning stats per rule
     assert rows["evaluate"][0] > 0 and rows["evaluate"][1] > 0  # metrics and acc@K curves
@@ -182,3 +190,28 @@ def test_real_stages_end_to_end_then_a_rerun_that_reuses_them(prefect_harness, t
     assert rerun.result()["reused"] == STAGES
     assert subflow_names(rerun.state_details.flow_run_id) == []
     assert store.query(RUNS_SQL) == runs  # nothing ran twice
+
+
+def _assert_episodes_drawn_from_the_recorded_corpus(config: PipelineConfig, episodes: dict[str, Any]) -> None:
+    """Each sketch is its identity's strokes from the ingested corpus (seed 7), placed with the
+    crop margin the clean stage used (0.15): both read from the upstream manifests."""
+    from fvlp_core.corpus import EmbeddedCorpus, face_strokes
+    from fvlp_core.episodes import corpus_episode
+    from fvlp_core.png import decode_png
+    from storage.clean import read_clean_manifest, read_face_index
+    from storage.episodes import iter_sketch_chunks
+
+    manifest = read_clean_manifest(config.clean.paths.clean_dir)
+    assert manifest["corpus"] == {"rows": 60, "identities": 12, "seed": 7}
+    assert manifest["settings"]["crop_margin"] == 0.15
+    assert episodes["steps"] == 5 and episodes["photos"] > 0
+    identity = dict(zip(*(read_face_index(config.clean.paths.clean_dir).column(c).to_pylist()
+                          for c in ("SAMPLE_ID", "identity_id"))))
+    corpus = EmbeddedCorpus(60, 12, seed=7)
+    chunk = next(iter_sketch_chunks(Path(episodes["episodes_dir"])))
+    photo_id, last = chunk["photo_id"][4].as_py(), decode_png(chunk["image"][4].as_py())
+    assert chunk["step"][4].as_py() == 4
+    size = last.shape[1]
+    frames, aligned = corpus_episode(face_strokes(corpus.identity_params(identity[int(photo_id)]), size), size, 5, 0.15)
+    assert aligned
+    assert np.array_equal(decode_png(encode_png(frames[-1])), last)

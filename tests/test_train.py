@@ -17,14 +17,15 @@ import torch
 from prefect import flow
 from PIL import Image, ImageDraw
 
-from fvlp_core.config import FinetuneConfig, Paths, PretrainConfig
+from fvlp_core.config import EpisodesConfig, FinetuneConfig, Paths, PretrainConfig
 from fvlp_core.models import get_tokenizer
-from fvlp_core.train import train
-from fvlp_core.train.__main__ import main as train_main
-from fvlp_core.train.checkpoint import latest_checkpoint, load_checkpoint
-from fvlp_core.train.data import FacePairStream, SketchEpisodeStream, StreamPlan
-from fvlp_core.train.engine import warmup_cosine
-from storage.episodes import write_episode_chunk
+from fvlp_train import train
+from fvlp_train.__main__ import main as train_main
+from fvlp_core.checkpoint import load_checkpoint
+from storage.checkpoints import latest_checkpoint
+from fvlp_train.data import FacePairStream, SketchEpisodeStream, StreamPlan
+from fvlp_train.engine import warmup_cosine
+from storage.episodes import write_episode_chunk, write_episodes_manifest
 from storage.shards import shard_path, write_shard
 from tasks.train import run_training, training_command
 
@@ -83,8 +84,12 @@ def episode_rows(train: int = 16, test: int = 8, steps: int = 3, seed: int = 1):
 
 
 def make_episodes(episodes_dir: Path, **kwargs) -> None:
+    """A complete one-chunk episodes build, as the episodes stage leaves it."""
     photos, sketches = episode_rows(**kwargs)
     write_episode_chunk(episodes_dir, 0, photos, sketches)
+    splits = {split: sum(p["split"] == split for p in photos) for split in ("train", "test")}
+    write_episodes_manifest(episodes_dir, {"source": "generated", "steps": kwargs.get("steps", 3), "chunks": 1,
+                                           "input_fingerprint": "test", "photos": len(photos), "splits": splits})
 
 
 @pytest.fixture()
@@ -143,9 +148,9 @@ def test_torchrun_command_for_several_processes(tmp_path):
     command = training_command("pretrain", config, tmp_path / "c.json")
     assert command[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node"]
     assert "--rdzv-endpoint" in command and "head:29400" in command
-    assert command[-5:] == ["-m", "fvlp_core.train", "pretrain", "--config", str(tmp_path / "c.json")]
+    assert command[-5:] == ["-m", "fvlp_train", "pretrain", "--config", str(tmp_path / "c.json")]
     single = training_command("pretrain", PretrainConfig(run_id="r"), tmp_path / "c.json")
-    assert single == [sys.executable, "-m", "fvlp_core.train", "pretrain", "--config", str(tmp_path / "c.json")]
+    assert single == [sys.executable, "-m", "fvlp_train", "pretrain", "--config", str(tmp_path / "c.json")]
 
 
 def test_pretrain_then_finetune_in_process_write_safe_checkpoints(data_root):
@@ -156,7 +161,7 @@ def test_pretrain_then_finetune_in_process_write_safe_checkpoints(data_root):
     assert latest_checkpoint(Paths(data_root=data_root).checkpoints_dir, "pretrain") == Path(result["checkpoint"])
 
     config = FinetuneConfig(paths=Paths(data_root=data_root), run_id="fine", epochs=1, batch_size=4, device="cpu",
-                            steps_per_episode=3, warmup_steps=1, pretrained_checkpoint=Path(result["checkpoint"]))
+                            warmup_steps=1, pretrained_checkpoint=Path(result["checkpoint"]))
     tuned = train("finetune", config)
     metrics = tuned["metrics"]
     assert metrics["test_episodes"] == 8 and metrics["gallery_size"] == 8
@@ -173,7 +178,7 @@ def test_resume_refuses_a_changed_config(data_root):
 def _launch(config: PretrainConfig, path: Path) -> subprocess.Popen:
     path.write_text(config.model_dump_json())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "fvlp_core.train", "pretrain", "--config", str(path)],
+    return subprocess.Popen([sys.executable, "-m", "fvlp_train", "pretrain", "--config", str(path)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
@@ -209,7 +214,7 @@ def test_kill_and_resume_reproduces_an_uninterrupted_run(data_root, tmp_path):
 def test_checkpoint_loads_into_a_fresh_process(data_root, tmp_path):
     result = train("pretrain", pretrain_config(data_root, epochs=1))
     config = FinetuneConfig(paths=Paths(data_root=data_root), run_id="fine", epochs=1, batch_size=4, device="cpu",
-                            steps_per_episode=3, pretrained_checkpoint=Path(result["checkpoint"]))
+                            pretrained_checkpoint=Path(result["checkpoint"]))
     checkpoint = train("finetune", config)["checkpoint"]
     script = (
         "import sys, torch\n"
@@ -247,6 +252,7 @@ def make_fs2k_sde(root: Path) -> None:
 
 @pytest.mark.slow
 def test_pretrain_and_finetune_flows_tie_run_ids_checkpoints_and_results(tmp_path, prefect_harness):
+    from flows.episodes import episodes_flow
     from flows.finetune import finetune_flow
     from flows.pretrain import pretrain_flow
     from storage.results import ResultsStore
@@ -259,8 +265,8 @@ def test_pretrain_and_finetune_flows_tie_run_ids_checkpoints_and_results(tmp_pat
     assert Path(pre["checkpoint"]) == paths.checkpoints_dir / "pretrain" / pre["run_id"] / "checkpoint.pt"
     assert (paths.checkpoints_dir / "pretrain" / "LATEST").read_text().strip() == pre["run_id"]
 
-    fine = finetune_flow(FinetuneConfig(paths=paths, epochs=1, batch_size=4, device="cpu", steps_per_episode=3,
-                                        fs2k_sde=tmp_path / "fs2k"))
+    episodes_flow(EpisodesConfig(paths=paths, steps_per_episode=3, fs2k_sde=tmp_path / "fs2k"))
+    fine = finetune_flow(FinetuneConfig(paths=paths, epochs=1, batch_size=4, device="cpu"))
     config = json.loads((paths.checkpoints_dir / "finetune" / fine["run_id"] / "config.json").read_text())
     assert config["pretrained_checkpoint"] == pre["checkpoint"]
     store = ResultsStore(paths.results_store)

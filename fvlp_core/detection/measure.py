@@ -15,6 +15,7 @@ import numpy as np
 from fvlp_core.detection.backends import FaceDetector
 from fvlp_core.detection.crop import crop_face, laplacian_variance
 from fvlp_core.detection.images import ImageRejected, decode_rgb
+from fvlp_core.png import encode_png
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,3 @@ def perceptual_hash(rgb: np.ndarray) -> int:
     low = cv2.dct(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA))[:8, :8].reshape(-1)
     bits = low > np.median(low[1:])  # the DC term would dominate the median
     return int(np.packbits(bits).view(">i8")[0])
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    ok, buffer = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError("PNG encoding of a face crop failed")
-    return buffer.tobytes()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

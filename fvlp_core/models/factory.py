@@ -15,6 +15,8 @@ from open_clip.transformer import text_global_pool
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
+from fvlp_core.checkpoint import is_fvlp_checkpoint
+
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
@@ -61,7 +63,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def backbone_state_dict(loaded: dict) -> dict[str, torch.Tensor]:
     """The open_clip state dict inside an open_clip file or an fvlp training checkpoint."""
-    if "format" in loaded and str(loaded.get("format", "")).startswith("fvlp-checkpoint"):
+    if is_fvlp_checkpoint(loaded):
         prefix = "backbone."
         return {k[len(prefix):]: v for k, v in loaded["model"].items() if k.startswith(prefix)}
     state = loaded.get("state_dict", loaded)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fvlp_core.checkpoint import is_fvlp_checkpoint
+
 from fvlp_core.models.factory import (
     CheckpointError,
     create_backbone,
@@ -114,7 +116,7 @@ class FVLPFusion(nn.Module):
     def load_pretrained(self, path: Path) -> None:
         """Backbone (and ITM encoder, when present) from an fvlp pretraining or open_clip checkpoint."""
         loaded = read_weights(path)
-        if str(loaded.get("format", "")).startswith("fvlp-checkpoint"):
+        if is_fvlp_checkpoint(loaded):
             state = {k: v for k, v in loaded["model"].items() if k.startswith(("backbone.", "grounded."))}
             missing, unexpected = self.load_state_dict(state, strict=False)
             missing = [k for k in missing if k.startswith(("backbone.", "grounded."))]

@@ -1,7 +1,7 @@
 """Command line for one training run, single process or under torchrun.
 
-    python -m fvlp_core.train pretrain --config run.json
-    torchrun --nproc-per-node 4 -m fvlp_core.train finetune --config run.json
+    python -m fvlp_train pretrain --config run.json
+    torchrun --nproc-per-node 4 -m fvlp_train finetune --config run.json
 
 The JSON file holds a PretrainConfig / FinetuneConfig (unknown keys are rejected). Rerunning
 with the same file resumes the run from its last checkpoint.
@@ -16,13 +16,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from fvlp_core.config import FinetuneConfig, PretrainConfig
-from fvlp_core.train.engine import STAGES, train
+from fvlp_train.engine import STAGES, train
 
 CONFIG_MODELS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fvlp_core.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fvlp_train", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("--config", type=Path, required=True, help="resolved config JSON")
     args = parser.parse_args(argv)

@@ -14,8 +14,10 @@ from fvlp_core.config import FinetuneConfig, PretrainConfig
 from fvlp_core.metrics import rank_true_items, sketch_retrieval_metrics, text_image_recall
 from fvlp_core.models import FVLPFusion, FVLPPretrain, get_tokenizer
 from fvlp_core.models.factory import encode_image_tokens, encode_text_tokens, image_size
-from fvlp_core.train.data import decode_png, is_held_out
-from storage.training_data import episode_photos, face_shards, iter_sketches, read_face_pairs
+from fvlp_core.transforms import image_bytes_tensor
+from fvlp_train.data import is_held_out
+from storage.clean import face_shards, read_face_pairs
+from storage.episodes import episode_photos, iter_sketches, read_episodes_reference
 
 EVAL_BATCH = 128
 MAX_HELD_OUT_PAIRS = 1000
@@ -45,7 +47,7 @@ def validate_pretrain(model: FVLPPretrain, config: PretrainConfig, device: torch
     size = image_size(model.backbone)
     images, texts = [], []
     for chunk in _batched(list(zip(crops, captions))):
-        pixels = torch.stack([decode_png(c, size, f"{s} SAMPLE_ID {i}") for (s, i, c), _ in chunk]).to(device)
+        pixels = torch.stack([image_bytes_tensor(c, size, f"{s} SAMPLE_ID {i}") for (s, i, c), _ in chunk]).to(device)
         images.append(F.normalize(encode_image_tokens(model.backbone, pixels)[0].float(), dim=-1).cpu())
         text = tokenizer([caption for _, caption in chunk]).to(device)
         texts.append(F.normalize(encode_text_tokens(model.backbone, text)[0].float(), dim=-1).cpu())
@@ -63,26 +65,26 @@ def validate_finetune(model: FVLPFusion, config: FinetuneConfig, device: torch.d
                       split: str = "test") -> dict[str, float]:
     tokenizer = get_tokenizer(config.model)
     size = image_size(model.backbone)
-    photos = episode_photos(config.paths.episodes_dir, split)
+    photos = episode_photos(config.episodes_dir, split)
     photo_ids = photos.column("photo_id").to_pylist()
     row = {p: i for i, p in enumerate(photo_ids)}
     captions = photos.column("caption").to_pylist()
     gallery = torch.cat([
-        model.encode_images(torch.stack([decode_png(b, size, f"photo {p}") for p, b in chunk]).to(device)).float().cpu()
+        model.encode_images(torch.stack([image_bytes_tensor(b, size, f"photo {p}") for p, b in chunk]).to(device)).float().cpu()
         for chunk in _batched(list(zip(photo_ids, photos.column("image").to_pylist())))
     ])
     # Unnormalised caption projections, once per photo: every step's query reuses its photo's.
     text_raw = torch.cat([model._text_forward(tokenizer(chunk).to(device)).float().cpu() for chunk in _batched(captions)])
     text_emb = F.normalize(text_raw, dim=-1)
 
-    steps = config.steps_per_episode
+    steps = read_episodes_reference(config.episodes_dir)["steps"]
     fused = torch.zeros(len(photo_ids), steps, gallery.shape[1])
     sketch_only = torch.zeros_like(fused)
     filled = torch.zeros(len(photo_ids), steps, dtype=torch.bool)
     pending: list[tuple[int, int, bytes]] = []
 
     def flush() -> None:
-        pixels = torch.stack([decode_png(b, size, f"photo {photo_ids[r]} step {s}") for r, s, b in pending]).to(device)
+        pixels = torch.stack([image_bytes_tensor(b, size, f"photo {photo_ids[r]} step {s}") for r, s, b in pending]).to(device)
         index = ([r for r, _, _ in pending], [s for _, s, _ in pending])
         sketch_raw = model._image_forward(pixels)[0].float().cpu()
         fused[index] = F.normalize(sketch_raw + text_raw[index[0]], dim=-1)  # = encode_sketches(pixels, text)
@@ -90,7 +92,7 @@ def validate_finetune(model: FVLPFusion, config: FinetuneConfig, device: torch.d
         filled[index] = True
         pending.clear()
 
-    for photo_id, step, image in iter_sketches(config.paths.episodes_dir, split):
+    for photo_id, step, image in iter_sketches(config.episodes_dir, split):
         if photo_id in row and step < steps:
             pending.append((row[photo_id], step, image))
             if len(pending) == EVAL_BATCH:
@@ -99,7 +101,7 @@ def validate_finetune(model: FVLPFusion, config: FinetuneConfig, device: torch.d
         flush()
     complete = filled.all(dim=1)
     if not complete.any():
-        raise ValueError(f"{config.paths.episodes_dir}: no {split} episode has {steps} sketch steps")
+        raise ValueError(f"{config.episodes_dir}: no {split} episode has {steps} sketch steps")
     # Episodes shorter than T are left out (counted in the output) so ranks stay one array.
     targets = torch.arange(len(photo_ids))[complete]
     gallery_size = len(photo_ids)

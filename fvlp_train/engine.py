@@ -26,20 +26,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from fvlp_core.config import FinetuneConfig, PretrainConfig, TrainConfig
-from fvlp_core.models import FVLPFusion, FVLPPretrain, get_tokenizer
+from fvlp_core.checkpoint import checkpoint_config, load_checkpoint
+from fvlp_core.models import create_model, get_tokenizer
 from fvlp_core.models.factory import image_size
-from fvlp_core.train.checkpoint import (
-    CHECKPOINT_NAME,
-    checkpoint_config,
-    load_checkpoint,
-    mark_latest,
-    run_dir,
-    save_checkpoint,
-    write_run_config,
-    write_text_atomic,
-)
-from fvlp_core.train.data import FacePairStream, SketchEpisodeStream, StreamPlan
-from fvlp_core.train.validate import validate_finetune, validate_pretrain
+from fvlp_train.checkpoint import save_checkpoint, write_run_config
+from fvlp_train.data import FacePairStream, SketchEpisodeStream, StreamPlan
+from fvlp_train.validate import validate_finetune, validate_pretrain
+from storage.checkpoints import CHECKPOINT_NAME, METRICS_NAME, mark_latest, run_dir
+from storage.files import write_text_atomic
 
 STAGES = ("pretrain", "finetune")
 
@@ -105,18 +99,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 
 def build_model(stage: str, config: TrainConfig) -> nn.Module:
-    if stage == "pretrain":
-        assert isinstance(config, PretrainConfig)
-        return FVLPPretrain(config.model, config.init_checkpoint, config.queue_size, config.momentum, config.alpha)
-    assert isinstance(config, FinetuneConfig)
-    return FVLPFusion(
-        config.model,
-        config.pretrained_checkpoint or config.init_checkpoint,
-        fusion_layers=config.fusion_layers,
-        conv_channels=config.fusion_channels,
-        attention_channels=config.fusion_attention_channels,
-        embed_dim=config.fusion_embed_dim,
-    )
+    start = config.pretrained_checkpoint if isinstance(config, FinetuneConfig) else None
+    return create_model(stage, config.architecture(), start or config.init_checkpoint)
 
 
 def build_stream(stage: str, config: TrainConfig, model: nn.Module, runtime: Runtime):
@@ -125,8 +109,7 @@ def build_stream(stage: str, config: TrainConfig, model: nn.Module, runtime: Run
     plan = StreamPlan(config.batch_size, runtime.world_size, runtime.rank)
     if stage == "pretrain":
         return FacePairStream(config.paths.clean_dir, tokenizer, size, config.seed, config.holdout_fraction, plan)
-    return SketchEpisodeStream(config.paths.episodes_dir, tokenizer, size, config.seed, plan,
-                               max_steps=config.steps_per_episode)
+    return SketchEpisodeStream(config.episodes_dir, tokenizer, size, config.seed, plan)
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
@@ -184,7 +167,7 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
 
     def save(at_step: int, metrics: dict[str, float] | None = None) -> None:
         if runtime.is_main:
-            save_checkpoint(checkpoint_path, stage=stage, model_name=config.model, config_json=config_json,
+            save_checkpoint(checkpoint_path, stage=stage, architecture=config.architecture(), config_json=config_json,
                             model=model.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), step=at_step, total_steps=total_steps,
                             metrics=metrics)
@@ -240,7 +223,7 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
             metrics.update(validate_pretrain(model, config, runtime.device) if stage == "pretrain"
                            else validate_finetune(model, config, runtime.device))
         save(step, metrics)
-        write_text_atomic(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_text_atomic(folder / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
         mark_latest(config.paths.checkpoints_dir, stage, config.run_id)
         print(json.dumps({"event": "done", "stage": stage, "run_id": config.run_id, "step": step,
                           "checkpoint": str(checkpoint_path), "metrics": metrics}), flush=True)

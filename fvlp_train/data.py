@@ -8,49 +8,18 @@ Each rank takes its own slice of every global batch (batch_size x world_size row
 from __future__ import annotations
 
 import hashlib
-import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from PIL import Image
-from torchvision.transforms import functional as TF
 
-from fvlp_core.models.factory import IMAGE_MEAN, IMAGE_STD
-from storage.training_data import (
-    episode_lengths,
-    episode_photos,
-    face_sample_ids,
-    face_shards,
-    read_face_pairs,
-    read_sketch_steps,
-)
+from fvlp_core.transforms import image_bytes_tensor
+from storage.clean import face_sample_ids, face_shards, read_face_pairs
+from storage.episodes import episode_lengths, episode_photos, read_sketch_steps
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB with transparent areas on white: sketches are dark strokes on a white page."""
-    if image.mode in ("RGBA", "LA", "P"):
-        image = image.convert("RGBA")
-        page = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(page, image).convert("RGB")
-    return image.convert("RGB")
-
-
-def image_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """CLIP preprocessing: RGB (grayscale sketches replicated to 3 channels), resize, mean/std."""
-    image = to_rgb(image).resize((size, size), Image.BICUBIC)
-    return TF.normalize(TF.to_tensor(image), IMAGE_MEAN, IMAGE_STD)
-
-
-def decode_png(data: bytes, size: int, record: str) -> torch.Tensor:
-    try:
-        return image_tensor(Image.open(io.BytesIO(data)), size)
-    except Exception as err:  # PIL raises several types for corrupt bytes
-        raise ValueError(f"{record}: undecodable image ({err})") from err
 
 
 def caption_group(caption: str) -> int:
@@ -127,7 +96,7 @@ class FacePairStream:
                     loaded[shard] = dict(zip(table.column("SAMPLE_ID").to_pylist(),
                                              zip(table.column("crop").to_pylist(), table.column("caption").to_pylist())))
                 crop, caption = loaded[shard][sample_id]
-                images.append(decode_png(crop, self.image_size, f"{shard} SAMPLE_ID {sample_id}"))
+                images.append(image_bytes_tensor(crop, self.image_size, f"{shard} SAMPLE_ID {sample_id}"))
                 captions.append(caption)
             yield {
                 "images": torch.stack(images),
@@ -140,7 +109,7 @@ class SketchEpisodeStream:
     """(photo, one random step of its sketch episode, caption) triples of the train split."""
 
     def __init__(self, episodes_dir: Path, tokenizer: Tokenizer, image_size: int, seed: int, plan: StreamPlan,
-                 split: str = "train", max_steps: int | None = None):
+                 split: str = "train"):
         self.episodes_dir = Path(episodes_dir)
         self.tokenizer = tokenizer
         self.image_size = image_size
@@ -156,7 +125,7 @@ class SketchEpisodeStream:
         if without:
             raise ValueError(f"{episodes_dir}: photo_id {without[0]} ({split}) has no sketches "
                              f"({len(without)} such photos)")
-        self.lengths = {p: min(lengths[p], max_steps or lengths[p]) for p in self.photo_ids}
+        self.lengths = {p: lengths[p] for p in self.photo_ids}
         if len(self.photo_ids) < plan.global_batch:
             raise ValueError(f"{episodes_dir}: {len(self.photo_ids)} {split} photos, fewer than one batch "
                              f"({plan.global_batch})")
@@ -179,8 +148,8 @@ class SketchEpisodeStream:
         for rows in mine:
             captions = [self.captions[p] for p in rows]
             yield {
-                "photos": torch.stack([decode_png(self.photos[p], self.image_size, f"photo_id {p}") for p in rows]),
-                "sketches": torch.stack([decode_png(sketches[p], self.image_size, f"photo_id {p} step {steps[p]}")
+                "photos": torch.stack([image_bytes_tensor(self.photos[p], self.image_size, f"photo_id {p}") for p in rows]),
+                "sketches": torch.stack([image_bytes_tensor(sketches[p], self.image_size, f"photo_id {p} step {steps[p]}")
                                          for p in rows]),
                 "text": self.tokenizer(captions),
                 "groups": torch.tensor([caption_group(c) for c in captions]),

@@ -1,0 +1,41 @@
+"""Where training runs keep their files: the one owner of the checkpoint folder layout.
+
+``<checkpoints_dir>/<stage>/<run_id>/`` holds ``checkpoint.pt``, ``config.json`` (the
+resolved training config), ``launch-config.json`` (what the launcher handed the child)
+and ``metrics.json``; ``<checkpoints_dir>/<stage>/LATEST`` names the latest finished run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from storage.files import write_text_atomic
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "config.json"
+LAUNCH_CONFIG_NAME = "launch-config.json"
+METRICS_NAME = "metrics.json"
+LATEST_NAME = "LATEST"
+
+
+def run_dir(checkpoints_dir: Path, stage: str, run_id: str) -> Path:
+    return Path(checkpoints_dir) / stage / run_id
+
+
+def checkpoint_path(checkpoints_dir: Path, stage: str, run_id: str) -> Path:
+    return run_dir(checkpoints_dir, stage, run_id) / CHECKPOINT_NAME
+
+
+def mark_latest(checkpoints_dir: Path, stage: str, run_id: str) -> None:
+    write_text_atomic(Path(checkpoints_dir) / stage / LATEST_NAME, run_id + "\n")
+
+
+def latest_checkpoint(checkpoints_dir: Path, stage: str) -> Path | None:
+    """The checkpoint of the latest finished ``stage`` run, or None when no run finished."""
+    latest = Path(checkpoints_dir) / stage / LATEST_NAME
+    if not latest.is_file():
+        return None
+    run_id = latest.read_text().strip()
+    path = checkpoint_path(checkpoints_dir, stage, run_id)
+    if not path.is_file():
+        raise FileNotFoundError(f"{latest} names run {run_id!r} but {path} is missing")
+    return path

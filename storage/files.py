@@ -1,0 +1,77 @@
+"""Whole-or-nothing file writes and stat fingerprints: the one place either is done.
+
+A file is written under ``.<name>.tmp-<pid>`` beside its final name, fsynced and renamed
+into place, so a file that exists under its final name is complete. A writer killed
+mid-write leaves only its temp file, which readers never list and the next successful
+write of the same file removes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable
+
+
+def temp_path(final: Path) -> Path:
+    """Where a writer of ``final`` puts its bytes before the rename (one per process)."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+def commit(tmp: Path, final: Path) -> None:
+    """Make a completely written ``tmp`` durable and visible as ``final``."""
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, final)
+    remove_orphan_temp_files(final)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``path`` through ``write(handle)`` so readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    with open(tmp, "wb") as handle:
+        write(handle)
+    commit(tmp, path)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_orphan_temp_files(final: Path) -> list[Path]:
+    """Delete temp files of ``final`` whose writer process is gone; live writers' are left alone."""
+    final = Path(final)
+    removed = []
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def stat_fingerprint(files: Iterable[Path], settings: str = "") -> str:
+    """Hash of ``settings`` and each file's name, size and modification time.
+
+    Cheap (no file is read) and changes whenever a writer replaces a file, which is what
+    a stage needs to know whether its inputs moved since it last ran.
+    """
+    digest = hashlib.sha256(settings.encode())
+    for path in files:
+        stat = os.stat(path)
+        digest.update(f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
