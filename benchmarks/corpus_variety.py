@@ -7,6 +7,7 @@ identities are then compared pixel by pixel: no two should be near-identical.
 
     .venv/bin/python benchmarks/corpus_variety.py --identities 1000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,11 +50,16 @@ def main() -> None:
 
     n = args.identities
     print(f"{n} identities, {args.size} px; render_face with jitter: {per_image:.1f} ms CPU per image")
-    print(f"distinct parameter sets: {len(set(people))}, distinct attribute lists: "
-          f"{len({tuple(attributes_of(p)) for p in people})}")
+    print(
+        f"distinct parameter sets: {len(set(people))}, distinct attribute lists: "
+        f"{len({tuple(attributes_of(p)) for p in people})}"
+    )
     jittered = _top_k(_features(photos_a), _features(photos_b))
-    print("pixel nearest neighbour, photo -> other photo of same person: "
-          + ", ".join(f"top-{k} {v:.1%}" for k, v in jittered.items()) + f" (chance top-1 {1 / n:.2%})")
+    print(
+        "pixel nearest neighbour, photo -> other photo of same person: "
+        + ", ".join(f"top-{k} {v:.1%}" for k, v in jittered.items())
+        + f" (chance top-1 {1 / n:.2%})"
+    )
     # Distinctness: for every identity, the most similar other identity's un-jittered render.
     grey = np.stack([np.asarray(im.convert("L"), np.float32).ravel() for im in plain])
     closest = np.full(n, np.inf)
@@ -61,9 +67,11 @@ def main() -> None:
         diff = np.abs(grey - grey[i]).mean(axis=1)
         diff[i] = np.inf
         closest[i] = diff.min()
-    print(f"un-jittered renders, mean |grey difference| to the most similar other identity: "
-          f"min {closest.min():.1f}, 5th percentile {np.percentile(closest, 5):.1f}, median {np.median(closest):.1f} "
-          f"(0-255 scale)")
+    print(
+        f"un-jittered renders, mean |grey difference| to the most similar other identity: "
+        f"min {closest.min():.1f}, 5th percentile {np.percentile(closest, 5):.1f}, median {np.median(closest):.1f} "
+        f"(0-255 scale)"
+    )
 
 
 if __name__ == "__main__":

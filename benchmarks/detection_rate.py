@@ -6,6 +6,7 @@ prints detection rates, face-box sizes and render speed. A sanity check on a rea
 
     .venv/bin/python benchmarks/detection_rate.py --per-kind 200
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,13 +50,17 @@ def main() -> None:
     start = time.perf_counter()
     corpus = EmbeddedCorpus(args.rows, args.identities, args.seed)
     truth = corpus.ground_truth()
-    print(f"corpus rows={args.rows} identities={args.identities} seed={args.seed}: "
-          f"metadata+ground truth in {time.perf_counter() - start:.2f} s")
+    print(
+        f"corpus rows={args.rows} identities={args.identities} seed={args.seed}: "
+        f"metadata+ground truth in {time.perf_counter() - start:.2f} s"
+    )
     truth["kind"] = truth["noise"].map(_kind)
 
     render_s, n_rendered = 0.0, 0
-    print(f"{'kind':<16}{'rows':>6}{'>=1 face':>10}{'exactly n':>11}{'mean found':>12}{'best>=0.98':>12}"
-          f"{'box px p5/p50':>15}")
+    print(
+        f"{'kind':<16}{'rows':>6}{'>=1 face':>10}{'exactly n':>11}{'mean found':>12}{'best>=0.98':>12}"
+        f"{'box px p5/p50':>15}"
+    )
     for kind in KINDS:
         rows = truth[truth["kind"] == kind].head(args.per_kind)
         any_face = exact = found_total = confident = 0
@@ -73,10 +78,14 @@ def main() -> None:
             boxes += [max(f.width, f.height) for f in faces]
         n = max(len(rows), 1)
         box = f"{np.percentile(boxes, 5):.0f}/{np.median(boxes):.0f}" if boxes else "-"
-        print(f"{kind:<16}{len(rows):>6}{any_face / n:>10.1%}{exact / n:>11.1%}{found_total / n:>12.2f}"
-              f"{confident / n:>12.1%}{box:>15}")
-    print(f"image_bytes: {1000 * render_s / max(n_rendered, 1):.1f} ms CPU per image (render + encode), "
-          f"detector threshold {args.threshold}")
+        print(
+            f"{kind:<16}{len(rows):>6}{any_face / n:>10.1%}{exact / n:>11.1%}{found_total / n:>12.2f}"
+            f"{confident / n:>12.1%}{box:>15}"
+        )
+    print(
+        f"image_bytes: {1000 * render_s / max(n_rendered, 1):.1f} ms CPU per image (render + encode), "
+        f"detector threshold {args.threshold}"
+    )
 
 
 if __name__ == "__main__":

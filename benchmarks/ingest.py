@@ -14,14 +14,15 @@ divided by pyarrow rows/s (1.0 would mean ingest costs no more than writing the 
 
     .venv/bin/python benchmarks/ingest.py --rows 5000
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -88,13 +89,20 @@ def main() -> None:
 
     from flows.ingest import ingest_flow
 
-    with tempfile.TemporaryDirectory(prefix="fvlp-bench-ingest-") as tmp, prefect_test_harness(server_startup_timeout=120):
+    with (
+        tempfile.TemporaryDirectory(prefix="fvlp-bench-ingest-") as tmp,
+        prefect_test_harness(server_startup_timeout=120),
+    ):
         scratch = Path(tmp)
         metadata, images = make_inputs(scratch, args.rows)
 
         def config(out: Path) -> IngestConfig:
             return IngestConfig(
-                paths=Paths(data_root=out), source="folder", metadata=[metadata], images=images, shard_size=args.shard_size
+                paths=Paths(data_root=out),
+                source="folder",
+                metadata=[metadata],
+                images=images,
+                shard_size=args.shard_size,
             )
 
         def ingest_core(out: Path) -> None:

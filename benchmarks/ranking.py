@@ -13,6 +13,7 @@ side on the same random L2-normalised embeddings:
 
 Usage: python -m benchmarks.ranking [--device cpu|cuda] [--repeats 3] [--naive-sample 2000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,7 @@ def bare_product(queries: torch.Tensor, gallery: torch.Tensor, max_block_element
     g_t = gallery.T.contiguous()
     block = max(1, max_block_elements // gallery.shape[0])
     for start in range(0, flat.shape[0], block):
-        flat[start:start + block] @ g_t
+        flat[start : start + block] @ g_t
 
 
 def bench(gallery_size: int, device: torch.device, repeats: int, naive_sample: int, rng: np.random.Generator) -> None:

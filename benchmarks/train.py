@@ -9,6 +9,7 @@ variant alike; the ratio is what to read.
     python benchmarks/train.py                      # fvlp-vit-tiny, CPU
     python benchmarks/train.py --model ViT-B-16 --device cuda --batch-size 64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,10 @@ def make_steps(model_name: str, batch: int, device: torch.device, autocast_dtype
     text = get_tokenizer(model_name)([CAPTIONS[i % 2] + f" {i}" for i in range(batch)]).to(device)
     groups = torch.arange(batch, device=device)
     clip_loss = open_clip.ClipLoss()
-    optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
-                  for name, m in (("bare", bare), ("pretrain", pretrain), ("finetune", fusion))}
+    optimizers = {
+        name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
+        for name, m in (("bare", bare), ("pretrain", pretrain), ("finetune", fusion))
+    }
 
     def autocast():
         return torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
@@ -94,8 +97,10 @@ def main() -> None:
             _synchronise(device)
             per_step[name].append((time.perf_counter() - started) / args.steps)
 
-    print(f"model {args.model}, batch {args.batch_size}, device {device}, "
-          f"precision {'bf16' if autocast_dtype else 'fp32'}, torch threads {torch.get_num_threads()}")
+    print(
+        f"model {args.model}, batch {args.batch_size}, device {device}, "
+        f"precision {'bf16' if autocast_dtype else 'fp32'}, torch threads {torch.get_num_threads()}"
+    )
     bare = statistics.median(per_step["bare open_clip"])
     print(f"{'variant':<16} {'s/step':>8} {'samples/s':>10} {'overhead vs bare':>17}")
     for name, times in per_step.items():

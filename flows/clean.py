@@ -7,6 +7,7 @@ embedded corpus's ground-truth noise and stores them in the results store. Re-ru
 with other thresholds re-decides from stored measurements; a new detector re-measures
 only the image half (see ``tasks/clean.py``).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,7 +28,9 @@ def clean_flow(config: CleanConfig = CleanConfig()) -> dict[str, Any]:
     jobs = plan_clean(config)
     store = ResultsStore(config.paths.results_store)
     with store.run(
-        "clean", config=config.model_dump(mode="json"), dataset_fingerprint=dataset_fingerprint(config.paths.raw_dir),
+        "clean",
+        config=config.model_dump(mode="json"),
+        dataset_fingerprint=dataset_fingerprint(config.paths.raw_dir),
         model_fingerprint=measure_settings(config).detector.identity,
     ) as run_id:
         measured = measure_shards(config, jobs)

@@ -4,6 +4,7 @@ Each flag maps to one config field (nested groups are prefixed: ``--http-timeout
 Values are handed to :func:`fvlp_core.config.resolve_config`, so the CLI, the
 environment and Prefect deployment parameters go through the same validation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,20 +12,21 @@ import importlib
 import os
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 
 from fvlp_core.config import (
     CleanConfig,
     ConfigError,
+    EpisodesConfig,
     EvaluateConfig,
     FinetuneConfig,
     IngestConfig,
     PipelineConfig,
     PretrainConfig,
-    EpisodesConfig,
     resolve_config,
     spread_paths,
 )
@@ -34,10 +36,18 @@ COMMANDS: dict[str, tuple[type[BaseModel], str, str]] = {
     "ingest": (IngestConfig, "flows.ingest:ingest_flow", "Fetch LAION-Face images into sharded Parquet"),
     "clean": (CleanConfig, "flows.clean:clean_flow", "Detect/crop faces and filter captions with Dask"),
     "pretrain": (PretrainConfig, "flows.pretrain:pretrain_flow", "Image-text pretraining (ITC + ITM)"),
-    "episodes": (EpisodesConfig, "flows.episodes:episodes_flow", "Sketch drawing episodes from cleaned faces or FS2K-SDE"),
+    "episodes": (
+        EpisodesConfig,
+        "flows.episodes:episodes_flow",
+        "Sketch drawing episodes from cleaned faces or FS2K-SDE",
+    ),
     "finetune": (FinetuneConfig, "flows.finetune:finetune_flow", "Sketch-text fusion fine-tuning (ITC + ITSC + ITM)"),
     "evaluate": (EvaluateConfig, "flows.evaluate:evaluate_flow", "SLFIR metrics into the DuckDB results store"),
-    "run": (PipelineConfig, "flows.pipeline:pipeline_flow", "The whole DAG: ingest -> clean -> pretrain, episodes -> finetune -> evaluate"),
+    "run": (
+        PipelineConfig,
+        "flows.pipeline:pipeline_flow",
+        "The whole DAG: ingest -> clean -> pretrain, episodes -> finetune -> evaluate",
+    ),
 }
 
 # subcommand -> ("module:main", one-line help): operations with a few flags of their own, no config.

@@ -6,6 +6,7 @@ faces or from ``--fs2k-sde``. Fine-tuning and evaluation read the build it leave
 they never build or rebuild episodes themselves. A complete build with the same inputs
 and settings is kept as it is.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,11 +1,12 @@
 """Evaluate flow: a fine-tuned checkpoint on sketch episodes -> SLFIR metrics in the results store.
 
-``fvlp evaluate`` reads the episodes build (``--episodes``), embeds the split's gallery and every step of every episode once, scores
-sketch-only and sketch+text queries (m@A, m@B, wm@A, wm@B, acc@1/5/10 curves) and
-caption<->photo recall, then writes metrics, curves and artifact paths to the DuckDB
+``fvlp evaluate`` reads the episodes build (``--episodes``), embeds the split's gallery
+and every step of every episode once, scores sketch-only and sketch+text queries (m@A,
+m@B, wm@A, wm@B, acc@1/5/10 curves) and caption<->photo recall, then writes metrics, curves and artifact paths to the DuckDB
 results store in one transaction. A failure anywhere leaves the run row ``failed`` with
 no results. The curve plot and a summary table are attached as Prefect artifacts.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,8 +27,11 @@ def evaluate_flow(config: EvaluateConfig = EvaluateConfig()) -> dict[str, Any]:
     with store.run("evaluate", config=config.model_dump(mode="json")) as run_id:
         model = resolve_checkpoint(config)
         episodes = read_episodes_reference(config.episodes_dir)
-        store.set_fingerprints(run_id, dataset_fingerprint=f"{episodes['fingerprint']}:{config.split}",
-                               model_fingerprint=model["fingerprint"])
+        store.set_fingerprints(
+            run_id,
+            dataset_fingerprint=f"{episodes['fingerprint']}:{config.split}",
+            model_fingerprint=model["fingerprint"],
+        )
         gallery, embedded = embed_episodes(config, model["checkpoint"], episodes["steps"])
         result = score_episodes(gallery, embedded)
         report = report_evaluation(result, run_id, config)
@@ -36,7 +40,10 @@ def evaluate_flow(config: EvaluateConfig = EvaluateConfig()) -> dict[str, Any]:
             run_id,
             metrics=metrics,
             curves=result.curve_rows(),
-            artifacts=[{"kind": "curves_png", "path": report["plot"]}, {"kind": "summary_md", "path": report["summary"]}],
+            artifacts=[
+                {"kind": "curves_png", "path": report["plot"]},
+                {"kind": "summary_md", "path": report["summary"]},
+            ],
         )
     logger.info("evaluation %s\n%s", run_id, report["markdown"])
     return {

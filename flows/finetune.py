@@ -6,6 +6,7 @@ stage built (``--episodes``, default ``<data_root>/episodes``); it reads them an
 builds or changes them. Each example is (photo, one random step of its sketch episode,
 caption).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -38,9 +39,17 @@ def finetune_flow(config: FinetuneConfig = FinetuneConfig()) -> dict[str, Any]:
     """Returns ``{"run_id", "checkpoint", "episodes_dir", "metrics"}``."""
     config = resolve_start(with_run_id(config, STAGE))
     episodes = read_episodes_reference(config.episodes_dir)
-    done = train_and_record(STAGE, config, dataset_fingerprint=episodes["fingerprint"],
-                            model_fingerprint=str(config.pretrained_checkpoint or config.init_checkpoint),
-                            metrics_split="test")
+    done = train_and_record(
+        STAGE,
+        config,
+        dataset_fingerprint=episodes["fingerprint"],
+        model_fingerprint=str(config.pretrained_checkpoint or config.init_checkpoint),
+        metrics_split="test",
+    )
     get_run_logger().info("finetune run %s on %s episodes: %s", config.run_id, episodes["source"], done["metrics"])
-    return {"run_id": config.run_id, "checkpoint": done["checkpoint"], "episodes_dir": episodes["episodes_dir"],
-            "metrics": done["metrics"]}
+    return {
+        "run_id": config.run_id,
+        "checkpoint": done["checkpoint"],
+        "episodes_dir": episodes["episodes_dir"],
+        "metrics": done["metrics"],
+    }

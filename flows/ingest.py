@@ -7,6 +7,7 @@ writes fixed-size shards to ``<data-root>/raw`` with a fetch status per row. Wit
 ``--source embedded`` and no ``--metadata`` the corpus is generated first (``--rows``,
 ``--identities``, ``--seed``). Re-running skips complete shards; see ``tasks/ingest.py``.
 """
+
 from __future__ import annotations
 
 from typing import Any

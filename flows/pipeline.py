@@ -10,12 +10,14 @@ describe. A stage interrupted mid-way has no cache record, so a re-run starts it
 and the stage resumes: ingest and clean skip their complete shards, and training runs
 get a run id derived from the same key, so the re-run continues from the last checkpoint.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -121,7 +123,9 @@ def cache_dir(config: StrictModel) -> Path:
     return config.paths.data_root / "pipeline-cache"
 
 
-def run_or_reuse(stage: str, config: StrictModel, upstream: dict[str, Any], refresh: bool) -> tuple[dict[str, Any], bool]:
+def run_or_reuse(
+    stage: str, config: StrictModel, upstream: dict[str, Any], refresh: bool
+) -> tuple[dict[str, Any], bool]:
     """Run ``stage`` or take its cached reference (re-running it if those outputs are gone).
 
     Returns the reference and whether it came from the cache.
@@ -131,7 +135,9 @@ def run_or_reuse(stage: str, config: StrictModel, upstream: dict[str, Any], refr
     # does not depend on which PREFECT_HOME (CLI, worker, test) ran the stage.
     cache = cache_dir(config)
     cached_stage = run_stage.with_options(
-        cache_policy=INPUTS.configure(key_storage=cache / "keys"), result_storage=cache / "results", refresh_cache=refresh
+        cache_policy=INPUTS.configure(key_storage=cache / "keys"),
+        result_storage=cache / "results",
+        refresh_cache=refresh,
     )
     state = cached_stage(stage, config, upstream, return_state=True)
     reference = state.result()
@@ -171,7 +177,11 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     create_table_artifact(
         key="pipeline-stages",
         table=[
-            {"stage": s, "outcome": "reused" if s in reused else "ran", "references": json.dumps(references[s], default=str)}
+            {
+                "stage": s,
+                "outcome": "reused" if s in reused else "ran",
+                "references": json.dumps(references[s], default=str),
+            }
             for s in STAGES
         ],
         description="What each stage returned in this pipeline run",

@@ -5,6 +5,7 @@
 stage's faces. Training runs as a subprocess (torchrun with ``--nproc-per-node``); passing
 the ``--run-id`` of an interrupted run resumes it from its last checkpoint.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,7 +24,12 @@ STAGE = "pretrain"
 def pretrain_flow(config: PretrainConfig = PretrainConfig()) -> dict[str, Any]:
     """Returns ``{"run_id", "checkpoint", "metrics"}``; the run id names the checkpoint folder and results row."""
     config = with_run_id(config, STAGE)
-    done = train_and_record(STAGE, config, dataset_fingerprint=dataset_fingerprint(faces_dir(config.paths.clean_dir)),
-                            model_fingerprint=config.model, metrics_split="heldout")
+    done = train_and_record(
+        STAGE,
+        config,
+        dataset_fingerprint=dataset_fingerprint(faces_dir(config.paths.clean_dir)),
+        model_fingerprint=config.model,
+        metrics_split="heldout",
+    )
     get_run_logger().info("pretrain run %s: %s", config.run_id, done["metrics"])
     return {"run_id": config.run_id, "checkpoint": done["checkpoint"], "metrics": done["metrics"]}

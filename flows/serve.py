@@ -5,6 +5,7 @@ parameter forms) and executes their runs, so a one-machine setup needs no work p
 or worker. prefect.yaml stays the single definition: `prefect deploy --all` plus
 workers on several machines reads the same file (docs/operations.md).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 Failed runs show the error they stored, which names the offending record or shard;
 finished evaluations show their headline m@A / m@B per variant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,14 @@ def _duration(started: datetime, finished: datetime | None) -> str:
 def format_runs(runs: list[dict[str, Any]]) -> str:
     header = ("started (UTC)", "flow", "status", "took", "run id", "result")
     rows = [
-        (f"{r['started_at']:%Y-%m-%d %H:%M:%S}", r["flow"], r["status"],
-         _duration(r["started_at"], r["finished_at"]), r["run_id"], r["headline"])
+        (
+            f"{r['started_at']:%Y-%m-%d %H:%M:%S}",
+            r["flow"],
+            r["status"],
+            _duration(r["started_at"], r["finished_at"]),
+            r["run_id"],
+            r["headline"],
+        )
         for r in runs
     ]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]

@@ -5,6 +5,7 @@ crops that do have them (the embedded corpus), then applied to the rest. As in
 FaceCaption-15M, only labels predicted with probability above a threshold (0.85)
 are kept for the template caption.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,7 +26,10 @@ class AttributeHead(nn.Module):
     def __init__(self, n_attributes: int = len(ATTRIBUTES), hidden: int = 256):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(3 * INPUT_SIZE * INPUT_SIZE, hidden), nn.ReLU(), nn.Dropout(0.2),
+            nn.Flatten(),
+            nn.Linear(3 * INPUT_SIZE * INPUT_SIZE, hidden),
+            nn.ReLU(),
+            nn.Dropout(0.2),
             nn.Linear(hidden, n_attributes),
         )
 
@@ -67,7 +71,7 @@ def train_attribute_head(
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             batch = images[index]
             flip = torch.rand(len(index), generator=generator) < 0.5
             batch[flip] = batch[flip].flip(-1)
@@ -84,7 +88,7 @@ def predict_probabilities(model: AttributeHead, crops: list[np.ndarray], batch_s
     model.eval()
     if not crops:
         return np.zeros((0, len(ATTRIBUTES)), dtype=np.float32)
-    out = [torch.sigmoid(model(crops_to_tensor(crops[i:i + batch_size]))) for i in range(0, len(crops), batch_size)]
+    out = [torch.sigmoid(model(crops_to_tensor(crops[i : i + batch_size]))) for i in range(0, len(crops), batch_size)]
     return torch.cat(out).numpy()
 
 

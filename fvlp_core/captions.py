@@ -5,27 +5,48 @@ phrase ("This young woman") and VP clauses say what the person *has*, *is wearin
 and *looks*: "She has arched eyebrows, a slight smile and no beard." Choices are
 drawn from an RNG seeded per sample, so the same sample always gets the same caption.
 """
+
 from __future__ import annotations
 
 import random
 
 HAS_PHRASES: dict[str, str] = {
-    "Arched_Eyebrows": "arched eyebrows", "Bushy_Eyebrows": "bushy eyebrows", "Bangs": "bangs",
-    "Big_Lips": "big lips", "Big_Nose": "a big nose", "Pointy_Nose": "a pointy nose",
-    "High_Cheekbones": "high cheekbones", "Narrow_Eyes": "narrow eyes", "Oval_Face": "an oval face",
-    "Pale_Skin": "pale skin", "Rosy_Cheeks": "rosy cheeks", "Double_Chin": "a double chin",
-    "Bags_Under_Eyes": "bags under the eyes", "Receding_Hairline": "a receding hairline",
-    "5_o_Clock_Shadow": "a five o'clock shadow", "Goatee": "a goatee", "Mustache": "a mustache",
-    "Sideburns": "sideburns", "Smiling": "a slight smile", "Mouth_Slightly_Open": "a slightly open mouth",
+    "Arched_Eyebrows": "arched eyebrows",
+    "Bushy_Eyebrows": "bushy eyebrows",
+    "Bangs": "bangs",
+    "Big_Lips": "big lips",
+    "Big_Nose": "a big nose",
+    "Pointy_Nose": "a pointy nose",
+    "High_Cheekbones": "high cheekbones",
+    "Narrow_Eyes": "narrow eyes",
+    "Oval_Face": "an oval face",
+    "Pale_Skin": "pale skin",
+    "Rosy_Cheeks": "rosy cheeks",
+    "Double_Chin": "a double chin",
+    "Bags_Under_Eyes": "bags under the eyes",
+    "Receding_Hairline": "a receding hairline",
+    "5_o_Clock_Shadow": "a five o'clock shadow",
+    "Goatee": "a goatee",
+    "Mustache": "a mustache",
+    "Sideburns": "sideburns",
+    "Smiling": "a slight smile",
+    "Mouth_Slightly_Open": "a slightly open mouth",
     "No_Beard": "no beard",
 }
 HAIR_COLOURS: dict[str, str] = {
-    "Black_Hair": "black", "Blond_Hair": "blond", "Brown_Hair": "brown", "Gray_Hair": "gray",
+    "Black_Hair": "black",
+    "Blond_Hair": "blond",
+    "Brown_Hair": "brown",
+    "Gray_Hair": "gray",
 }
 HAIR_STYLES: dict[str, str] = {"Straight_Hair": "straight", "Wavy_Hair": "wavy"}
 WEAR_PHRASES: dict[str, str] = {
-    "Eyeglasses": "eyeglasses", "Wearing_Hat": "a hat", "Wearing_Earrings": "earrings",
-    "Wearing_Lipstick": "lipstick", "Wearing_Necklace": "a necklace", "Wearing_Necktie": "a necktie",
+    "Eyeglasses": "eyeglasses",
+    "Wearing_Hat": "a hat",
+    "Wearing_Earrings": "earrings",
+    "Wearing_Lipstick": "lipstick",
+    "Wearing_Necklace": "a necklace",
+    "Wearing_Necktie": "a necktie",
     "Heavy_Makeup": "heavy makeup",
 }
 LOOK_PHRASES: dict[str, str] = {"Attractive": "attractive", "Chubby": "chubby", "Bald": "bald"}

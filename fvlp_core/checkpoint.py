@@ -6,6 +6,7 @@ weights_only=True)`` reads it and never runs code): ``format``, ``stage``, ``arc
 config beside its weights), ``config`` (JSON text of the whole training config), ``model``,
 ``optimizer``, ``scheduler``, ``step``, ``total_steps`` and ``metrics``.
 """
+
 from __future__ import annotations
 
 import json

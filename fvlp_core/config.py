@@ -7,6 +7,7 @@ work starts. All on-disk locations hang off :class:`Paths`.
 Precedence when a config is built by :func:`resolve_config`:
 defaults < environment (``FVLP_<FIELD>``, nested ``FVLP_<GROUP>__<FIELD>``) < explicit overrides.
 """
+
 from __future__ import annotations
 
 import json
@@ -100,7 +101,7 @@ class IngestConfig(StrictModel):
     http: HttpFetchConfig = HttpFetchConfig()
 
     @model_validator(mode="after")
-    def _source_inputs(self) -> "IngestConfig":
+    def _source_inputs(self) -> IngestConfig:
         if self.source in ("folder", "tar") and self.images is None:
             raise ValueError(f"source={self.source!r} needs --images pointing at the {self.source}")
         if self.source != "embedded" and not self.metadata:
@@ -119,7 +120,9 @@ class CleanConfig(StrictModel):
     gpu: bool = Field(False, description="Run the detector with onnxruntime's CUDA provider when available")
     detector_max_side: int = Field(640, ge=64, description="Images are shrunk to this longest side for detection")
     detector_min_score: float = Field(0.5, ge=0, le=1, description="Detections below this score are not faces at all")
-    dask_address: str | None = Field(None, description="Existing Dask scheduler (tcp://host:8786); default LocalCluster")
+    dask_address: str | None = Field(
+        None, description="Existing Dask scheduler (tcp://host:8786); default LocalCluster"
+    )
     workers: int = Field(2, ge=1, description="LocalCluster worker processes")
     detector_threads: int = Field(1, ge=1, description="onnxruntime threads per Dask worker")
     recompute: bool = Field(False, description="Ignore stored measurements and re-detect every shard")
@@ -131,11 +134,12 @@ class CleanConfig(StrictModel):
     max_aspect_ratio: float = Field(3.0, ge=1, description="extreme_aspect_ratio: longer/shorter side")
     min_face_score: float = Field(0.9, ge=0, le=1, description="low_detection_score: main face's detector score")
     prominent_face_ratio: float = Field(
-        0.3, gt=0, le=1, description="multiple_faces: another face is prominent if its area is this share of the largest"
+        0.3,
+        gt=0,
+        le=1,
+        description="multiple_faces: another face is prominent if its area is this share of the largest",
     )
-    min_face_fraction: float = Field(
-        0.1, ge=0, le=1, description="face_too_small: sqrt(face box area / image area)"
-    )
+    min_face_fraction: float = Field(0.1, ge=0, le=1, description="face_too_small: sqrt(face box area / image area)")
     min_sharpness: float = Field(15.0, ge=0, description="too_blurry: variance of Laplacian of the face crop")
     max_duplicate_distance: int = Field(
         6, ge=-1, le=64, description="duplicate_image: Hamming distance of perceptual hashes to an earlier image"
@@ -149,7 +153,9 @@ class CleanConfig(StrictModel):
         0.2, ge=0, le=1, description="not_english: lingua's English confidence over its top language's"
     )
     near_duplicate_jaccard: float = Field(
-        1.0, gt=0, le=1,
+        1.0,
+        gt=0,
+        le=1,
         description="duplicate_caption: word-shingle Jaccard to an earlier caption (1.0: exact after normalising)",
     )
     agreement_checkpoint: Path | None = Field(
@@ -189,7 +195,7 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints")
 
     @model_validator(mode="after")
-    def _multi_node(self) -> "TrainConfig":
+    def _multi_node(self) -> TrainConfig:
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of the rendezvous)")
         if self.nnodes * self.nproc_per_node > 1 and not self.run_id:
@@ -247,8 +253,13 @@ class FinetuneConfig(TrainConfig, EpisodesInput):
     fusion_embed_dim: int = Field(256, ge=1, description="Retrieval embedding size")
 
     def architecture(self) -> dict[str, Any]:
-        return {"model_name": self.model, "fusion_layers": self.fusion_layers, "conv_channels": self.fusion_channels,
-                "attention_channels": self.fusion_attention_channels, "embed_dim": self.fusion_embed_dim}
+        return {
+            "model_name": self.model,
+            "fusion_layers": self.fusion_layers,
+            "conv_channels": self.fusion_channels,
+            "attention_channels": self.fusion_attention_channels,
+            "embed_dim": self.fusion_embed_dim,
+        }
 
 
 class EvaluateConfig(EpisodesInput):
@@ -273,7 +284,7 @@ class PipelineConfig(StrictModel):
     refresh: bool = Field(False, description="Re-run every stage even when a finished run had the same inputs")
 
     @model_validator(mode="after")
-    def _one_data_root(self) -> "PipelineConfig":
+    def _one_data_root(self) -> PipelineConfig:
         stages = {name: getattr(self, name).paths for name in PIPELINE_STAGES}
         if len(set(stages.values())) > 1:
             listed = ", ".join(f"{name}: {paths.data_root}" for name, paths in stages.items())
@@ -342,7 +353,5 @@ def resolve_config(model: type[ConfigT], overrides: dict[str, Any] | None = None
     try:
         return model.model_validate(values)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<config>'}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<config>'}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"invalid {model.__name__}: {problems}") from err

@@ -1,4 +1,5 @@
 """Content digests of files (weights, checkpoints): what a file holds, not where it lives."""
+
 from __future__ import annotations
 
 import hashlib

@@ -9,10 +9,11 @@ Every method returns L2-normalised float32 CPU tensors in ONE embedding space (d
 = cosine similarity). A fine-tuning checkpoint embeds with the multi-scale fusion head; a
 pretraining checkpoint with the CLIP projections (photos and sketches alike).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,9 @@ class FVLPEncoder:
         self.tokenizer = get_tokenizer(model_name)
 
     @classmethod
-    def load(cls, checkpoint_path: Path | str, device: str | torch.device = "auto", batch_size: int = 64) -> "FVLPEncoder":
+    def load(
+        cls, checkpoint_path: Path | str, device: str | torch.device = "auto", batch_size: int = 64
+    ) -> FVLPEncoder:
         """Load a pretraining or fine-tuning checkpoint (weights only: no code runs)."""
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -10,10 +10,10 @@ so step t shows the first (t + 1) / T of the ink, in stroke order; a step bounda
 fall inside a stroke, as it does when someone is interrupted mid-line. Every episode
 therefore has exactly T distinct-by-construction frames ending on the finished sketch.
 """
+
 from __future__ import annotations
 
-
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -62,8 +62,8 @@ def _reveal_positions(points: np.ndarray, cumulative: np.ndarray, ys: np.ndarray
     pixels = np.stack([xs, ys], axis=1).astype(np.float64)
     nearest = np.empty(len(pixels), dtype=np.int64)
     for chunk in range(0, len(pixels), 4096):  # bounded memory on long strokes
-        d = ((pixels[chunk:chunk + 4096, None, :] - path[None, :, :]) ** 2).sum(axis=2)
-        nearest[chunk:chunk + 4096] = d.argmin(axis=1)
+        d = ((pixels[chunk : chunk + 4096, None, :] - path[None, :, :]) ** 2).sum(axis=2)
+        nearest[chunk : chunk + 4096] = d.argmin(axis=1)
     return samples[nearest]
 
 
@@ -107,8 +107,10 @@ def transform_strokes(strokes: Sequence[Stroke], matrix: np.ndarray) -> list[Str
     """Apply a 2x3 affine map to every stroke (widths scale with the map's area factor)."""
     matrix = np.asarray(matrix, dtype=np.float64)
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
-    return [Stroke(s.group, np.asarray(s.points) @ matrix[:, :2].T + matrix[:, 2], max(1.0, s.width * scale))
-            for s in strokes]
+    return [
+        Stroke(s.group, np.asarray(s.points) @ matrix[:, :2].T + matrix[:, 2], max(1.0, s.width * scale))
+        for s in strokes
+    ]
 
 
 def crop_layout(margin: float) -> np.ndarray:
@@ -127,8 +129,11 @@ def stroke_landmarks(strokes: Sequence[Stroke]) -> np.ndarray | None:
     tip: the ``nose`` strokes' median x at their lower part; mouth corners: the leftmost and
     rightmost ``mouth`` points.
     """
-    loops = [np.asarray(s.points) for s in strokes
-             if s.group == "eyes" and len(s.points) >= 8 and np.linalg.norm(s.points[0] - s.points[-1]) < 1e-6]
+    loops = [
+        np.asarray(s.points)
+        for s in strokes
+        if s.group == "eyes" and len(s.points) >= 8 and np.linalg.norm(s.points[0] - s.points[-1]) < 1e-6
+    ]
     nose = [np.asarray(s.points) for s in strokes if s.group == "nose"]
     mouth = [np.asarray(s.points) for s in strokes if s.group == "mouth"]
     if len(loops) < 2 or not nose or not mouth:
@@ -137,8 +142,15 @@ def stroke_landmarks(strokes: Sequence[Stroke]) -> np.ndarray | None:
     left_eye, right_eye = sorted((p.mean(axis=0) for p in pupils), key=lambda c: c[0])
     nose_points, mouth_points = np.vstack(nose), np.vstack(mouth)
     nose_tip = np.array([np.median(nose_points[:, 0]), np.quantile(nose_points[:, 1], 0.7)])
-    return np.array([left_eye, right_eye, nose_tip,
-                     mouth_points[np.argmin(mouth_points[:, 0])], mouth_points[np.argmax(mouth_points[:, 0])]])
+    return np.array(
+        [
+            left_eye,
+            right_eye,
+            nose_tip,
+            mouth_points[np.argmin(mouth_points[:, 0])],
+            mouth_points[np.argmax(mouth_points[:, 0])],
+        ]
+    )
 
 
 def align_to_crop(strokes: Sequence[Stroke], size: int, margin: float) -> np.ndarray | None:
@@ -155,8 +167,9 @@ def align_to_crop(strokes: Sequence[Stroke], size: int, margin: float) -> np.nda
     return matrix
 
 
-def corpus_episode(strokes: Sequence[Stroke], size: int, steps: int = DEFAULT_STEPS,
-                   crop_margin: float | None = 0.25) -> tuple[np.ndarray, bool]:
+def corpus_episode(
+    strokes: Sequence[Stroke], size: int, steps: int = DEFAULT_STEPS, crop_margin: float | None = 0.25
+) -> tuple[np.ndarray, bool]:
     """Episode of an embedded-corpus face from its exact strokes (drawn at ``size``, the crop's side).
 
     With ``crop_margin`` the strokes are moved into the landmark-aligned crop's frame
@@ -219,8 +232,9 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2], edges[1::2]))
 
 
-def line_art_strokes(image: np.ndarray, landmarks: np.ndarray | None = None, min_length: float | None = None,
-                     width: float = 1.0) -> list[Stroke]:
+def line_art_strokes(
+    image: np.ndarray, landmarks: np.ndarray | None = None, min_length: float | None = None, width: float = 1.0
+) -> list[Stroke]:
     """Line art of a face photo as strokes in drawing order (hair, contour, mouth, eyes, nose, details).
 
     Edges are traced into polylines (each edge pixel used once: a 1-pixel edge is traced
@@ -231,7 +245,9 @@ def line_art_strokes(image: np.ndarray, landmarks: np.ndarray | None = None, min
     """
     image = np.asarray(image)
     height, width_px = image.shape[:2]
-    marks = DEFAULT_LAYOUT * [width_px, height] if landmarks is None else np.asarray(landmarks, np.float64).reshape(5, 2)
+    marks = (
+        DEFAULT_LAYOUT * [width_px, height] if landmarks is None else np.asarray(landmarks, np.float64).reshape(5, 2)
+    )
     min_length = max(4.0, 0.04 * min(height, width_px)) if min_length is None else min_length
 
     edges = edge_map(image)

@@ -5,12 +5,14 @@ Two query variants are measured on the same embeddings of the same episodes ever
 photo's caption), so the paper's claim that text helps early retrieval is checked each
 time. The gallery is every photo of the split; each photo's episode is one query.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -38,14 +40,14 @@ def _array(embeddings: Any) -> np.ndarray:
 
 def _batched(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 @dataclass
 class Gallery:
     photo_ids: list[str]
-    images: np.ndarray   # (N, D) photo embeddings
-    texts: np.ndarray    # (N, D) caption embeddings (one caption per photo)
+    images: np.ndarray  # (N, D) photo embeddings
+    texts: np.ndarray  # (N, D) caption embeddings (one caption per photo)
 
 
 @dataclass
@@ -56,10 +58,13 @@ class EpisodeEmbeddings:
     queries: dict[str, np.ndarray]
 
 
-def embed_gallery(encoder: Encoder, photo_ids: Sequence[str], images: Sequence[Image.Image],
-                  captions: Sequence[str], batch_size: int) -> Gallery:
+def embed_gallery(
+    encoder: Encoder, photo_ids: Sequence[str], images: Sequence[Image.Image], captions: Sequence[str], batch_size: int
+) -> Gallery:
     if not (len(photo_ids) == len(images) == len(captions)):
-        raise ValueError(f"gallery parts disagree: {len(photo_ids)} ids, {len(images)} images, {len(captions)} captions")
+        raise ValueError(
+            f"gallery parts disagree: {len(photo_ids)} ids, {len(images)} images, {len(captions)} captions"
+        )
     image_parts = [_array(encoder.encode_images(list(b))) for b in _batched(list(images), batch_size)]
     text_parts = [_array(encoder.encode_texts(list(b))) for b in _batched(list(captions), batch_size)]
     return Gallery(list(photo_ids), np.concatenate(image_parts), np.concatenate(text_parts))
@@ -97,7 +102,9 @@ class EpisodeEmbedder:
         if partial.any():
             photo_id = list(self.row)[int(np.flatnonzero(partial)[0])]
             missing = np.flatnonzero(~filled[np.flatnonzero(partial)[0]])
-            raise ValueError(f"photo_id {photo_id}: episode lacks step(s) {missing[:10].tolist()} of 0..{self.steps - 1}")
+            raise ValueError(
+                f"photo_id {photo_id}: episode lacks step(s) {missing[:10].tolist()} of 0..{self.steps - 1}"
+            )
         if not complete.any():
             raise ValueError("no complete sketch episode to evaluate")
         keep = np.flatnonzero(complete)
@@ -114,7 +121,7 @@ class EvaluationResult:
     gallery_size: int
     episodes: int
     steps: int
-    sketch: dict[str, dict[str, Any]]        # variant -> sketch_retrieval_metrics(...)
+    sketch: dict[str, dict[str, Any]]  # variant -> sketch_retrieval_metrics(...)
     curves: dict[str, dict[str, np.ndarray]]  # variant -> metric -> per-step values
     text_image: dict[str, float]
 
@@ -126,28 +133,48 @@ class EvaluationResult:
                 rows.append({"split": split, "variant": variant, "name": name, "value": float(found[name])})
             for k in ACC_KS:
                 curve = found[f"acc_at_{k}"]
-                rows.append({"split": split, "variant": variant, "name": f"acc_at_{k}_final", "value": float(curve[-1])})
-                rows.append({"split": split, "variant": variant, "name": f"acc_at_{k}_at_20pct",
-                             "value": float(curve[early - 1])})
-        rows += [{"split": split, "variant": "text-image", "name": name, "value": value}
-                 for name, value in self.text_image.items()]
-        rows += [{"split": split, "variant": "dataset", "name": name, "value": float(value)}
-                 for name, value in (("gallery_size", self.gallery_size), ("episodes", self.episodes),
-                                     ("steps", self.steps))]
+                rows.append(
+                    {"split": split, "variant": variant, "name": f"acc_at_{k}_final", "value": float(curve[-1])}
+                )
+                rows.append(
+                    {
+                        "split": split,
+                        "variant": variant,
+                        "name": f"acc_at_{k}_at_20pct",
+                        "value": float(curve[early - 1]),
+                    }
+                )
+        rows += [
+            {"split": split, "variant": "text-image", "name": name, "value": value}
+            for name, value in self.text_image.items()
+        ]
+        rows += [
+            {"split": split, "variant": "dataset", "name": name, "value": float(value)}
+            for name, value in (("gallery_size", self.gallery_size), ("episodes", self.episodes), ("steps", self.steps))
+        ]
         return rows
 
     def curve_rows(self) -> list[dict[str, Any]]:
-        return [{"variant": variant, "step": step + 1, "metric": metric, "value": float(value)}
-                for variant, metrics in self.curves.items()
-                for metric, values in metrics.items()
-                for step, value in enumerate(values)]
+        return [
+            {"variant": variant, "step": step + 1, "metric": metric, "value": float(value)}
+            for variant, metrics in self.curves.items()
+            for metric, values in metrics.items()
+            for step, value in enumerate(values)
+        ]
 
     def headline(self) -> dict[str, dict[str, float]]:
         """variant -> the README table's numbers."""
         early = early_step(self.steps)
-        return {variant: {"m_at_A": found["m_at_A"], "m_at_B": found["m_at_B"], "wm_at_A": found["wm_at_A"],
-                          "wm_at_B": found["wm_at_B"], "acc_at_10_at_20pct": float(found["acc_at_10"][early - 1])}
-                for variant, found in self.sketch.items()}
+        return {
+            variant: {
+                "m_at_A": found["m_at_A"],
+                "m_at_B": found["m_at_B"],
+                "wm_at_A": found["wm_at_A"],
+                "wm_at_B": found["wm_at_B"],
+                "acc_at_10_at_20pct": float(found["acc_at_10"][early - 1]),
+            }
+            for variant, found in self.sketch.items()
+        }
 
 
 def evaluate_embeddings(gallery: Gallery, episodes: EpisodeEmbeddings) -> EvaluationResult:
@@ -176,11 +203,14 @@ def plot_curves(result: EvaluationResult, path: Path, title: str = "") -> Path:
     styles = {"sketch": "--", "sketch+text": "-"}
     for variant, curves in result.curves.items():
         left.plot(completion, curves["acc_at_1"], styles.get(variant, "-"), color="tab:blue", label=f"acc@1 {variant}")
-        left.plot(completion, curves["acc_at_10"], styles.get(variant, "-"), color="tab:orange", label=f"acc@10 {variant}")
+        left.plot(
+            completion, curves["acc_at_10"], styles.get(variant, "-"), color="tab:orange", label=f"acc@10 {variant}"
+        )
         right.plot(completion, curves["rank_percentile"], styles.get(variant, "-"), color="tab:green", label=variant)
     left.set(xlabel="sketch completion (%)", ylabel="accuracy (%)", ylim=(0, 100), title="acc@K")
-    right.set(xlabel="sketch completion (%)", ylabel="mean rank percentile (%)", ylim=(0, 100),
-              title="mean rank percentile")
+    right.set(
+        xlabel="sketch completion (%)", ylabel="mean rank percentile (%)", ylim=(0, 100), title="mean rank percentile"
+    )
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
@@ -201,7 +231,8 @@ def summary_markdown(result: EvaluationResult, run_id: str, split: str, plot_pat
         f"Split `{split}`: gallery N = {result.gallery_size}, {result.episodes} episodes of T = {result.steps} steps. "
         "Percent; ties rank the true photo last.",
         "",
-        f"| variant | m@A | m@B | wm@A | wm@B | acc@1 (final) | acc@10 (final) | acc@10 at {early}/{result.steps} steps |",
+        "| variant | m@A | m@B | wm@A | wm@B | acc@1 (final) | acc@10 (final) "
+        f"| acc@10 at {early}/{result.steps} steps |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for variant, found in result.sketch.items():
@@ -211,9 +242,13 @@ def summary_markdown(result: EvaluationResult, run_id: str, split: str, plot_pat
             f"{found['acc_at_10'][early - 1]:.1f} |"
         )
     ti = result.text_image
-    lines += ["", "| retrieval | R@1 | R@5 | R@10 |", "|---|---|---|---|",
-              f"| caption -> photo | {ti['t2i_r_at_1']:.1f} | {ti['t2i_r_at_5']:.1f} | {ti['t2i_r_at_10']:.1f} |",
-              f"| photo -> caption | {ti['i2t_r_at_1']:.1f} | {ti['i2t_r_at_5']:.1f} | {ti['i2t_r_at_10']:.1f} |"]
+    lines += [
+        "",
+        "| retrieval | R@1 | R@5 | R@10 |",
+        "|---|---|---|---|",
+        f"| caption -> photo | {ti['t2i_r_at_1']:.1f} | {ti['t2i_r_at_5']:.1f} | {ti['t2i_r_at_10']:.1f} |",
+        f"| photo -> caption | {ti['i2t_r_at_1']:.1f} | {ti['i2t_r_at_5']:.1f} | {ti['i2t_r_at_10']:.1f} |",
+    ]
     if plot_path is not None:
         lines += ["", f"Curves: `{plot_path}`"]
     return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ same order), and ``close()``. No row is ever dropped: every failure becomes a
   loopback, private, link-local, metadata or other non-global address. The socket connects
   to the very address that was checked, so a DNS answer cannot change between check and use.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -27,10 +28,11 @@ import tarfile
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 from urllib.parse import quote, urljoin, urlsplit
 
 from PIL import Image
@@ -332,7 +334,7 @@ class _Deadline:
             except OSError:
                 pass
 
-    def __enter__(self) -> "_Deadline":
+    def __enter__(self) -> _Deadline:
         self._timer.start()
         return self
 
@@ -383,13 +385,15 @@ class HttpFetcher:
                         return body
                     url = urljoin(url, location)
                 raise _Failed("http_error", f"more than {self.config.max_redirects} redirects")
-            except (TimeoutError, socket.timeout) as err:
+            except TimeoutError as err:
                 raise _Failed("timeout", f"timed out: {err or 'no data'}", retry=True) from err
             except UnicodeError as err:  # e.g. a host name that is not valid IDNA
                 raise _Failed("error", f"cannot encode URL: {err}") from err
             except (OSError, http.client.HTTPException) as err:
                 if deadline.expired:
-                    raise _Failed("timeout", f"gave up after {self.config.total_timeout_s}s in total", retry=True) from err
+                    raise _Failed(
+                        "timeout", f"gave up after {self.config.total_timeout_s}s in total", retry=True
+                    ) from err
                 raise _Failed("error", f"{type(err).__name__}: {err}", retry=True) from err
 
     def _connection(self, url: str) -> tuple[http.client.HTTPConnection, str]:

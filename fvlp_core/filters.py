@@ -7,6 +7,7 @@ whenever a threshold changes. Each rule's version hashes its name, its threshold
 and the version of the measurements it reads, so a stored decision is known to be
 current or stale per rule.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,8 +55,12 @@ RULES: tuple[Rule, ...] = (
     Rule("caption_spam", "caption", (), "URL, HTML, boilerplate or spam text"),
     Rule("no_person_content", "caption", (), "caption mentions no person"),
     Rule("duplicate_caption", "caption", ("near_duplicate_jaccard",), "same or nearly the same as an earlier caption"),
-    Rule("image_text_agreement", "agreement", ("min_agreement", "agreement_checkpoint"),
-         "image-caption similarity below min_agreement (only with a trained checkpoint)"),
+    Rule(
+        "image_text_agreement",
+        "agreement",
+        ("min_agreement", "agreement_checkpoint"),
+        "image-caption similarity below min_agreement (only with a trained checkpoint)",
+    ),
 )
 RULE_NAMES: tuple[str, ...] = tuple(rule.name for rule in RULES)
 
@@ -95,6 +100,7 @@ _FILE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "gif", "webp"})
 def content_words(text: str) -> list[str]:
     """Words with letters, not counting numbers and file extensions ('IMG_0042.jpg' has one)."""
     return [w for w in _WORD.findall(text) if not w.isdigit() and w.lower() not in _FILE_EXTENSIONS]
+
 
 PERSON_WORDS = frozenset(
     """man men woman women girl girls boy boys lady ladies gentleman guy guys person people persons
@@ -159,11 +165,31 @@ def _language_detector():
 
     # The languages that dominate LAION captions; fewer candidates make short captions less ambiguous.
     languages = [
-        Language.ENGLISH, Language.GERMAN, Language.FRENCH, Language.SPANISH, Language.ITALIAN,
-        Language.PORTUGUESE, Language.DUTCH, Language.RUSSIAN, Language.POLISH, Language.TURKISH,
-        Language.CHINESE, Language.JAPANESE, Language.KOREAN, Language.ARABIC, Language.INDONESIAN,
-        Language.VIETNAMESE, Language.SWEDISH, Language.CZECH, Language.UKRAINIAN, Language.PERSIAN,
-        Language.HINDI, Language.THAI, Language.ROMANIAN, Language.HUNGARIAN, Language.GREEK,
+        Language.ENGLISH,
+        Language.GERMAN,
+        Language.FRENCH,
+        Language.SPANISH,
+        Language.ITALIAN,
+        Language.PORTUGUESE,
+        Language.DUTCH,
+        Language.RUSSIAN,
+        Language.POLISH,
+        Language.TURKISH,
+        Language.CHINESE,
+        Language.JAPANESE,
+        Language.KOREAN,
+        Language.ARABIC,
+        Language.INDONESIAN,
+        Language.VIETNAMESE,
+        Language.SWEDISH,
+        Language.CZECH,
+        Language.UKRAINIAN,
+        Language.PERSIAN,
+        Language.HINDI,
+        Language.THAI,
+        Language.ROMANIAN,
+        Language.HUNGARIAN,
+        Language.GREEK,
     ]
     return LanguageDetectorBuilder.from_languages(*languages).with_preloaded_language_models().build(), Language.ENGLISH
 
@@ -187,7 +213,7 @@ def english_ratios(texts: list[str]) -> np.ndarray:
 MINHASH_PERMUTATIONS = 64
 MINHASH_BANDS = 16
 _RNG = np.random.default_rng(20240611)
-_HASH_A = (_RNG.integers(1, 2**32, MINHASH_PERMUTATIONS, dtype=np.uint64) | np.uint64(1))
+_HASH_A = _RNG.integers(1, 2**32, MINHASH_PERMUTATIONS, dtype=np.uint64) | np.uint64(1)
 _HASH_B = _RNG.integers(0, 2**32, MINHASH_PERMUTATIONS, dtype=np.uint64)
 _MASK32 = np.uint64(0xFFFFFFFF)
 
@@ -196,7 +222,7 @@ def minhash(normalised: str) -> list[int]:
     words = normalised.split()
     if not words:
         return []
-    shingles = {" ".join(words[i:i + 3]) for i in range(max(1, len(words) - 2))}
+    shingles = {" ".join(words[i : i + 3]) for i in range(max(1, len(words) - 2))}
     values = np.fromiter((zlib.crc32(s.encode()) for s in shingles), dtype=np.uint64, count=len(shingles))
     hashed = (values[:, None] * _HASH_A[None, :] + _HASH_B[None, :]) & _MASK32
     return hashed.min(axis=0).astype(np.uint32).tolist()
@@ -207,14 +233,14 @@ def measure_captions(values: list[Any]) -> dict[str, list]:
     texts, valid = zip(*(caption_text(v) for v in values)) if values else ((), ())
     texts = list(texts)
     ratios = english_ratios(texts)
-    normalised = [normalise_caption(t[:LANGID_MAX_CHARS * 20]) for t in texts]
+    normalised = [normalise_caption(t[: LANGID_MAX_CHARS * 20]) for t in texts]
     return {
         "caption_chars": [len(t.strip()) for t in texts],
-        "caption_words": [len(content_words(t[:LANGID_MAX_CHARS * 20])) for t in texts],
+        "caption_words": [len(content_words(t[: LANGID_MAX_CHARS * 20])) for t in texts],
         "caption_utf8": list(valid),
         "english_ratio": [None if np.isnan(r) else float(r) for r in ratios],
-        "spam": [spam_category(t[:LANGID_MAX_CHARS * 20]) for t in texts],
-        "person_cues": [person_cues(t[:LANGID_MAX_CHARS * 20]) for t in texts],
+        "spam": [spam_category(t[: LANGID_MAX_CHARS * 20]) for t in texts],
+        "person_cues": [person_cues(t[: LANGID_MAX_CHARS * 20]) for t in texts],
         "caption_minhash": [minhash(n) for n in normalised],
     }
 
@@ -236,7 +262,7 @@ def near_duplicates(signatures: list[list[int]]) -> tuple[np.ndarray, np.ndarray
     matrix = np.array([signatures[i] for i in rows], dtype=np.uint32)
     width = MINHASH_PERMUTATIONS // MINHASH_BANDS
     for band in range(MINHASH_BANDS):
-        keys = pd.Series([bytes(r) for r in matrix[:, band * width:(band + 1) * width]])
+        keys = pd.Series([bytes(r) for r in matrix[:, band * width : (band + 1) * width]])
         first = keys.groupby(keys, sort=False).transform(lambda s: s.index[0]).to_numpy()
         later = first != np.arange(len(rows))
         if not later.any():
@@ -267,8 +293,8 @@ def image_duplicates(hashes: list[int | None], block: int = 2048) -> tuple[np.nd
         return duplicate_of, distance
     values = np.array([hashes[i] for i in rows], dtype=np.int64).view(np.uint64)
     for start in range(1, len(rows), block):
-        chunk = values[start:start + block]
-        earlier = values[:start + len(chunk)]
+        chunk = values[start : start + block]
+        earlier = values[: start + len(chunk)]
         xor = (chunk[:, None] ^ earlier[None, :]).view(np.uint8).reshape(len(chunk), len(earlier), 8)
         dist = _POPCOUNT[xor].sum(axis=2, dtype=np.int64)
         # Only strictly earlier rows count: mask the diagonal and everything after it.
@@ -276,7 +302,7 @@ def image_duplicates(hashes: list[int | None], block: int = 2048) -> tuple[np.nd
         nearest = dist.argmin(axis=1)  # argmin takes the first (earliest) of equal distances
         best = dist[np.arange(len(chunk)), nearest]
         found = best < 64
-        targets = rows[start:start + len(chunk)]
+        targets = rows[start : start + len(chunk)]
         duplicate_of[targets[found]] = rows[nearest[found]]
         distance[targets] = best
     return duplicate_of, distance
@@ -309,9 +335,11 @@ def evaluate_rules(m: pd.DataFrame, config: CleanConfig, agreement_applied: bool
     face_score = m["face_score"].fillna(0).to_numpy(dtype=float)
     fraction = m["face_fraction"].fillna(0).to_numpy(dtype=float)
     sharpness = m["sharpness"].fillna(0).to_numpy(dtype=float)
-    other_share = np.array(
-        [_largest_other_share(s, a, config.min_face_score) for s, a in zip(m["face_scores"], m["face_areas"])]
-    ) if n else np.zeros(0)
+    other_share = (
+        np.array([_largest_other_share(s, a, config.min_face_score) for s, a in zip(m["face_scores"], m["face_areas"])])
+        if n
+        else np.zeros(0)
+    )
     aspect = np.divide(long_, short, out=np.zeros(n), where=short > 0)
     size_ok = decoded & (short >= config.min_image_side)
 
@@ -326,16 +354,39 @@ def evaluate_rules(m: pd.DataFrame, config: CleanConfig, agreement_applied: bool
     def values(array) -> list:
         return [None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in np.asarray(array).tolist()]
 
-    rounded = lambda a: values(np.round(np.asarray(a, dtype=float), 4))
+    def rounded(array) -> list:
+        return values(np.round(np.asarray(array, dtype=float), 4))
+
     table: dict[str, tuple[np.ndarray, list]] = {
-        "undecodable_image": ((err == "undecodable_image").to_numpy(), values(m["image_error"].where(err == "undecodable_image"))),
-        "image_too_large": ((err == "image_too_large").to_numpy(), values(m["image_error"].where(err == "image_too_large"))),
+        "undecodable_image": (
+            (err == "undecodable_image").to_numpy(),
+            values(m["image_error"].where(err == "undecodable_image")),
+        ),
+        "image_too_large": (
+            (err == "image_too_large").to_numpy(),
+            values(m["image_error"].where(err == "image_too_large")),
+        ),
         "image_too_small": (decoded & (short < config.min_image_side), values(np.where(decoded, short, np.nan))),
-        "extreme_aspect_ratio": (decoded & (aspect > config.max_aspect_ratio), rounded(np.where(decoded, aspect, np.nan))),
-        "no_face": (size_ok & ~has_face, values(np.where(decoded, m["face_scores"].map(len).to_numpy(dtype=float), np.nan))),
-        "multiple_faces": (has_face & (other_share >= config.prominent_face_ratio), rounded(np.where(has_face, other_share, np.nan))),
-        "face_too_small": (has_face & (fraction < config.min_face_fraction), rounded(np.where(has_face, fraction, np.nan))),
-        "low_detection_score": (has_face & (face_score < config.min_face_score), rounded(np.where(has_face, face_score, np.nan))),
+        "extreme_aspect_ratio": (
+            decoded & (aspect > config.max_aspect_ratio),
+            rounded(np.where(decoded, aspect, np.nan)),
+        ),
+        "no_face": (
+            size_ok & ~has_face,
+            values(np.where(decoded, m["face_scores"].map(len).to_numpy(dtype=float), np.nan)),
+        ),
+        "multiple_faces": (
+            has_face & (other_share >= config.prominent_face_ratio),
+            rounded(np.where(has_face, other_share, np.nan)),
+        ),
+        "face_too_small": (
+            has_face & (fraction < config.min_face_fraction),
+            rounded(np.where(has_face, fraction, np.nan)),
+        ),
+        "low_detection_score": (
+            has_face & (face_score < config.min_face_score),
+            rounded(np.where(has_face, face_score, np.nan)),
+        ),
         "too_blurry": (has_face & (sharpness < config.min_sharpness), rounded(np.where(has_face, sharpness, np.nan))),
         "caption_empty": (~text, values(chars)),
         "caption_not_utf8": (~m["caption_utf8"].to_numpy(dtype=bool), values(~m["caption_utf8"].to_numpy(dtype=bool))),
@@ -346,7 +397,8 @@ def evaluate_rules(m: pd.DataFrame, config: CleanConfig, agreement_applied: bool
         "no_person_content": (text & (m["person_cues"].to_numpy() == 0), values(m["person_cues"])),
         "duplicate_caption": (text & (similarity >= config.near_duplicate_jaccard), rounded(similarity)),
         "duplicate_image": (
-            image_distance <= config.max_duplicate_distance, values(np.where(image_distance < 64, image_distance, np.nan))
+            image_distance <= config.max_duplicate_distance,
+            values(np.where(image_distance < 64, image_distance, np.nan)),
         ),
         "image_text_agreement": (
             (agreement < config.min_agreement) & ~np.isnan(agreement) if agreement_applied else np.zeros(n, dtype=bool),
@@ -362,8 +414,7 @@ def decide(m: pd.DataFrame, config: CleanConfig, agreement_applied: bool) -> pd.
     failed = np.stack([table[name][0] for name in RULE_NAMES], axis=1) if len(m) else np.zeros((0, len(RULES)), bool)
     reasons = [[RULE_NAMES[j] for j in np.flatnonzero(row)] for row in failed]
     measured = [
-        json.dumps({name: table[name][1][i] for name in RULE_NAMES}, default=_json_default)
-        for i in range(len(m))
+        json.dumps({name: table[name][1][i] for name in RULE_NAMES}, default=_json_default) for i in range(len(m))
     ]
     return pd.DataFrame({"kept": ~failed.any(axis=1), "reasons": reasons, "measurements": measured}, index=m.index)
 
@@ -372,7 +423,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
 
 
 # ---------------------------------------------------------------- scoring against ground truth
@@ -384,7 +434,10 @@ NOISE_RULES: dict[str, tuple[str, frozenset[str]]] = {
     "no_face": ("no_face", frozenset({"no_person_content"})),
     "multi_face": ("multiple_faces", frozenset()),
     "tiny_face": ("face_too_small", frozenset({"no_face", "low_detection_score", "too_blurry"})),
-    "low_resolution": ("image_too_small", frozenset({"no_face", "low_detection_score", "too_blurry", "face_too_small"})),
+    "low_resolution": (
+        "image_too_small",
+        frozenset({"no_face", "low_detection_score", "too_blurry", "face_too_small"}),
+    ),
     "corrupt_image": ("undecodable_image", frozenset()),
     "truncated_image": ("undecodable_image", frozenset()),
     "non_english": ("not_english", frozenset({"no_person_content"})),
@@ -410,10 +463,12 @@ def score_against_noise(decisions: pd.DataFrame, truth: pd.DataFrame | None) -> 
         labels = dict(zip(truth["SAMPLE_ID"].astype(int), truth["noise"]))
         keep = dict(zip(truth["SAMPLE_ID"].astype(int), truth["expected_keep"]))
         ids = decisions["SAMPLE_ID"].astype(int)
-        primary = ids.map(lambda s: {NOISE_RULES[l][0] for l in labels.get(s, ()) if l in NOISE_RULES})
-        accepted = ids.map(lambda s: set().union(*(
-            {NOISE_RULES[l][0], *NOISE_RULES[l][1]} for l in labels.get(s, ()) if l in NOISE_RULES
-        )))
+        primary = ids.map(lambda s: {NOISE_RULES[n][0] for n in labels.get(s, ()) if n in NOISE_RULES})
+        accepted = ids.map(
+            lambda s: set().union(
+                *({NOISE_RULES[n][0], *NOISE_RULES[n][1]} for n in labels.get(s, ()) if n in NOISE_RULES)
+            )
+        )
         expected_reject = ~ids.map(lambda s: bool(keep.get(s, True))).to_numpy(dtype=bool)
 
     def ratio(a: int, b: int) -> float | None:
@@ -421,19 +476,33 @@ def score_against_noise(decisions: pd.DataFrame, truth: pd.DataFrame | None) -> 
 
     stats = []
     for rule in RULE_NAMES:
-        rejected = reasons.map(lambda r: rule in r).to_numpy(dtype=bool)
-        row = {"rule": rule, "kept": int(n - rejected.sum()), "rejected": int(rejected.sum()), "precision": None, "recall": None}
+        rejected = reasons.map(lambda r, rule=rule: rule in r).to_numpy(dtype=bool)
+        row = {
+            "rule": rule,
+            "kept": int(n - rejected.sum()),
+            "rejected": int(rejected.sum()),
+            "precision": None,
+            "recall": None,
+        }
         if truth is not None:
-            right = accepted.map(lambda r: rule in r).to_numpy(dtype=bool)
-            meant = primary.map(lambda r: rule in r).to_numpy(dtype=bool)
+            right = accepted.map(lambda r, rule=rule: rule in r).to_numpy(dtype=bool)
+            meant = primary.map(lambda r, rule=rule: rule in r).to_numpy(dtype=bool)
             row["precision"] = ratio(int((rejected & right).sum()), int(rejected.sum()))
             row["recall"] = ratio(int((rejected & meant).sum()), int(meant.sum()))
         stats.append(row)
     rejected = ~decisions["kept"].to_numpy(dtype=bool)
-    overall = {"rule": "all_rules", "kept": int(n - rejected.sum()), "rejected": int(rejected.sum()),
-               "precision": None, "recall": None}
+    overall = {
+        "rule": "all_rules",
+        "kept": int(n - rejected.sum()),
+        "rejected": int(rejected.sum()),
+        "precision": None,
+        "recall": None,
+    }
     if expected_reject is not None:
         hits = int((rejected & expected_reject).sum())
-        overall["precision"], overall["recall"] = ratio(hits, int(rejected.sum())), ratio(hits, int(expected_reject.sum()))
+        overall["precision"], overall["recall"] = (
+            ratio(hits, int(rejected.sum())),
+            ratio(hits, int(expected_reject.sum())),
+        )
     stats.append(overall)
     return stats

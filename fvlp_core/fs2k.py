@@ -11,12 +11,14 @@ with one row per photo, paths relative to the root::
 FS2K-SDE records about 70 steps per photo while the reference evaluation uses 50:
 :func:`select_steps` picks ``T`` evenly spaced steps that always end on the finished sketch.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +44,7 @@ def annotation_path(root: Path, split: str) -> Path:
     for candidate in (root / f"{split}.json", root / "annotations" / f"{split}.json"):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
-        f"FS2K-SDE root {root} has no {split}.json (looked in {root} and {root / 'annotations'})"
-    )
+    raise FileNotFoundError(f"FS2K-SDE root {root} has no {split}.json (looked in {root} and {root / 'annotations'})")
 
 
 def _captions(value: Any, where: str) -> tuple[str, ...]:

@@ -10,10 +10,11 @@ true photo LAST). Everything is reported in percent, averaged over episodes.
 - wm@* = mean_t w_t * (...), w_t = exp(1 - t/T) / e, t = 1..T, still divided by T
 - acc@K at step t = share of episodes with r_t <= K (a curve over steps)
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -103,8 +104,9 @@ def rank_true_items(
     if g.ndim != 2 or q.shape[-1] != g.shape[1]:
         raise ValueError(f"queries (..., {q.shape[-1]}) and gallery {tuple(g.shape)} disagree on the embedding size")
     lead = q.shape[:-1]
-    target = _as_tensor(np.asarray(true_index, dtype=np.int64) if not isinstance(true_index, torch.Tensor)
-                        else true_index, q.device).long()
+    target = _as_tensor(
+        np.asarray(true_index, dtype=np.int64) if not isinstance(true_index, torch.Tensor) else true_index, q.device
+    ).long()
     if target.shape != lead:
         if target.ndim == 1 and len(lead) >= 1 and target.shape[0] == lead[0]:
             target = target.reshape(-1, *([1] * (len(lead) - 1))).expand(lead)
@@ -119,10 +121,10 @@ def rank_true_items(
     ranks = torch.empty(flat_q.shape[0], dtype=torch.int64, device=q.device)
     g_t = g.T.contiguous()
     for start in range(0, flat_q.shape[0], block):
-        sims = flat_q[start:start + block] @ g_t
+        sims = flat_q[start : start + block] @ g_t
         # The true similarity comes from the same product, so it ties with itself exactly.
-        true_sim = sims.gather(1, flat_t[start:start + block, None])
-        ranks[start:start + block] = (sims >= true_sim).sum(dim=1)
+        true_sim = sims.gather(1, flat_t[start : start + block, None])
+        ranks[start : start + block] = (sims >= true_sim).sum(dim=1)
     return ranks.reshape(lead).cpu().numpy()
 
 

@@ -1,4 +1,5 @@
 """PNG bytes <-> pixels: the one encoder and decoder for crops, photos and sketches."""
+
 from __future__ import annotations
 
 import io

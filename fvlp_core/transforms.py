@@ -1,4 +1,5 @@
 """Model input preprocessing shared by training, evaluation and the embedding API."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Training for both FVLP stages: ``python -m fvlp_train {pretrain,finetune} --config cfg.json``."""
+
 import os
 
 # Before torch loads OpenMP: on a shared or busy CPU, spin-waiting threads starve each

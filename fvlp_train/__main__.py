@@ -6,6 +6,7 @@
 The JSON file holds a PretrainConfig / FinetuneConfig (unknown keys are rejected). Rerunning
 with the same file resumes the run from its last checkpoint.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,6 @@
 """Writing training checkpoints (the format is :mod:`fvlp_core.checkpoint`'s; the folder
 layout :mod:`storage.checkpoints`'), each file whole or not at all."""
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,24 @@ from storage.files import atomic_write, write_text_atomic
 
 def write_run_config(folder: Path, config_json: str) -> Path:
     """``config.json`` of a run: the resolved config that produced its checkpoints."""
-    return write_text_atomic(Path(folder) / CONFIG_NAME,
-                             json.dumps(json.loads(config_json), indent=2, sort_keys=True) + "\n")
+    return write_text_atomic(
+        Path(folder) / CONFIG_NAME, json.dumps(json.loads(config_json), indent=2, sort_keys=True) + "\n"
+    )
 
 
-def save_checkpoint(path: Path, *, stage: str, architecture: dict[str, Any], config_json: str, model: dict,
-                    optimizer: dict, scheduler: dict, step: int, total_steps: int,
-                    metrics: dict[str, float] | None = None) -> Path:
+def save_checkpoint(
+    path: Path,
+    *,
+    stage: str,
+    architecture: dict[str, Any],
+    config_json: str,
+    model: dict,
+    optimizer: dict,
+    scheduler: dict,
+    step: int,
+    total_steps: int,
+    metrics: dict[str, float] | None = None,
+) -> Path:
     payload = {
         "format": FORMAT,
         "stage": stage,

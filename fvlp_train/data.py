@@ -5,13 +5,14 @@ replays exactly the batches an uninterrupted run would have seen: the stream is 
 and the first ``start_batch`` batches are skipped without decoding any image.
 Each rank takes its own slice of every global batch (batch_size x world_size rows).
 """
+
 from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
@@ -44,14 +45,21 @@ class StreamPlan:
         return self.batch_size * self.world_size
 
     def my_rows(self, rows: list) -> list:
-        return rows[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return rows[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
 
 class FacePairStream:
     """Cleaned (crop, caption) pairs streamed shard by shard in a seeded shard/row order."""
 
-    def __init__(self, clean_dir: Path, tokenizer: Tokenizer, image_size: int, seed: int,
-                 holdout_fraction: float, plan: StreamPlan):
+    def __init__(
+        self,
+        clean_dir: Path,
+        tokenizer: Tokenizer,
+        image_size: int,
+        seed: int,
+        holdout_fraction: float,
+        plan: StreamPlan,
+    ):
         self.clean_dir = Path(clean_dir)
         self.tokenizer = tokenizer
         self.image_size = image_size
@@ -64,8 +72,9 @@ class FacePairStream:
         }
         self.train_rows = sum(len(ids) for ids in self.train_ids.values())
         if self.train_rows < plan.global_batch:
-            raise ValueError(f"{self.clean_dir}: {self.train_rows} training pairs, fewer than one batch "
-                             f"({plan.global_batch})")
+            raise ValueError(
+                f"{self.clean_dir}: {self.train_rows} training pairs, fewer than one batch ({plan.global_batch})"
+            )
 
     def batches_per_epoch(self) -> int:
         return self.train_rows // self.plan.global_batch
@@ -93,8 +102,12 @@ class FacePairStream:
                     # One shard in memory at a time: the order visits shards contiguously.
                     loaded.clear()
                     table = read_face_pairs(shard)
-                    loaded[shard] = dict(zip(table.column("SAMPLE_ID").to_pylist(),
-                                             zip(table.column("crop").to_pylist(), table.column("caption").to_pylist())))
+                    loaded[shard] = dict(
+                        zip(
+                            table.column("SAMPLE_ID").to_pylist(),
+                            zip(table.column("crop").to_pylist(), table.column("caption").to_pylist()),
+                        )
+                    )
                 crop, caption = loaded[shard][sample_id]
                 images.append(image_bytes_tensor(crop, self.image_size, f"{shard} SAMPLE_ID {sample_id}"))
                 captions.append(caption)
@@ -108,8 +121,15 @@ class FacePairStream:
 class SketchEpisodeStream:
     """(photo, one random step of its sketch episode, caption) triples of the train split."""
 
-    def __init__(self, episodes_dir: Path, tokenizer: Tokenizer, image_size: int, seed: int, plan: StreamPlan,
-                 split: str = "train"):
+    def __init__(
+        self,
+        episodes_dir: Path,
+        tokenizer: Tokenizer,
+        image_size: int,
+        seed: int,
+        plan: StreamPlan,
+        split: str = "train",
+    ):
         self.episodes_dir = Path(episodes_dir)
         self.tokenizer = tokenizer
         self.image_size = image_size
@@ -123,12 +143,14 @@ class SketchEpisodeStream:
         lengths = episode_lengths(episodes_dir, split)
         without = [p for p in self.photo_ids if p not in lengths]
         if without:
-            raise ValueError(f"{episodes_dir}: photo_id {without[0]} ({split}) has no sketches "
-                             f"({len(without)} such photos)")
+            raise ValueError(
+                f"{episodes_dir}: photo_id {without[0]} ({split}) has no sketches ({len(without)} such photos)"
+            )
         self.lengths = {p: lengths[p] for p in self.photo_ids}
         if len(self.photo_ids) < plan.global_batch:
-            raise ValueError(f"{episodes_dir}: {len(self.photo_ids)} {split} photos, fewer than one batch "
-                             f"({plan.global_batch})")
+            raise ValueError(
+                f"{episodes_dir}: {len(self.photo_ids)} {split} photos, fewer than one batch ({plan.global_batch})"
+            )
 
     def batches_per_epoch(self) -> int:
         return len(self.photo_ids) // self.plan.global_batch
@@ -139,18 +161,22 @@ class SketchEpisodeStream:
         rng.shuffle(order)
         steps = {p: rng.randrange(self.lengths[p]) for p in order}
         count = self.batches_per_epoch() * self.plan.global_batch
-        mine = [self.plan.my_rows(order[i:i + self.plan.global_batch])
-                for i in range(start_batch * self.plan.global_batch, count, self.plan.global_batch)]
+        mine = [
+            self.plan.my_rows(order[i : i + self.plan.global_batch])
+            for i in range(start_batch * self.plan.global_batch, count, self.plan.global_batch)
+        ]
         if not mine:
             return
-        sketches = read_sketch_steps(self.episodes_dir, self.split,
-                                     {p: steps[p] for rows in mine for p in rows})
+        sketches = read_sketch_steps(self.episodes_dir, self.split, {p: steps[p] for rows in mine for p in rows})
         for rows in mine:
             captions = [self.captions[p] for p in rows]
             yield {
-                "photos": torch.stack([image_bytes_tensor(self.photos[p], self.image_size, f"photo_id {p}") for p in rows]),
-                "sketches": torch.stack([image_bytes_tensor(sketches[p], self.image_size, f"photo_id {p} step {steps[p]}")
-                                         for p in rows]),
+                "photos": torch.stack(
+                    [image_bytes_tensor(self.photos[p], self.image_size, f"photo_id {p}") for p in rows]
+                ),
+                "sketches": torch.stack(
+                    [image_bytes_tensor(sketches[p], self.image_size, f"photo_id {p} step {steps[p]}") for p in rows]
+                ),
                 "text": self.tokenizer(captions),
                 "groups": torch.tensor([caption_group(c) for c in captions]),
             }

@@ -7,6 +7,7 @@ stdout, a tqdm bar on stderr, periodic atomic checkpoints and exact resume: reru
 same config with the same run id continues from the last checkpoint and ends with the
 parameters an uninterrupted run would have.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,6 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,8 +25,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from fvlp_core.config import FinetuneConfig, PretrainConfig, TrainConfig
 from fvlp_core.checkpoint import checkpoint_config, load_checkpoint
+from fvlp_core.config import FinetuneConfig, TrainConfig
 from fvlp_core.models import create_model, get_tokenizer
 from fvlp_core.models.factory import image_size
 from fvlp_train.checkpoint import save_checkpoint, write_run_config
@@ -147,8 +147,10 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
     if checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path)
         if checkpoint_config(state) != json.loads(config_json):
-            raise ValueError(f"{checkpoint_path} was written with a different config; "
-                             "resume needs the same config (or pick a new run id)")
+            raise ValueError(
+                f"{checkpoint_path} was written with a different config; "
+                "resume needs the same config (or pick a new run id)"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -161,21 +163,40 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
         if runtime.device.type == "cuda":
             wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         wrapped = DistributedDataParallel(
-            wrapped, device_ids=[runtime.local_rank] if runtime.device.type == "cuda" else None,
+            wrapped,
+            device_ids=[runtime.local_rank] if runtime.device.type == "cuda" else None,
             broadcast_buffers=False,
         )
 
     def save(at_step: int, metrics: dict[str, float] | None = None) -> None:
         if runtime.is_main:
-            save_checkpoint(checkpoint_path, stage=stage, architecture=config.architecture(), config_json=config_json,
-                            model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(), step=at_step, total_steps=total_steps,
-                            metrics=metrics)
+            save_checkpoint(
+                checkpoint_path,
+                stage=stage,
+                architecture=config.architecture(),
+                config_json=config_json,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                step=at_step,
+                total_steps=total_steps,
+                metrics=metrics,
+            )
 
-    autocast = (torch.autocast(device_type=runtime.device.type, dtype=runtime.autocast_dtype)
-                if runtime.autocast_dtype is not None else nullcontext())
-    bar = tqdm(total=total_steps, initial=step, desc=f"{stage} {config.run_id}", disable=not runtime.is_main,
-               file=sys.stderr, mininterval=2.0, dynamic_ncols=True)
+    autocast = (
+        torch.autocast(device_type=runtime.device.type, dtype=runtime.autocast_dtype)
+        if runtime.autocast_dtype is not None
+        else nullcontext()
+    )
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc=f"{stage} {config.run_id}",
+        disable=not runtime.is_main,
+        file=sys.stderr,
+        mininterval=2.0,
+        dynamic_ncols=True,
+    )
     wrapped.train()
     last: dict[str, float] = {}
     while step < total_steps:
@@ -191,7 +212,7 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
                     # Soft targets come from a momentum model that starts untrained: ramp their
                     # weight up over the first epoch (as ALBEF/BLIP do).
                     batch["alpha"] = config.alpha * min(1.0, (step + 1) / steps_per_epoch)
-                with (nullcontext() if sync else wrapped.no_sync()), autocast:
+                with nullcontext() if sync else wrapped.no_sync(), autocast:
                     losses = wrapped(**batch, seed=step_seed(config.seed, step, micro, runtime.rank))
                 (losses["loss"] / config.grad_accum).backward()
                 for name, value in losses.items():
@@ -206,9 +227,15 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
             last = sums
             if runtime.is_main:
                 samples = config.batch_size * config.grad_accum * runtime.world_size
-                log = {"event": "step", "stage": stage, "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                       "samples_per_s": round(samples / (time.perf_counter() - started), 2),
-                       **{k: round(v, 5) for k, v in sums.items()}}
+                log = {
+                    "event": "step",
+                    "stage": stage,
+                    "step": step,
+                    "epoch": epoch,
+                    "lr": scheduler.get_last_lr()[0],
+                    "samples_per_s": round(samples / (time.perf_counter() - started), 2),
+                    **{k: round(v, 5) for k, v in sums.items()},
+                }
                 print(json.dumps(log), flush=True)
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums['loss']:.3f}")
@@ -220,13 +247,27 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
     if runtime.is_main:
         model.eval()
         with torch.no_grad(), autocast:
-            metrics.update(validate_pretrain(model, config, runtime.device) if stage == "pretrain"
-                           else validate_finetune(model, config, runtime.device))
+            metrics.update(
+                validate_pretrain(model, config, runtime.device)
+                if stage == "pretrain"
+                else validate_finetune(model, config, runtime.device)
+            )
         save(step, metrics)
         write_text_atomic(folder / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
         mark_latest(config.paths.checkpoints_dir, stage, config.run_id)
-        print(json.dumps({"event": "done", "stage": stage, "run_id": config.run_id, "step": step,
-                          "checkpoint": str(checkpoint_path), "metrics": metrics}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "event": "done",
+                    "stage": stage,
+                    "run_id": config.run_id,
+                    "step": step,
+                    "checkpoint": str(checkpoint_path),
+                    "metrics": metrics,
+                }
+            ),
+            flush=True,
+        )
     if runtime.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -4,6 +4,7 @@ Pretraining: text->image R@1 over held-out cleaned pairs, next to chance 1/N.
 Fine-tuning: sketch(+caption)->photo m@B over the test episodes, next to chance H_N/N
 (the expected reciprocal rank of a uniformly random rank among N), and text->image R@1.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,7 +31,7 @@ def chance_reciprocal_rank(gallery_size: int) -> float:
 
 def _batched(items: list, size: int = EVAL_BATCH):
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def validate_pretrain(model: FVLPPretrain, config: PretrainConfig, device: torch.device) -> dict[str, float]:
@@ -61,20 +62,27 @@ def validate_pretrain(model: FVLPPretrain, config: PretrainConfig, device: torch
     }
 
 
-def validate_finetune(model: FVLPFusion, config: FinetuneConfig, device: torch.device,
-                      split: str = "test") -> dict[str, float]:
+def validate_finetune(
+    model: FVLPFusion, config: FinetuneConfig, device: torch.device, split: str = "test"
+) -> dict[str, float]:
     tokenizer = get_tokenizer(config.model)
     size = image_size(model.backbone)
     photos = episode_photos(config.episodes_dir, split)
     photo_ids = photos.column("photo_id").to_pylist()
     row = {p: i for i, p in enumerate(photo_ids)}
     captions = photos.column("caption").to_pylist()
-    gallery = torch.cat([
-        model.encode_images(torch.stack([image_bytes_tensor(b, size, f"photo {p}") for p, b in chunk]).to(device)).float().cpu()
-        for chunk in _batched(list(zip(photo_ids, photos.column("image").to_pylist())))
-    ])
+    gallery = torch.cat(
+        [
+            model.encode_images(torch.stack([image_bytes_tensor(b, size, f"photo {p}") for p, b in chunk]).to(device))
+            .float()
+            .cpu()
+            for chunk in _batched(list(zip(photo_ids, photos.column("image").to_pylist())))
+        ]
+    )
     # Unnormalised caption projections, once per photo: every step's query reuses its photo's.
-    text_raw = torch.cat([model._text_forward(tokenizer(chunk).to(device)).float().cpu() for chunk in _batched(captions)])
+    text_raw = torch.cat(
+        [model._text_forward(tokenizer(chunk).to(device)).float().cpu() for chunk in _batched(captions)]
+    )
     text_emb = F.normalize(text_raw, dim=-1)
 
     steps = read_episodes_reference(config.episodes_dir)["steps"]
@@ -84,7 +92,9 @@ def validate_finetune(model: FVLPFusion, config: FinetuneConfig, device: torch.d
     pending: list[tuple[int, int, bytes]] = []
 
     def flush() -> None:
-        pixels = torch.stack([image_bytes_tensor(b, size, f"photo {photo_ids[r]} step {s}") for r, s, b in pending]).to(device)
+        pixels = torch.stack([image_bytes_tensor(b, size, f"photo {photo_ids[r]} step {s}") for r, s, b in pending]).to(
+            device
+        )
         index = ([r for r, _, _ in pending], [s for _, s, _ in pending])
         sketch_raw = model._image_forward(pixels)[0].float().cpu()
         fused[index] = F.normalize(sketch_raw + text_raw[index[0]], dim=-1)  # = encode_sketches(pixels, text)

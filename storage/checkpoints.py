@@ -4,6 +4,7 @@
 resolved training config), ``launch-config.json`` (what the launcher handed the child)
 and ``metrics.json``; ``<checkpoints_dir>/<stage>/LATEST`` names the latest finished run.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -6,11 +6,12 @@ Parquet metadata records the raw shard's fingerprint and the measurement version
 so a re-run knows which shards (and which half: image or caption) are still valid.
 ``clean_dir/decisions/`` and ``clean_dir/faces/`` follow docs/architecture.md.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -64,7 +65,9 @@ CAPTION_FIELDS = (
 AGREEMENT_FIELDS = (pa.field("agreement", pa.float64()),)
 MEASUREMENT_SCHEMA = pa.schema(
     [pa.field("SAMPLE_ID", pa.int64(), nullable=False), pa.field("text", pa.string())]
-    + list(IMAGE_FIELDS) + list(CAPTION_FIELDS) + list(AGREEMENT_FIELDS)
+    + list(IMAGE_FIELDS)
+    + list(CAPTION_FIELDS)
+    + list(AGREEMENT_FIELDS)
 )
 GROUP_FIELDS = {
     "image": [f.name for f in IMAGE_FIELDS],
@@ -73,26 +76,30 @@ GROUP_FIELDS = {
 }
 VERSIONS_KEY = b"fvlp.clean.versions"
 
-DECISION_SCHEMA = pa.schema([
-    pa.field("SAMPLE_ID", pa.int64(), nullable=False),
-    pa.field("raw_shard", pa.string(), nullable=False),
-    pa.field("kept", pa.bool_(), nullable=False),
-    pa.field("reasons", pa.list_(pa.string()), nullable=False),
-    pa.field("measurements", pa.string(), nullable=False),
-    pa.field("rule_version", pa.string(), nullable=False),
-])
+DECISION_SCHEMA = pa.schema(
+    [
+        pa.field("SAMPLE_ID", pa.int64(), nullable=False),
+        pa.field("raw_shard", pa.string(), nullable=False),
+        pa.field("kept", pa.bool_(), nullable=False),
+        pa.field("reasons", pa.list_(pa.string()), nullable=False),
+        pa.field("measurements", pa.string(), nullable=False),
+        pa.field("rule_version", pa.string(), nullable=False),
+    ]
+)
 
-FACE_SCHEMA = pa.schema([
-    pa.field("SAMPLE_ID", pa.int64(), nullable=False),
-    pa.field("crop", pa.binary(), nullable=False),
-    pa.field("caption", pa.string(), nullable=False),
-    pa.field("text", pa.string()),
-    pa.field("attributes", pa.list_(pa.string()), nullable=False),
-    pa.field("det_score", pa.float32(), nullable=False),
-    pa.field("box", pa.list_(pa.float32(), 4), nullable=False),
-    pa.field("landmarks", pa.list_(pa.float32(), 10)),
-    pa.field("identity_id", pa.int64(), nullable=False),
-])
+FACE_SCHEMA = pa.schema(
+    [
+        pa.field("SAMPLE_ID", pa.int64(), nullable=False),
+        pa.field("crop", pa.binary(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("text", pa.string()),
+        pa.field("attributes", pa.list_(pa.string()), nullable=False),
+        pa.field("det_score", pa.float32(), nullable=False),
+        pa.field("box", pa.list_(pa.float32(), 4), nullable=False),
+        pa.field("landmarks", pa.list_(pa.float32(), 10)),
+        pa.field("identity_id", pa.int64(), nullable=False),
+    ]
+)
 
 
 def raw_fingerprint(path: Path) -> str:
@@ -225,7 +232,6 @@ def read_face_crops(clean_dir: Path, sample_ids: Sequence[int]) -> dict[int, byt
     if missing:
         raise KeyError(f"{faces_dir(clean_dir)}: no crop for SAMPLE_ID {missing[0]} ({len(missing)} missing)")
     return crops
-
 
 
 def read_ground_truth_if_any(source_dir: Path) -> pd.DataFrame | None:

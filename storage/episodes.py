@@ -6,10 +6,12 @@ existing photos shard means the chunk is complete and a rerun can skip it. The m
 (written last) records the build settings; :func:`is_complete` compares it with the
 settings of the requested build.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,20 +28,24 @@ from storage.shards import (
     write_shard,
 )
 
-PHOTO_SCHEMA = pa.schema([
-    pa.field("photo_id", pa.string(), nullable=False),
-    pa.field("split", pa.string(), nullable=False),
-    pa.field("image", pa.binary(), nullable=False),
-    pa.field("caption", pa.string(), nullable=False),
-    pa.field("captions", pa.list_(pa.string()), nullable=False),
-    pa.field("source", pa.string(), nullable=False),
-])
-SKETCH_SCHEMA = pa.schema([
-    pa.field("photo_id", pa.string(), nullable=False),
-    pa.field("split", pa.string(), nullable=False),
-    pa.field("step", pa.int32(), nullable=False),
-    pa.field("image", pa.binary(), nullable=False),
-])
+PHOTO_SCHEMA = pa.schema(
+    [
+        pa.field("photo_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("captions", pa.list_(pa.string()), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+SKETCH_SCHEMA = pa.schema(
+    [
+        pa.field("photo_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("step", pa.int32(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),
+    ]
+)
 
 
 def photos_dir(episodes_dir: Path) -> Path:
@@ -50,16 +56,21 @@ def sketches_dir(episodes_dir: Path) -> Path:
     return Path(episodes_dir) / "sketches"
 
 
-def write_episode_chunk(episodes_dir: Path, index: int, photos: Sequence[dict[str, Any]],
-                        sketches: Sequence[dict[str, Any]]) -> None:
+def write_episode_chunk(
+    episodes_dir: Path, index: int, photos: Sequence[dict[str, Any]], sketches: Sequence[dict[str, Any]]
+) -> None:
     """Write chunk ``index``: sketches first, then photos (the photos shard marks it complete)."""
     sketch_ids = {row["photo_id"] for row in sketches}
     photo_ids = [row["photo_id"] for row in photos]
     if sketch_ids != set(photo_ids):
-        raise ValueError(f"episode chunk {index}: photos and sketches disagree on photo ids "
-                         f"(only photos: {sorted(set(photo_ids) - sketch_ids)[:5]}, "
-                         f"only sketches: {sorted(sketch_ids - set(photo_ids))[:5]})")
-    write_shard(pa.Table.from_pylist(list(sketches), schema=SKETCH_SCHEMA), shard_path(sketches_dir(episodes_dir), index))
+        raise ValueError(
+            f"episode chunk {index}: photos and sketches disagree on photo ids "
+            f"(only photos: {sorted(set(photo_ids) - sketch_ids)[:5]}, "
+            f"only sketches: {sorted(sketch_ids - set(photo_ids))[:5]})"
+        )
+    write_shard(
+        pa.Table.from_pylist(list(sketches), schema=SKETCH_SCHEMA), shard_path(sketches_dir(episodes_dir), index)
+    )
     write_shard(pa.Table.from_pylist(list(photos), schema=PHOTO_SCHEMA), shard_path(photos_dir(episodes_dir), index))
 
 
@@ -133,9 +144,15 @@ def read_episodes_reference(episodes_dir: Path) -> dict[str, Any]:
     if not manifest.get("complete") or len(complete_chunks(episodes_dir)) != manifest.get("chunks"):
         raise DatasetError(f"{episodes_dir} holds no complete episodes build: run `fvlp episodes` first")
     shards = list_shards(photos_dir(episodes_dir)) + list_shards(sketches_dir(episodes_dir))
-    return {"episodes_dir": str(episodes_dir), "source": manifest["source"], "steps": manifest["steps"],
-            "photos": manifest["photos"], "splits": manifest["splits"], "skipped": manifest.get("skipped", {}),
-            "fingerprint": stat_fingerprint(shards, manifest["input_fingerprint"])}
+    return {
+        "episodes_dir": str(episodes_dir),
+        "source": manifest["source"],
+        "steps": manifest["steps"],
+        "photos": manifest["photos"],
+        "splits": manifest["splits"],
+        "skipped": manifest.get("skipped", {}),
+        "fingerprint": stat_fingerprint(shards, manifest["input_fingerprint"]),
+    }
 
 
 def episode_photos(episodes_dir: Path, split: str) -> pa.Table:
@@ -161,8 +178,9 @@ def episode_lengths(episodes_dir: Path, split: str) -> dict[str, int]:
     lengths = {}
     for photo_id, found in steps.items():
         if sorted(found) != list(range(len(found))):
-            raise DatasetError(f"{sketches_dir(episodes_dir)}: photo_id {photo_id} has steps "
-                               f"{sorted(found)[:10]}..., expected 0..T-1")
+            raise DatasetError(
+                f"{sketches_dir(episodes_dir)}: photo_id {photo_id} has steps {sorted(found)[:10]}..., expected 0..T-1"
+            )
         lengths[photo_id] = len(found)
     return lengths
 
@@ -175,6 +193,8 @@ def read_sketch_steps(episodes_dir: Path, split: str, wanted: dict[str, int]) ->
             found[photo_id] = image
     missing = sorted(set(wanted) - set(found))
     if missing:
-        raise DatasetError(f"{sketches_dir(episodes_dir)}: no sketch for photo_id {missing[0]} step "
-                           f"{wanted[missing[0]]} ({len(missing)} missing)")
+        raise DatasetError(
+            f"{sketches_dir(episodes_dir)}: no sketch for photo_id {missing[0]} step "
+            f"{wanted[missing[0]]} ({len(missing)} missing)"
+        )
     return found

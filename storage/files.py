@@ -5,12 +5,14 @@ into place, so a file that exists under its final name is complete. A writer kil
 mid-write leaves only its temp file, which readers never list and the next successful
 write of the same file removes.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO
 
 
 def temp_path(final: Path) -> Path:

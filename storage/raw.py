@@ -32,13 +32,15 @@ Rows are laid out in input order (files in the order given, rows in file order);
 the ingest plan's fingerprint in its Parquet metadata, so a re-run knows whether an
 existing shard belongs to the same plan and is complete.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -58,15 +60,15 @@ REQUIRED_COLUMNS: dict[str, pa.DataType] = {
 }
 
 FETCH_STATUSES: tuple[str, ...] = (
-    "ok",            # image bytes present and recognised as an image
-    "not_found",     # no such object (HTTP 404/410, no file for the id, unknown embedded id)
-    "http_error",    # any other non-2xx answer, or too many redirects
-    "timeout",       # connect/read/total time limit hit (after retries)
-    "too_large",     # body or file over the byte cap
-    "not_image",     # bytes that no supported image decoder recognises
-    "refused",       # unsafe target: bad scheme, private address, tar path traversal, no URL
+    "ok",  # image bytes present and recognised as an image
+    "not_found",  # no such object (HTTP 404/410, no file for the id, unknown embedded id)
+    "http_error",  # any other non-2xx answer, or too many redirects
+    "timeout",  # connect/read/total time limit hit (after retries)
+    "too_large",  # body or file over the byte cap
+    "not_image",  # bytes that no supported image decoder recognises
+    "refused",  # unsafe target: bad scheme, private address, tar path traversal, no URL
     "duplicate_id",  # SAMPLE_ID already seen earlier in the input; not fetched again
-    "error",         # anything else (DNS, connection reset, ambiguous files); see fetch_error
+    "error",  # anything else (DNS, connection reset, ambiguous files); see fetch_error
 )
 
 FETCH_FIELDS: tuple[pa.Field, ...] = (
@@ -191,8 +193,7 @@ class MetadataFiles:
         # position (in sorted order) of the first row of each position's run of equal ids
         run_first = np.maximum.accumulate(np.where(starts_run, np.arange(len(ids)), 0))
         return {
-            int(order[pos]): self.locate(int(order[run_first[pos]]))
-            for pos in np.flatnonzero(~starts_run).tolist()
+            int(order[pos]): self.locate(int(order[run_first[pos]])) for pos in np.flatnonzero(~starts_run).tolist()
         }
 
     def locate(self, global_row: int) -> tuple[str, int]:
@@ -292,15 +293,21 @@ def _sample_id_array(column: pa.Array, path: Path, base: int) -> pa.Array:
         nulls = np.flatnonzero(np.isnan(values))
         fractional = np.flatnonzero(np.isfinite(values) & (values != np.floor(values)))
         if len(fractional):
-            raise MetadataError(f"{path}: column SAMPLE_ID is not a whole number in row(s) {_rows_text(fractional, base)}")
+            raise MetadataError(
+                f"{path}: column SAMPLE_ID is not a whole number in row(s) {_rows_text(fractional, base)}"
+            )
         out_of_range = np.flatnonzero(~np.isnan(values) & ~((values >= -(2.0**63)) & (values < 2.0**63)))
     elif pat.is_unsigned_integer(column.type):
         too_big = pc.fill_null(pc.greater(column, pa.scalar(2**63 - 1, column.type)), False)
         out_of_range = np.flatnonzero(too_big.to_numpy(zero_copy_only=False))
     if len(nulls):
-        raise MetadataError(f"{path}: column SAMPLE_ID is null in row(s) {_rows_text(nulls, base)}; every row needs an id")
+        raise MetadataError(
+            f"{path}: column SAMPLE_ID is null in row(s) {_rows_text(nulls, base)}; every row needs an id"
+        )
     if len(out_of_range):
-        raise MetadataError(f"{path}: column SAMPLE_ID is outside the int64 range in row(s) {_rows_text(out_of_range, base)}")
+        raise MetadataError(
+            f"{path}: column SAMPLE_ID is outside the int64 range in row(s) {_rows_text(out_of_range, base)}"
+        )
     return column.cast(pa.int64())
 
 
@@ -342,7 +349,8 @@ def _utf8_text(column: pa.Array, issues: list[list[str]]) -> pa.Array:
 
 
 def _dimension(name: str, column: pa.Array, issues: list[list[str]]) -> pa.Array:
-    """WIDTH/HEIGHT as nullable int64; missing, NaN, infinite, implausible, fractional and non-positive values are listed."""
+    """WIDTH/HEIGHT as nullable int64; missing, NaN, infinite, implausible, fractional and
+    non-positive values are listed."""
     # safe=False: int64 sizes beyond 2**53 must not stop the ingest; they are implausible anyway.
     values = column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)  # null -> NaN
     missing = np.isnan(values)
@@ -427,11 +435,7 @@ def shard_is_complete(raw_dir: Path, spec: ShardSpec, fingerprint: str) -> bool:
 
 def foreign_shards(raw_dir: Path, fingerprint: str, planned: int) -> list[Path]:
     """Shards in ``raw_dir`` that belong to a different plan (other inputs or shard size)."""
-    return [
-        p
-        for p in list_shards(raw_dir)
-        if shard_plan_fingerprint(p) != fingerprint or shard_index(p) >= planned
-    ]
+    return [p for p in list_shards(raw_dir) if shard_plan_fingerprint(p) != fingerprint or shard_index(p) >= planned]
 
 
 def shard_status_counts(path: Path) -> dict[str, int]:

@@ -24,17 +24,19 @@ Views: ``latest_metrics`` (newest finished evaluation per model fingerprint),
 ``early_stage_by_variant`` (wm@B, m@B and acc@10 at 20 % of the episode per run and
 variant), ``cleaning_yield`` (kept share and precision/recall per rule, newest clean run).
 """
+
 from __future__ import annotations
 
 import json
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import duckdb
 
@@ -151,7 +153,11 @@ def code_version(repo: Path | None = None) -> str:
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -159,12 +165,12 @@ def code_version(repo: Path | None = None) -> str:
 
 
 def new_run_id(flow: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return f"{flow}-{stamp}-{uuid.uuid4().hex[:8]}"
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _is_lock_error(err: duckdb.Error) -> bool:
@@ -244,13 +250,21 @@ class ResultsStore:
             conn.execute(SCHEMA_SQL)
             conn.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 'running', NULL)",
-                [run_id, flow, json.dumps(config or {}, default=str, sort_keys=True),
-                 code_version_ or code_version(), dataset_fingerprint, model_fingerprint, _utcnow()],
+                [
+                    run_id,
+                    flow,
+                    json.dumps(config or {}, default=str, sort_keys=True),
+                    code_version_ or code_version(),
+                    dataset_fingerprint,
+                    model_fingerprint,
+                    _utcnow(),
+                ],
             )
         return run_id
 
-    def set_fingerprints(self, run_id: str, dataset_fingerprint: str | None = None,
-                         model_fingerprint: str | None = None) -> None:
+    def set_fingerprints(
+        self, run_id: str, dataset_fingerprint: str | None = None, model_fingerprint: str | None = None
+    ) -> None:
         """Fill in fingerprints known only once the run has resolved its inputs."""
         with self._transaction() as conn:
             self._require_running(conn, run_id)

@@ -6,6 +6,7 @@ under its final name is complete.
 The manifest is a summary rewritten (atomically) after each shard; shard files
 are the source of truth.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,7 +76,9 @@ def read_manifest(dataset_dir: Path) -> dict[str, Any]:
 def write_manifest(dataset_dir: Path, manifest: dict[str, Any]) -> Path:
     dataset_dir = Path(dataset_dir)
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    return files.write_text_atomic(dataset_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    return files.write_text_atomic(
+        dataset_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True, default=str)
+    )
 
 
 def shard_rows(path: Path) -> int:

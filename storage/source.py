@@ -3,6 +3,7 @@
 Both files are written atomically (temp file + rename) with explicit schemas, so a reader
 sees either the previous complete file or the new one.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,26 +19,30 @@ from storage.shards import write_shard
 METADATA_FILE = "metadata.parquet"
 GROUND_TRUTH_FILE = "ground_truth.parquet"
 
-METADATA_SCHEMA = pa.schema([
-    pa.field("SAMPLE_ID", pa.int64(), nullable=False),
-    pa.field("URL", pa.string(), nullable=False),
-    pa.field("TEXT", pa.string()),
-    pa.field("WIDTH", pa.int64()),
-    pa.field("HEIGHT", pa.int64()),
-    pa.field("similarity", pa.float64()),
-    pa.field("LICENSE", pa.string()),
-    pa.field("NSFW", pa.string()),
-])
+METADATA_SCHEMA = pa.schema(
+    [
+        pa.field("SAMPLE_ID", pa.int64(), nullable=False),
+        pa.field("URL", pa.string(), nullable=False),
+        pa.field("TEXT", pa.string()),
+        pa.field("WIDTH", pa.int64()),
+        pa.field("HEIGHT", pa.int64()),
+        pa.field("similarity", pa.float64()),
+        pa.field("LICENSE", pa.string()),
+        pa.field("NSFW", pa.string()),
+    ]
+)
 
-GROUND_TRUTH_SCHEMA = pa.schema([
-    pa.field("SAMPLE_ID", pa.int64(), nullable=False),
-    pa.field("identity_id", pa.int64(), nullable=False),
-    pa.field("noise", pa.list_(pa.string()), nullable=False),
-    pa.field("expected_keep", pa.bool_(), nullable=False),
-    pa.field("n_faces", pa.int32(), nullable=False),
-    pa.field("attributes", pa.list_(pa.string()), nullable=False),
-    pa.field("split", pa.string(), nullable=False),
-])
+GROUND_TRUTH_SCHEMA = pa.schema(
+    [
+        pa.field("SAMPLE_ID", pa.int64(), nullable=False),
+        pa.field("identity_id", pa.int64(), nullable=False),
+        pa.field("noise", pa.list_(pa.string()), nullable=False),
+        pa.field("expected_keep", pa.bool_(), nullable=False),
+        pa.field("n_faces", pa.int32(), nullable=False),
+        pa.field("attributes", pa.list_(pa.string()), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+    ]
+)
 
 
 def write_embedded_source(source_dir: Path, corpus: EmbeddedCorpus) -> tuple[Path, Path]:

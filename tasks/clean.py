@@ -6,13 +6,15 @@ raw shard and the versions of what it measured are unchanged; when only the capt
 or only the image half is stale, only that half is recomputed. Deciding (thresholds)
 runs every time from stored measurements: it is vectorised and cheap.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,9 +93,12 @@ def dask_client(config: CleanConfig) -> Iterator[Any]:
             with Client(config.dask_address) as client:
                 yield client
             return
-        with LocalCluster(
-            n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             yield client
     finally:
         chatter.setLevel(level)
@@ -109,8 +114,11 @@ def measure_shards(config: CleanConfig, jobs: list[ShardJob]) -> list[dict[str, 
             job.measurement_path.unlink(missing_ok=True)
     with dask_client(config) as client:
         futures = client.map(
-            measure_shard, [str(j.raw_path) for j in jobs], [str(j.measurement_path) for j in jobs],
-            settings=settings, pure=False,
+            measure_shard,
+            [str(j.raw_path) for j in jobs],
+            [str(j.measurement_path) for j in jobs],
+            settings=settings,
+            pure=False,
         )
         results = []
         for job, future in zip(jobs, futures):
@@ -119,8 +127,13 @@ def measure_shards(config: CleanConfig, jobs: list[ShardJob]) -> list[dict[str, 
             except Exception as err:
                 raise RuntimeError(f"measuring raw shard {job.raw_path} failed: {err}") from err
     remeasured = sum(r["rows"] for r in results if r["remeasured"])
-    logger.info("measured %d shards (%d rows re-measured, %d reused) with %s",
-                len(results), remeasured, sum(r["rows"] for r in results) - remeasured, settings.detector.identity)
+    logger.info(
+        "measured %d shards (%d rows re-measured, %d reused) with %s",
+        len(results),
+        remeasured,
+        sum(r["rows"] for r in results) - remeasured,
+        settings.detector.identity,
+    )
     return results
 
 
@@ -179,22 +192,42 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
         raw_rows = shard_rows(job.raw_path)
         if len(rows) != raw_rows:
             raise AssertionError(f"{job.raw_path}: {raw_rows} input rows but {len(rows)} decisions")
-        per_shard.append({"shard": job.raw_path.name, "input_rows": len(rows), "kept": kept, "rejected": len(rows) - kept})
+        per_shard.append(
+            {"shard": job.raw_path.name, "input_rows": len(rows), "kept": kept, "rejected": len(rows) - kept}
+        )
     previous_versions = read_clean_manifest(config.paths.clean_dir).get("rule_versions", {})
     changed_rules = sorted(r for r in RULE_NAMES if previous_versions.get(r) != versions[r])
-    write_clean_manifest(config.paths.clean_dir, {
-        "rule_versions": versions, "rule_version": version, "measurement_versions": settings.versions,
-        "detector": settings.detector.identity, "shards": per_shard,
-        # What later stages need to know of this output: how the crops were cut, and the
-        # embedded corpus (if any) the faces came from, as the ingest stage recorded it.
-        "settings": config.model_dump(mode="json", exclude={"paths"}),
-        "corpus": read_raw_manifest(config.paths.raw_dir).get("corpus"),
-    })
+    write_clean_manifest(
+        config.paths.clean_dir,
+        {
+            "rule_versions": versions,
+            "rule_version": version,
+            "measurement_versions": settings.versions,
+            "detector": settings.detector.identity,
+            "shards": per_shard,
+            # What later stages need to know of this output: how the crops were cut, and the
+            # embedded corpus (if any) the faces came from, as the ingest stage recorded it.
+            "settings": config.model_dump(mode="json", exclude={"paths"}),
+            "corpus": read_raw_manifest(config.paths.raw_dir).get("corpus"),
+        },
+    )
     totals = {k: sum(s[k] for s in per_shard) for k in ("input_rows", "kept", "rejected")}
-    logger.info("decided %d rows: kept %d, rejected %d; rules re-evaluated: %s; %d decisions changed",
-                totals["input_rows"], totals["kept"], totals["rejected"], changed_rules or "none", changed)
-    return {**totals, "per_shard": per_shard, "changed_rules": changed_rules, "changed_decisions": changed,
-            "rule_version": version, "attribute_source": attributes.source}
+    logger.info(
+        "decided %d rows: kept %d, rejected %d; rules re-evaluated: %s; %d decisions changed",
+        totals["input_rows"],
+        totals["kept"],
+        totals["rejected"],
+        changed_rules or "none",
+        changed,
+    )
+    return {
+        **totals,
+        "per_shard": per_shard,
+        "changed_rules": changed_rules,
+        "changed_decisions": changed,
+        "rule_version": version,
+        "attribute_source": attributes.source,
+    }
 
 
 def _previous_decisions(config: CleanConfig) -> pd.DataFrame | None:
@@ -235,8 +268,11 @@ def _attributes_for_kept(config: CleanConfig, frame: pd.DataFrame, jobs: list[Sh
         crops = _crops_by_id(jobs, set(missing) | (set(truth["SAMPLE_ID"].astype(int)) if truth is not None else set()))
         head = _attribute_head(config, truth, crops, set(missing))
         if head is None:
-            logger.warning("%d kept rows have no ground-truth attributes and no attribute head is available: "
-                           "their captions carry no attributes", len(missing))
+            logger.warning(
+                "%d kept rows have no ground-truth attributes and no attribute head is available: "
+                "their captions carry no attributes",
+                len(missing),
+            )
         else:
             present = [s for s in missing if s in crops]
             probabilities = predict_probabilities(head, [crops[s] for s in present])
@@ -259,7 +295,9 @@ def _attribute_head(config: CleanConfig, truth: pd.DataFrame | None, crops: dict
     logger = get_run_logger()
     if config.attribute_head is not None:
         return load_attribute_head(config.attribute_head)
-    train_ids = [] if truth is None else [int(s) for s in truth["SAMPLE_ID"] if int(s) in crops and int(s) not in missing]
+    train_ids = (
+        [] if truth is None else [int(s) for s in truth["SAMPLE_ID"] if int(s) in crops and int(s) not in missing]
+    )
     latest = config.paths.checkpoints_dir / "attribute_head" / "attribute_head.pt"
     if len(train_ids) < 32:
         if latest.exists():
@@ -268,16 +306,19 @@ def _attribute_head(config: CleanConfig, truth: pd.DataFrame | None, crops: dict
         return None
     labels = dict(zip(truth["SAMPLE_ID"].astype(int), truth["attributes"]))
     head = train_attribute_head(
-        [crops[s] for s in train_ids], [list(labels[s]) for s in train_ids],
-        epochs=config.attribute_head_epochs, seed=config.seed,
+        [crops[s] for s in train_ids],
+        [list(labels[s]) for s in train_ids],
+        epochs=config.attribute_head_epochs,
+        seed=config.seed,
     )
     save_attribute_head(head, latest)
     logger.info("trained the attribute head on %d ground-truth crops -> %s", len(train_ids), latest)
     return head
 
 
-def _face_columns(job: ShardJob, kept: pd.DataFrame, attributes: KeptAttributes,
-                  config: CleanConfig) -> dict[str, list]:
+def _face_columns(
+    job: ShardJob, kept: pd.DataFrame, attributes: KeptAttributes, config: CleanConfig
+) -> dict[str, list]:
     ids = kept["SAMPLE_ID"].astype(int).tolist()
     crop_of = measured_crops(job.measurement_path, set(ids))
     names = [attributes.names.get(s, []) for s in ids]
@@ -307,5 +348,8 @@ def format_stats(stats: list[dict[str, Any]]) -> str:
         return "   n/a" if v is None else f"{100 * v:5.1f}%"
 
     lines = [f"{'rule':24s} {'kept':>7s} {'rejected':>8s} {'precision':>9s} {'recall':>7s}"]
-    lines += [f"{s['rule']:24s} {s['kept']:7d} {s['rejected']:8d} {pct(s['precision']):>9s} {pct(s['recall']):>7s}" for s in stats]
+    lines += [
+        f"{s['rule']:24s} {s['kept']:7d} {s['rejected']:8d} {pct(s['precision']):>9s} {pct(s['recall']):>7s}"
+        for s in stats
+    ]
     return "\n".join(lines)

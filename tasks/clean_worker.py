@@ -4,6 +4,7 @@ Runs in Dask worker processes, so it imports no Prefect (a worker needs only thi
 ``fvlp_core`` and ``storage``), and everything it is handed is small and picklable: two
 paths and a :class:`MeasureSettings`. One detector session is built per worker process.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ import pyarrow as pa
 
 from fvlp_core.config import CleanConfig
 from fvlp_core.detection.backends import DetectorSpec, detector_for
-from fvlp_core.digest import file_digest
 from fvlp_core.detection.measure import ImageParams, empty_measurement, measure_image
+from fvlp_core.digest import file_digest
 from fvlp_core.filters import CAPTION_MEASURER_VERSION, caption_text, measure_captions
 from storage.clean import (
     GROUP_FIELDS,
@@ -58,8 +59,12 @@ def detector_spec(config: CleanConfig) -> DetectorSpec:
         raise ValueError("--detector insightface needs --insightface-model pointing at a local det_*.onnx file")
     model = str(config.insightface_model.resolve()) if backend == "insightface" else None
     return DetectorSpec(
-        backend=backend, model_path=model, max_side=config.detector_max_side,
-        min_score=config.detector_min_score, threads=config.detector_threads, gpu=config.gpu,
+        backend=backend,
+        model_path=model,
+        max_side=config.detector_max_side,
+        min_score=config.detector_min_score,
+        threads=config.detector_threads,
+        gpu=config.gpu,
     )
 
 
@@ -74,7 +79,11 @@ def measure_shard(raw_path: str, out_path: str, settings: MeasureSettings) -> di
     """Measure one raw shard into its measurements shard; recompute only stale groups."""
     current = {"raw": raw_fingerprint(Path(raw_path)), **settings.versions}
     stored = stored_versions(Path(out_path))
-    stale = [g for g in ("image", "caption", "agreement") if stored.get(g) != current[g] or stored.get("raw") != current["raw"]]
+    stale = [
+        g
+        for g in ("image", "caption", "agreement")
+        if stored.get(g) != current[g] or stored.get("raw") != current["raw"]
+    ]
     if not stale:
         return {"shard": Path(raw_path).name, "rows": shard_rows(Path(raw_path)), "remeasured": []}
     raw = read_raw_rows(Path(raw_path))

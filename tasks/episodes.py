@@ -18,11 +18,13 @@ Two sources:
 Work goes in chunks of photos; each chunk is written as one photos shard and one sketches
 shard, so an interrupted build resumes at the first missing chunk.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
@@ -58,8 +60,10 @@ def corpus_of_clean_run(clean_manifest: dict[str, Any]) -> dict[str, Any]:
     corpus = clean_manifest.get("corpus")
     if not corpus:
         return {}
-    return {**{key: int(corpus[key]) for key in ("rows", "identities", "seed")},
-            "crop_margin": float(clean_manifest["settings"]["crop_margin"])}
+    return {
+        **{key: int(corpus[key]) for key in ("rows", "identities", "seed")},
+        "crop_margin": float(clean_manifest["settings"]["crop_margin"]),
+    }
 
 
 def select_gallery_faces(faces: pd.DataFrame, truth: pd.DataFrame) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -88,8 +92,9 @@ def hashed_split(sample_id: int, test_share: float = TEST_SHARE) -> str:
     return "test" if ((int(sample_id) * 2654435761) % 2**32) / 2**32 < test_share else "train"
 
 
-def _face_chunk(clean_dir: Path, rows: list[dict[str, Any]], steps: int, corpus: Any | None,
-                margin: float) -> tuple[list, list, int]:
+def _face_chunk(
+    clean_dir: Path, rows: list[dict[str, Any]], steps: int, corpus: Any | None, margin: float
+) -> tuple[list, list, int]:
     """Episodes of cleaned faces: exact corpus strokes when ``corpus`` is given, else edge line art.
 
     Crops are read per chunk, so memory holds one chunk's images at a time.
@@ -112,10 +117,20 @@ def _face_chunk(clean_dir: Path, rows: list[dict[str, Any]], steps: int, corpus:
             strokes = face_strokes(corpus.identity_params(int(row["identity_id"])), size)
             frames, aligned = corpus_episode(strokes, size, steps, margin)
             unaligned += not aligned
-        photos.append({"photo_id": photo_id, "split": row["split"], "image": png, "caption": row["caption"],
-                       "captions": [row["caption"]], "source": "generated"})
-        sketches += [{"photo_id": photo_id, "split": row["split"], "step": t, "image": encode_png(frame)}
-                     for t, frame in enumerate(frames)]
+        photos.append(
+            {
+                "photo_id": photo_id,
+                "split": row["split"],
+                "image": png,
+                "caption": row["caption"],
+                "captions": [row["caption"]],
+                "source": "generated",
+            }
+        )
+        sketches += [
+            {"photo_id": photo_id, "split": row["split"], "step": t, "image": encode_png(frame)}
+            for t, frame in enumerate(frames)
+        ]
     return photos, sketches, unaligned
 
 
@@ -125,12 +140,26 @@ def _face_chunk(clean_dir: Path, rows: list[dict[str, Any]], steps: int, corpus:
 def _fs2k_chunk(episodes: list[Any], steps: int) -> tuple[list[dict], list[dict], int]:
     photos, sketches = [], []
     for episode in episodes:
-        photos.append({"photo_id": episode.photo_id, "split": episode.split,
-                       "image": png_from_file(episode.photo_path, "RGB"), "caption": episode.captions[0],
-                       "captions": list(episode.captions), "source": "fs2k-sde"})
+        photos.append(
+            {
+                "photo_id": episode.photo_id,
+                "split": episode.split,
+                "image": png_from_file(episode.photo_path, "RGB"),
+                "caption": episode.captions[0],
+                "captions": list(episode.captions),
+                "source": "fs2k-sde",
+            }
+        )
         chosen = select_steps(len(episode.sketch_paths), steps)
-        sketches += [{"photo_id": episode.photo_id, "split": episode.split, "step": t,
-                      "image": png_from_file(episode.sketch_paths[i], "L")} for t, i in enumerate(chosen)]
+        sketches += [
+            {
+                "photo_id": episode.photo_id,
+                "split": episode.split,
+                "step": t,
+                "image": png_from_file(episode.sketch_paths[i], "L"),
+            }
+            for t, i in enumerate(chosen)
+        ]
     return photos, sketches, 0
 
 
@@ -139,7 +168,7 @@ def _fs2k_chunk(episodes: list[Any], steps: int) -> tuple[list[dict], list[dict]
 
 def _chunks(items: list[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
     for index, start in enumerate(range(0, len(items), size)):
-        yield index, items[start:start + size]
+        yield index, items[start : start + size]
 
 
 @task(name="build-episodes", cache_policy=NO_CACHE)
@@ -154,8 +183,12 @@ def build_episodes(config: EpisodesConfig) -> dict[str, Any]:
     if config.fs2k_sde is not None:
         fs2k_root = Path(config.fs2k_sde)
         annotations = sorted(fs2k_root.glob("*.json")) + sorted(fs2k_root.glob("annotations/*.json"))
-        plan = {"source": "fs2k-sde", "steps": steps, "version": EPISODES_VERSION,
-                "input_fingerprint": stat_fingerprint(annotations, str(fs2k_root.resolve()))}
+        plan = {
+            "source": "fs2k-sde",
+            "steps": steps,
+            "version": EPISODES_VERSION,
+            "input_fingerprint": stat_fingerprint(annotations, str(fs2k_root.resolve())),
+        }
     else:
         clean_dir = config.paths.clean_dir
         face_files = face_shards(clean_dir)
@@ -164,8 +197,13 @@ def build_episodes(config: EpisodesConfig) -> dict[str, Any]:
         from_corpus = bool(corpus) and truth_file.exists()
         inputs = face_files + ([truth_file] if from_corpus else [])
         settings = json.dumps(corpus if from_corpus else {}, sort_keys=True)
-        plan = {"source": "generated", "drawing": "corpus-strokes" if from_corpus else "line-art", "steps": steps,
-                "version": EPISODES_VERSION, "input_fingerprint": stat_fingerprint(inputs, settings)}
+        plan = {
+            "source": "generated",
+            "drawing": "corpus-strokes" if from_corpus else "line-art",
+            "steps": steps,
+            "version": EPISODES_VERSION,
+            "input_fingerprint": stat_fingerprint(inputs, settings),
+        }
 
     if is_complete(episodes_dir, plan):
         reference = read_episodes_reference(episodes_dir)
@@ -191,8 +229,10 @@ def build_episodes(config: EpisodesConfig) -> dict[str, Any]:
             drawer = EmbeddedCorpus(corpus["rows"], corpus["identities"], corpus["seed"])
             items, skipped = select_gallery_faces(faces, read_ground_truth(config.paths.source_dir))
         else:
-            items = [{**row, "split": hashed_split(row["SAMPLE_ID"])}
-                     for row in faces.sort_values("SAMPLE_ID").to_dict("records")]
+            items = [
+                {**row, "split": hashed_split(row["SAMPLE_ID"])}
+                for row in faces.sort_values("SAMPLE_ID").to_dict("records")
+            ]
         if not items:
             raise ValueError(f"no usable cleaned face in {clean_dir} (skipped: {skipped})")
         margin = corpus.get("crop_margin", 0.0)
@@ -214,9 +254,16 @@ def build_episodes(config: EpisodesConfig) -> dict[str, Any]:
     for item in items:
         split = item.split if config.fs2k_sde is not None else item["split"]
         splits[split] = splits.get(split, 0) + 1
-    manifest = {**plan, "photos": len(items), "chunks": chunk_count, "splits": splits, "skipped": skipped,
-                "unaligned": unaligned}
+    manifest = {
+        **plan,
+        "photos": len(items),
+        "chunks": chunk_count,
+        "splits": splits,
+        "skipped": skipped,
+        "unaligned": unaligned,
+    }
     write_episodes_manifest(episodes_dir, manifest)
-    logger.info("episodes: %d photos %s, T = %d, skipped %s, %d unaligned", len(items), splits, steps, skipped,
-                unaligned)
+    logger.info(
+        "episodes: %d photos %s, T = %d, skipped %s, %d unaligned", len(items), splits, steps, skipped, unaligned
+    )
     return {**read_episodes_reference(episodes_dir), "built": True}

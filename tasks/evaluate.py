@@ -1,4 +1,5 @@
 """Prefect tasks of the evaluation stage: resolve the model, embed once, score, report."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,7 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from fvlp_core.config import EvaluateConfig
+from fvlp_core.digest import file_digest
 from fvlp_core.evaluation import (
     Encoder,
     EpisodeEmbedder,
@@ -21,7 +23,6 @@ from fvlp_core.evaluation import (
     plot_curves,
     summary_markdown,
 )
-from fvlp_core.digest import file_digest
 from fvlp_core.png import open_image
 from storage.checkpoints import latest_checkpoint
 from storage.episodes import iter_sketch_chunks, read_photos
@@ -41,8 +42,10 @@ def _decode(png: bytes) -> Image.Image:
 def resolve_checkpoint(config: EvaluateConfig) -> dict[str, str]:
     checkpoint = config.checkpoint or latest_checkpoint(config.paths.checkpoints_dir, "finetune")
     if checkpoint is None:
-        raise FileNotFoundError(f"no finished finetune run under {config.paths.checkpoints_dir / 'finetune'}: "
-                                "run `fvlp finetune` first or pass --checkpoint")
+        raise FileNotFoundError(
+            f"no finished finetune run under {config.paths.checkpoints_dir / 'finetune'}: "
+            "run `fvlp finetune` first or pass --checkpoint"
+        )
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     return {"checkpoint": str(checkpoint), "fingerprint": f"sha256:{file_digest(checkpoint)}"}
@@ -55,12 +58,14 @@ def embed_episodes(config: EvaluateConfig, checkpoint: str, steps: int) -> tuple
     encoder = load_encoder(Path(checkpoint), config.device)
     photos = read_photos(config.episodes_dir, split=config.split, columns=["photo_id", "image", "caption"])
     if photos.num_rows < 2:
-        raise ValueError(f"{config.episodes_dir}: split {config.split!r} has {photos.num_rows} photo(s); "
-                         "retrieval needs at least 2")
+        raise ValueError(
+            f"{config.episodes_dir}: split {config.split!r} has {photos.num_rows} photo(s); retrieval needs at least 2"
+        )
     photo_ids = photos["photo_id"].to_pylist()
     captions = photos["caption"].to_pylist()
-    gallery = embed_gallery(encoder, photo_ids, [_decode(b) for b in photos["image"].to_pylist()], captions,
-                            config.batch_size)
+    gallery = embed_gallery(
+        encoder, photo_ids, [_decode(b) for b in photos["image"].to_pylist()], captions, config.batch_size
+    )
     logger.info("embedded %d gallery photos and captions", len(photo_ids))
 
     embedder = EpisodeEmbedder(encoder, gallery, steps, dict(zip(photo_ids, captions)))
@@ -91,6 +96,9 @@ def report_evaluation(result: EvaluationResult, run_id: str, config: EvaluateCon
     summary = out_dir / "summary.md"
     summary.write_text(markdown)
     create_markdown_artifact(markdown=markdown, key="evaluation-summary", description=f"SLFIR metrics of {run_id}")
-    create_image_artifact(image_url=plot.resolve().as_uri(), key="evaluation-curves",
-                          description="acc@1/acc@10 and mean rank percentile vs sketch completion")
+    create_image_artifact(
+        image_url=plot.resolve().as_uri(),
+        key="evaluation-curves",
+        description="acc@1/acc@10 and mean rank percentile vs sketch completion",
+    )
     return {"plot": str(plot), "summary": str(summary), "markdown": markdown}

@@ -7,12 +7,14 @@ shard cut short by a crash only ever exists as a dot-prefixed temp file, which i
 and rewritten. Shards from a different plan in the same folder stop the run with an error
 instead of being mixed in.
 """
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pyarrow as pa
 from prefect import get_run_logger, task
@@ -74,10 +76,14 @@ def build_plan(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestPl
     pending = [spec for spec in shards if not shard_is_complete(raw_dir, spec, fingerprint)]
     # Duplicate ids need every SAMPLE_ID; skip that scan when nothing is left to write.
     duplicates = metadata.duplicate_rows() if pending else {}
-    corpus = ({"rows": config.rows, "identities": config.identities, "seed": config.seed}
-              if config.source == "embedded" else None)
-    return IngestPlan(raw_dir, config.source, metadata, config.shard_size, shards, pending, fingerprint, duplicates,
-                      corpus)
+    corpus = (
+        {"rows": config.rows, "identities": config.identities, "seed": config.seed}
+        if config.source == "embedded"
+        else None
+    )
+    return IngestPlan(
+        raw_dir, config.source, metadata, config.shard_size, shards, pending, fingerprint, duplicates, corpus
+    )
 
 
 # NO_CACHE: inputs are live objects (tables, fetchers) that must not be hashed or stored.
@@ -86,8 +92,12 @@ def plan_ingest(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestP
     plan = build_plan(metadata_paths, config)
     get_run_logger().info(
         "%d input rows in %d file(s) -> %d shard(s) of %d; %d to write, %d duplicate SAMPLE_ID row(s)",
-        plan.metadata.total_rows, len(plan.metadata.files), len(plan.shards), plan.shard_size,
-        len(plan.pending), len(plan.duplicates),
+        plan.metadata.total_rows,
+        len(plan.metadata.files),
+        len(plan.shards),
+        plan.shard_size,
+        len(plan.pending),
+        len(plan.duplicates),
     )
     return plan
 

@@ -6,6 +6,7 @@ child's stdout (one JSON line per optimizer step, then a ``done`` line) is strea
 Prefect logger; its stderr (the progress bar) goes on to the flow's stderr, and its last lines
 (a traceback, when the child fails) go into the error the task raises, so the UI shows them.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,11 +43,24 @@ def training_command(stage: str, config: TrainConfig, config_path: Path) -> list
     module = ["-m", "fvlp_train", stage, "--config", str(config_path)]
     if config.nproc_per_node * config.nnodes == 1:
         return [sys.executable, *module]
-    launcher = [sys.executable, "-m", "torch.distributed.run",
-                "--nproc-per-node", str(config.nproc_per_node), "--nnodes", str(config.nnodes)]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(config.nproc_per_node),
+        "--nnodes",
+        str(config.nnodes),
+    ]
     if config.nnodes > 1:
-        launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", str(config.rdzv_endpoint),
-                     "--rdzv-id", str(config.run_id)]
+        launcher += [
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            str(config.rdzv_endpoint),
+            "--rdzv-id",
+            str(config.run_id),
+        ]
     else:
         launcher += ["--standalone"]
     return [*launcher, *module]
@@ -103,11 +117,16 @@ def run_training(stage: str, config: TrainConfig) -> dict[str, Any]:
             logger.info("%s", line)
         relay.join()
     if child.returncode != 0:
-        raise RuntimeError(f"{stage} run {config.run_id} failed (exit {child.returncode}); last output:\n"
-                           + "\n".join(tail) + "\nlast errors:\n" + "\n".join(errors))
+        raise RuntimeError(
+            f"{stage} run {config.run_id} failed (exit {child.returncode}); last output:\n"
+            + "\n".join(tail)
+            + "\nlast errors:\n"
+            + "\n".join(errors)
+        )
     if done is None:
-        raise RuntimeError(f"{stage} run {config.run_id} exited 0 without a 'done' record; last output:\n"
-                           + "\n".join(tail))
+        raise RuntimeError(
+            f"{stage} run {config.run_id} exited 0 without a 'done' record; last output:\n" + "\n".join(tail)
+        )
     return done
 
 
@@ -121,11 +140,14 @@ def _json_record(line: str) -> dict[str, Any] | None:
 
 
 def metric_rows(metrics: dict[str, float], split: str, variant: str) -> list[dict[str, Any]]:
-    return [{"split": split, "variant": variant, "name": name, "value": float(value)} for name, value in metrics.items()]
+    return [
+        {"split": split, "variant": variant, "name": name, "value": float(value)} for name, value in metrics.items()
+    ]
 
 
-def train_and_record(stage: str, config: TrainConfig, *, dataset_fingerprint: str, model_fingerprint: str,
-                     metrics_split: str) -> dict[str, Any]:
+def train_and_record(
+    stage: str, config: TrainConfig, *, dataset_fingerprint: str, model_fingerprint: str, metrics_split: str
+) -> dict[str, Any]:
     """Run training inside a results-store run: its row, held-out metrics and checkpoint artifact.
 
     A resumed run already has its results row, so a resumption gets its own row whose
@@ -133,9 +155,17 @@ def train_and_record(stage: str, config: TrainConfig, *, dataset_fingerprint: st
     """
     store_run_id = new_run_id(stage) if is_resume(config, stage) else config.run_id
     store = ResultsStore(config.paths.results_store)
-    with store.run(stage, config=config.model_dump(mode="json"), run_id=store_run_id,
-                   dataset_fingerprint=dataset_fingerprint, model_fingerprint=model_fingerprint) as results_run:
+    with store.run(
+        stage,
+        config=config.model_dump(mode="json"),
+        run_id=store_run_id,
+        dataset_fingerprint=dataset_fingerprint,
+        model_fingerprint=model_fingerprint,
+    ) as results_run:
         done = run_training(stage, config)
-        store.record_results(results_run, metrics=metric_rows(done["metrics"], metrics_split, stage),
-                             artifacts=[{"kind": "checkpoint", "path": done["checkpoint"]}])
+        store.record_results(
+            results_run,
+            metrics=metric_rows(done["metrics"], metrics_split, stage),
+            artifacts=[{"kind": "checkpoint", "path": done["checkpoint"]}],
+        )
     return done

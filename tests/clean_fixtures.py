@@ -1,4 +1,5 @@
 """Images and raw shards for the clean-stage tests: real photos plus every kind of bad bytes."""
+
 from __future__ import annotations
 
 import io
@@ -6,11 +7,10 @@ import struct
 import zlib
 from pathlib import Path
 
+import insightface
 import numpy as np
 import pyarrow as pa
 from PIL import Image
-
-import insightface
 
 from storage.shards import shard_path, write_shard
 
@@ -20,15 +20,24 @@ PORTRAIT = INSIGHTFACE_IMAGES / "Tom_Hanks_54745.png"  # one face, 112 x 112
 
 # Person captions that are all different, so duplicate_caption stays out of a test's way.
 DISTINCT_CAPTIONS = (
-    "Young woman with glasses reading outdoors", "Elderly gentleman wearing a hat in the park",
-    "Bride laughing at her wedding reception", "Businessman giving a talk at a conference",
-    "Teen girl with curly red hair posing", "Father and son fishing by the lake",
-    "Actress Emma Stone attends the Oscars", "Close up face of a bearded man",
-    "Smiling nurse in a hospital corridor", "Grandmother baking cookies with her grandson",
-    "Singer performing on stage at night", "Student portrait for the yearbook",
-    "Portrait of a smiling man with short hair", "Doctor in a white coat smiling",
-    "Chef tasting soup in a busy kitchen", "Soldier saluting at a parade",
-    "Author signing books at a store", "Dancer stretching before a show",
+    "Young woman with glasses reading outdoors",
+    "Elderly gentleman wearing a hat in the park",
+    "Bride laughing at her wedding reception",
+    "Businessman giving a talk at a conference",
+    "Teen girl with curly red hair posing",
+    "Father and son fishing by the lake",
+    "Actress Emma Stone attends the Oscars",
+    "Close up face of a bearded man",
+    "Smiling nurse in a hospital corridor",
+    "Grandmother baking cookies with her grandson",
+    "Singer performing on stage at night",
+    "Student portrait for the yearbook",
+    "Portrait of a smiling man with short hair",
+    "Doctor in a white coat smiling",
+    "Chef tasting soup in a busy kitchen",
+    "Soldier saluting at a parade",
+    "Author signing books at a store",
+    "Dancer stretching before a show",
 )
 
 
@@ -46,24 +55,33 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
     """A valid PNG header declaring ``width x height`` pixels, with almost no data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
     """A small real JPEG whose SOF0 marker is patched to declare ``width x height``."""
     data = bytearray(encode(Image.new("RGB", (16, 16), (200, 150, 100)), "JPEG", quality=90))
     at = data.index(b"\xff\xc0")
-    data[at + 5:at + 9] = struct.pack(">HH", height, width)
+    data[at + 5 : at + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
 # Face boxes (x1, y1, x2, y2) in t1.jpg, as the offline detector finds them.
-GROUP_FACE_BOXES = ((464, 263, 574, 408), (742, 343, 842, 471), (51, 261, 168, 401),
-                    (272, 147, 375, 278), (902, 56, 1010, 201), (1127, 273, 1225, 401))
+GROUP_FACE_BOXES = (
+    (464, 263, 574, 408),
+    (742, 343, 842, 471),
+    (51, 261, 168, 401),
+    (272, 147, 375, 278),
+    (902, 56, 1010, 201),
+    (1127, 273, 1225, 401),
+)
 
 
 def group_faces(mirrored: bool = False) -> list[Image.Image]:
@@ -116,20 +134,22 @@ def bad_images() -> dict[str, bytes | None]:
 def raw_table(rows: list[dict]) -> pa.Table:
     """Rows (SAMPLE_ID, TEXT, image, optional fetch_status) in the raw shard schema of docs/architecture.md."""
     n = len(rows)
-    return pa.table({
-        "SAMPLE_ID": pa.array([r["SAMPLE_ID"] for r in rows], pa.int64()),
-        "URL": pa.array([f"https://example.com/{r['SAMPLE_ID']}.jpg" for r in rows], pa.string()),
-        "TEXT": pa.array([r.get("TEXT") for r in rows], pa.string()),
-        "WIDTH": pa.array([None] * n, pa.int64()),
-        "HEIGHT": pa.array([None] * n, pa.int64()),
-        "similarity": pa.array([0.3] * n, pa.float64()),
-        "image": pa.array([r.get("image") for r in rows], pa.binary()),
-        "fetch_status": pa.array([r.get("fetch_status", "ok") for r in rows], pa.string()),
-        "fetch_error": pa.array([r.get("fetch_error") for r in rows], pa.string()),
-        "metadata_issues": pa.array([[] for _ in rows], pa.list_(pa.string())),
-        "input_file": pa.array(["metadata.parquet"] * n, pa.string()),
-        "input_row": pa.array(list(range(n)), pa.int64()),
-    })
+    return pa.table(
+        {
+            "SAMPLE_ID": pa.array([r["SAMPLE_ID"] for r in rows], pa.int64()),
+            "URL": pa.array([f"https://example.com/{r['SAMPLE_ID']}.jpg" for r in rows], pa.string()),
+            "TEXT": pa.array([r.get("TEXT") for r in rows], pa.string()),
+            "WIDTH": pa.array([None] * n, pa.int64()),
+            "HEIGHT": pa.array([None] * n, pa.int64()),
+            "similarity": pa.array([0.3] * n, pa.float64()),
+            "image": pa.array([r.get("image") for r in rows], pa.binary()),
+            "fetch_status": pa.array([r.get("fetch_status", "ok") for r in rows], pa.string()),
+            "fetch_error": pa.array([r.get("fetch_error") for r in rows], pa.string()),
+            "metadata_issues": pa.array([[] for _ in rows], pa.list_(pa.string())),
+            "input_file": pa.array(["metadata.parquet"] * n, pa.string()),
+            "input_row": pa.array(list(range(n)), pa.int64()),
+        }
+    )
 
 
 def write_raw_shards(raw_dir: Path, shards: list[list[dict]]) -> list[Path]:

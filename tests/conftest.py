@@ -1,4 +1,5 @@
 """Test-wide environment: Prefect fully offline, state in a temporary PREFECT_HOME."""
+
 from __future__ import annotations
 
 import os

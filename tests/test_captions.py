@@ -1,4 +1,5 @@
 """Grammar-template captions and the attribute head that feeds them when ground truth is missing."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,9 @@ def test_caption_reads_like_the_faceCaption_template():
 
 
 def test_caption_groups_hair_and_clothing_and_follows_gender():
-    caption = caption_for_sample(3, ["Male", "Wavy_Hair", "Black_Hair", "Eyeglasses", "Wearing_Hat", "Young"], male=True)
+    caption = caption_for_sample(
+        3, ["Male", "Wavy_Hair", "Black_Hair", "Eyeglasses", "Wearing_Hat", "Young"], male=True
+    )
     assert "wavy black hair" in caption
     assert "He is wearing" in caption and ("eyeglasses and a hat" in caption or "a hat and eyeglasses" in caption)
     assert "young man" in caption

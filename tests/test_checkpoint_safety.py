@@ -5,6 +5,7 @@ unpickled: each loader must refuse it *and* the marker must not exist afterwards
 (open_clip weights via ``read_weights`` are covered by
 tests/test_models.py::test_checkpoint_reading_never_unpickles_code.)
 """
+
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fvlp_core.checkpoint import FORMAT, load_checkpoint
 from fvlp_core.config import (
     CleanConfig,
     ConfigError,
@@ -24,7 +26,6 @@ from fvlp_core.config import (
     PretrainConfig,
     resolve_config,
 )
-from fvlp_core.checkpoint import FORMAT, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,12 +90,21 @@ def write_face_pairs(clean_dir: Path, rows: int, seed: int = 0) -> None:
     def crop() -> bytes:
         return encode_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
 
-    write_faces({
-        "SAMPLE_ID": list(range(rows)), "crop": [crop() for _ in range(rows)],
-        "caption": [f"a person with {i} freckles" for i in range(rows)], "text": ["t"] * rows,
-        "attributes": [[] for _ in range(rows)], "det_score": [0.99] * rows, "box": [[0.0, 0.0, 1.0, 1.0]] * rows,
-        "landmarks": [None] * rows, "identity_id": [-1] * rows,
-    }, clean_dir, 0)
+    write_faces(
+        {
+            "SAMPLE_ID": list(range(rows)),
+            "crop": [crop() for _ in range(rows)],
+            "caption": [f"a person with {i} freckles" for i in range(rows)],
+            "text": ["t"] * rows,
+            "attributes": [[] for _ in range(rows)],
+            "det_score": [0.99] * rows,
+            "box": [[0.0, 0.0, 1.0, 1.0]] * rows,
+            "landmarks": [None] * rows,
+            "identity_id": [-1] * rows,
+        },
+        clean_dir,
+        0,
+    )
 
 
 def test_training_resume_refuses_a_planted_checkpoint(tmp_path: Path):
@@ -110,7 +120,10 @@ def test_training_resume_refuses_a_planted_checkpoint(tmp_path: Path):
     (tmp_path / "cfg.json").write_text(config.model_dump_json())
     done = subprocess.run(
         [sys.executable, "-m", "fvlp_train", "pretrain", "--config", str(tmp_path / "cfg.json")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode != 0
     assert "Weights only load failed" in done.stderr, done.stderr[-2000:]
@@ -158,7 +171,10 @@ def test_environment_values_are_validated_too(monkeypatch: pytest.MonkeyPatch):
 def test_cli_rejects_a_bad_value_before_running(tmp_path: Path):
     done = subprocess.run(
         [sys.executable, "-m", "flows.cli", "ingest", "--shard-size", "0", "--data-root", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 2
     assert "shard_size" in done.stderr

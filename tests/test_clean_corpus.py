@@ -1,4 +1,5 @@
 """Cleaning the embedded corpus: scored against its ground truth, attributes from truth or the head."""
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -9,8 +10,8 @@ from fvlp_core.attributes import ATTRIBUTE_INDEX
 from fvlp_core.config import CleanConfig, IngestConfig, Paths
 from storage.clean import read_decisions, read_faces
 from storage.results import ResultsStore
-from storage.source import GROUND_TRUTH_FILE, read_ground_truth
 from storage.shards import write_shard
+from storage.source import GROUND_TRUTH_FILE, read_ground_truth
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,13 @@ def test_corpus_cleaning_is_scored_stored_and_uses_true_attributes(corpus_root):
     assert result["kept"] + result["rejected"] == result["input_rows"] == 240
     assert result["attribute_source"] == {"ground_truth": result["kept"], "attribute_head": 0}
 
-    stats = ResultsStore(config.paths.results_store).query_df(
-        "SELECT rule, kept, rejected, precision, recall FROM cleaning_stats WHERE run_id = ?", [result["run_id"]]
-    ).set_index("rule")
+    stats = (
+        ResultsStore(config.paths.results_store)
+        .query_df(
+            "SELECT rule, kept, rejected, precision, recall FROM cleaning_stats WHERE run_id = ?", [result["run_id"]]
+        )
+        .set_index("rule")
+    )
     overall = stats.loc["all_rules"]
     assert overall["kept"] == result["kept"] and overall["recall"] > 0.9 and overall["precision"] > 0.6
     for rule in ("undecodable_image", "no_face", "multiple_faces", "not_english"):
@@ -70,4 +75,3 @@ def test_rows_without_ground_truth_get_attributes_from_the_trained_head(corpus_r
     assert (predicted["identity_id"] == -1).all()
     assert all(a in ATTRIBUTE_INDEX for attrs in predicted["attributes"] for a in attrs)
     assert predicted["caption"].str.len().min() > 10
-

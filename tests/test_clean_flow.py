@@ -1,4 +1,5 @@
 """The clean flow end to end on real photos and hostile bytes: every row decided, reruns incremental."""
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,13 @@ def _rows() -> list[list[dict]]:
         {"SAMPLE_ID": 2, "TEXT": "Tom Hanks at the premiere of his new film", "image": PORTRAIT.read_bytes()},
         {"SAMPLE_ID": 3, "TEXT": GOOD_TEXT, "image": None, "fetch_status": "not_found", "fetch_error": "HTTP 404"},
     ]
-    first += [{"SAMPLE_ID": 10 + i, "TEXT": DISTINCT_TEXTS[i], "image": data}
-              for i, data in enumerate(bad_images().values())]
-    second = [{"SAMPLE_ID": 100 + i, "TEXT": DISTINCT_TEXTS[-1 - i], "image": data}
-              for i, data in enumerate(portrait_variants(faces[:5]).values())]
+    first += [
+        {"SAMPLE_ID": 10 + i, "TEXT": DISTINCT_TEXTS[i], "image": data} for i, data in enumerate(bad_images().values())
+    ]
+    second = [
+        {"SAMPLE_ID": 100 + i, "TEXT": DISTINCT_TEXTS[-1 - i], "image": data}
+        for i, data in enumerate(portrait_variants(faces[:5]).values())
+    ]
     second += [
         {"SAMPLE_ID": 200, "TEXT": "Porträt eines älteren Mannes im Studio", "image": jpeg(faces[5])},
         {"SAMPLE_ID": 201, "TEXT": "Click here to buy now www.best-deals.biz", "image": jpeg(mirrored[0])},
@@ -81,9 +85,15 @@ def test_every_row_is_decided_with_the_right_rule(cleaned):
     assert "multiple_faces" in reasons[1]
     assert decisions.loc[2, "kept"], reasons[2]
     assert reasons[3] == ["undecodable_image"]
-    expected = {"zero_bytes": "undecodable_image", "missing": "undecodable_image", "not_an_image": "undecodable_image",
-                "truncated_png": "undecodable_image", "corrupt_jpeg": "undecodable_image",
-                "png_bomb": "image_too_large", "jpeg_bomb": "image_too_large"}
+    expected = {
+        "zero_bytes": "undecodable_image",
+        "missing": "undecodable_image",
+        "not_an_image": "undecodable_image",
+        "truncated_png": "undecodable_image",
+        "corrupt_jpeg": "undecodable_image",
+        "png_bomb": "image_too_large",
+        "jpeg_bomb": "image_too_large",
+    }
     for i, rule in enumerate(expected.values()):
         assert reasons[10 + i] == [rule]
     for i in range(len(portrait_variants())):

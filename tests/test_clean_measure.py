@@ -1,4 +1,5 @@
 """Measuring one raw shard (what a Dask worker runs): reuse, partial recompute, agreement scores."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,7 +59,9 @@ def test_agreement_is_measured_with_the_configured_model(shard, tmp_path, monkey
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoint.write_bytes(b"trained weights")
     monkeypatch.setitem(clean_tasks._ENCODERS, str(checkpoint.resolve()), FakeEncoder())
-    settings = clean_tasks.measure_settings(CleanConfig(paths=Paths(data_root=tmp_path), agreement_checkpoint=checkpoint))
+    settings = clean_tasks.measure_settings(
+        CleanConfig(paths=Paths(data_root=tmp_path), agreement_checkpoint=checkpoint)
+    )
     clean_tasks.measure_shard(str(raw), str(out), settings)
     scores = read_measurements(out).column("agreement").to_pylist()
     assert scores[0] == pytest.approx(np.sqrt(0.5)) and scores[1] == pytest.approx(np.sqrt(0.5))

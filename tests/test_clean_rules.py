@@ -1,4 +1,5 @@
 """Caption measurements, duplicate finding, rule decisions, rule versions and scoring."""
+
 from __future__ import annotations
 
 import json
@@ -26,27 +27,36 @@ VERSIONS = {"image": "img1", "caption": "cap1", "agreement": "none"}
 
 
 def test_language_id_separates_english_from_other_languages():
-    measured = measure_captions([
-        "A young woman smiling at the camera", "Porträt einer jungen Frau mit Brille",
-        "Retrato de un hombre con barba", "微笑的年轻女子肖像", "Actress Emma Stone attends the Oscars", None,
-    ])
+    measured = measure_captions(
+        [
+            "A young woman smiling at the camera",
+            "Porträt einer jungen Frau mit Brille",
+            "Retrato de un hombre con barba",
+            "微笑的年轻女子肖像",
+            "Actress Emma Stone attends the Oscars",
+            None,
+        ]
+    )
     ratios = measured["english_ratio"]
     assert ratios[0] > 0.9 and ratios[4] > 0.9
     assert ratios[1] < 0.5 and ratios[2] < 0.5 and ratios[3] < 0.1
     assert ratios[5] is None
 
 
-@pytest.mark.parametrize("text,category", [
-    ("Click here to buy now!!! 50% OFF free shipping", "boilerplate"),
-    ("http://www.example.com/images/123.jpg", "url"),
-    ("<div class='x'>woman</div>", "html"),
-    ("IMG_20190412.JPG", "boilerplate"),
-    ("{{product_title}}", "boilerplate"),
-    ("#love #face #selfie #model", "hashtags"),
-    ("sale sale sale sale sale", "repetition"),
-    ("Portrait of a woman - Stock Photo", None),  # site suffixes are normal on LAION
-    ("Portrait-of-a-smiling-woman-with-glasses.jpg", None),
-])
+@pytest.mark.parametrize(
+    "text,category",
+    [
+        ("Click here to buy now!!! 50% OFF free shipping", "boilerplate"),
+        ("http://www.example.com/images/123.jpg", "url"),
+        ("<div class='x'>woman</div>", "html"),
+        ("IMG_20190412.JPG", "boilerplate"),
+        ("{{product_title}}", "boilerplate"),
+        ("#love #face #selfie #model", "hashtags"),
+        ("sale sale sale sale sale", "repetition"),
+        ("Portrait of a woman - Stock Photo", None),  # site suffixes are normal on LAION
+        ("Portrait-of-a-smiling-woman-with-glasses.jpg", None),
+    ],
+)
 def test_spam_categories(text, category):
     assert spam_category(text) == category
 
@@ -101,35 +111,68 @@ def test_image_duplicates_find_nearest_earlier_hash():
 
 def _measurements(**overrides) -> pd.DataFrame:
     row = {
-        "SAMPLE_ID": 1, "image_error_rule": None, "image_error": None, "image_width": 256, "image_height": 256,
-        "face_scores": [0.99], "face_areas": [10000.0], "face_score": 0.99, "face_fraction": 0.4, "sharpness": 120.0,
-        "caption_chars": 40, "caption_words": 7, "caption_utf8": True, "english_ratio": 1.0, "spam": None,
-        "person_cues": 2, "duplicate_similarity": 0.0, "duplicate_distance": 64, "agreement": None,
+        "SAMPLE_ID": 1,
+        "image_error_rule": None,
+        "image_error": None,
+        "image_width": 256,
+        "image_height": 256,
+        "face_scores": [0.99],
+        "face_areas": [10000.0],
+        "face_score": 0.99,
+        "face_fraction": 0.4,
+        "sharpness": 120.0,
+        "caption_chars": 40,
+        "caption_words": 7,
+        "caption_utf8": True,
+        "english_ratio": 1.0,
+        "spam": None,
+        "person_cues": 2,
+        "duplicate_similarity": 0.0,
+        "duplicate_distance": 64,
+        "agreement": None,
     }
     row.update(overrides)
     return pd.DataFrame([row])
 
 
-@pytest.mark.parametrize("overrides,rule", [
-    ({"image_error_rule": "undecodable_image", "image_error": "truncated", "image_width": None, "image_height": None,
-      "face_scores": [], "face_areas": [], "face_score": None, "face_fraction": None, "sharpness": None}, "undecodable_image"),
-    ({"image_width": 60, "image_height": 60}, "image_too_small"),
-    ({"image_width": 1000, "image_height": 200}, "extreme_aspect_ratio"),
-    ({"face_scores": [], "face_areas": [], "face_score": None, "face_fraction": None, "sharpness": None}, "no_face"),
-    ({"face_scores": [0.99, 0.98], "face_areas": [10000.0, 6000.0]}, "multiple_faces"),
-    ({"face_fraction": 0.05}, "face_too_small"),
-    ({"face_score": 0.7, "face_scores": [0.7]}, "low_detection_score"),
-    ({"sharpness": 3.0}, "too_blurry"),
-    ({"duplicate_distance": 2}, "duplicate_image"),
-    ({"caption_chars": 0, "caption_words": 0, "english_ratio": None, "person_cues": 0}, "caption_empty"),
-    ({"caption_utf8": False}, "caption_not_utf8"),
-    ({"caption_words": 1}, "caption_too_short"),
-    ({"caption_chars": 5000}, "caption_too_long"),
-    ({"english_ratio": 0.05}, "not_english"),
-    ({"spam": "url"}, "caption_spam"),
-    ({"person_cues": 0}, "no_person_content"),
-    ({"duplicate_similarity": 1.0}, "duplicate_caption"),
-])
+@pytest.mark.parametrize(
+    "overrides,rule",
+    [
+        (
+            {
+                "image_error_rule": "undecodable_image",
+                "image_error": "truncated",
+                "image_width": None,
+                "image_height": None,
+                "face_scores": [],
+                "face_areas": [],
+                "face_score": None,
+                "face_fraction": None,
+                "sharpness": None,
+            },
+            "undecodable_image",
+        ),
+        ({"image_width": 60, "image_height": 60}, "image_too_small"),
+        ({"image_width": 1000, "image_height": 200}, "extreme_aspect_ratio"),
+        (
+            {"face_scores": [], "face_areas": [], "face_score": None, "face_fraction": None, "sharpness": None},
+            "no_face",
+        ),
+        ({"face_scores": [0.99, 0.98], "face_areas": [10000.0, 6000.0]}, "multiple_faces"),
+        ({"face_fraction": 0.05}, "face_too_small"),
+        ({"face_score": 0.7, "face_scores": [0.7]}, "low_detection_score"),
+        ({"sharpness": 3.0}, "too_blurry"),
+        ({"duplicate_distance": 2}, "duplicate_image"),
+        ({"caption_chars": 0, "caption_words": 0, "english_ratio": None, "person_cues": 0}, "caption_empty"),
+        ({"caption_utf8": False}, "caption_not_utf8"),
+        ({"caption_words": 1}, "caption_too_short"),
+        ({"caption_chars": 5000}, "caption_too_long"),
+        ({"english_ratio": 0.05}, "not_english"),
+        ({"spam": "url"}, "caption_spam"),
+        ({"person_cues": 0}, "no_person_content"),
+        ({"duplicate_similarity": 1.0}, "duplicate_caption"),
+    ],
+)
 def test_each_rule_rejects_with_its_measured_value(overrides, rule):
     decided = decide(_measurements(**overrides), CleanConfig(), agreement_applied=False)
     assert not decided["kept"].iloc[0]
@@ -163,16 +206,20 @@ def test_changing_one_threshold_changes_only_that_rules_version():
 
 
 def test_scoring_against_ground_truth_noise():
-    decisions = pd.DataFrame({
-        "SAMPLE_ID": [1, 2, 3, 4, 5],
-        "kept": [True, False, False, False, True],
-        "reasons": [[], ["no_face"], ["no_face"], ["caption_too_short"], []],
-    })
-    truth = pd.DataFrame({
-        "SAMPLE_ID": [1, 2, 3, 4, 5],
-        "noise": [[], ["no_face"], [], ["spam_caption"], ["no_face"]],
-        "expected_keep": [True, False, True, False, False],
-    })
+    decisions = pd.DataFrame(
+        {
+            "SAMPLE_ID": [1, 2, 3, 4, 5],
+            "kept": [True, False, False, False, True],
+            "reasons": [[], ["no_face"], ["no_face"], ["caption_too_short"], []],
+        }
+    )
+    truth = pd.DataFrame(
+        {
+            "SAMPLE_ID": [1, 2, 3, 4, 5],
+            "noise": [[], ["no_face"], [], ["spam_caption"], ["no_face"]],
+            "expected_keep": [True, False, True, False, False],
+        }
+    )
     stats = {s["rule"]: s for s in score_against_noise(decisions, truth)}
     assert stats["no_face"]["rejected"] == 2 and stats["no_face"]["kept"] == 3
     assert stats["no_face"]["precision"] == 0.5 and stats["no_face"]["recall"] == 0.5

@@ -6,6 +6,7 @@ all-or-nothing, and the writer must finish every run: it waits out the reader's 
 backoff. The bounded wait and its message are in
 tests/test_results_store.py::test_writer_gives_up_with_clear_message.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,10 +62,14 @@ READER = textwrap.dedent("""
 
 def _results(run: int) -> dict:
     return {
-        "metrics": [{"split": "test", "variant": "sketch+text", "name": f"m{i}", "value": run + i / 100}
-                    for i in range(METRICS_PER_RUN)],
-        "curves": [{"variant": "sketch+text", "step": s, "metric": "acc_at_10", "value": s / CURVE_STEPS}
-                   for s in range(1, CURVE_STEPS + 1)],
+        "metrics": [
+            {"split": "test", "variant": "sketch+text", "name": f"m{i}", "value": run + i / 100}
+            for i in range(METRICS_PER_RUN)
+        ],
+        "curves": [
+            {"variant": "sketch+text", "step": s, "metric": "acc_at_10", "value": s / CURVE_STEPS}
+            for s in range(1, CURVE_STEPS + 1)
+        ],
     }
 
 
@@ -75,7 +80,10 @@ def test_reader_never_sees_partial_results_and_writer_always_finishes(tmp_path: 
     stop = tmp_path / "stop"
     reader = subprocess.Popen(
         [sys.executable, "-c", READER, str(store.path), str(stop), str(METRICS_PER_RUN), str(CURVE_STEPS)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert reader.stdout.readline().strip() == "ready"

@@ -9,6 +9,7 @@ file was checkpointed; and a Dask worker dies as it starts measuring a shard. A 
 for the worker, Dask's retry) must then end with exactly the rows/weights/results of an
 uninterrupted run: nothing lost, nothing twice, no half-written file left behind.
 """
+
 from __future__ import annotations
 
 import io
@@ -183,9 +184,13 @@ def child_main(argv: list[str]) -> None:
 
 def _evaluation_results(run: int) -> dict:
     return {
-        "metrics": [{"split": "test", "variant": v, "name": n, "value": run + i / 10}
-                    for i, (v, n) in enumerate((v, n) for v in ("sketch", "sketch+text") for n in ("m_at_A", "wm_at_B"))],
-        "curves": [{"variant": "sketch+text", "step": s, "metric": "acc_at_10", "value": run + s / 10} for s in range(1, 11)],
+        "metrics": [
+            {"split": "test", "variant": v, "name": n, "value": run + i / 10}
+            for i, (v, n) in enumerate((v, n) for v in ("sketch", "sketch+text") for n in ("m_at_A", "wm_at_B"))
+        ],
+        "curves": [
+            {"variant": "sketch+text", "step": s, "metric": "acc_at_10", "value": run + s / 10} for s in range(1, 11)
+        ],
     }
 
 
@@ -193,10 +198,16 @@ def _evaluation_results(run: int) -> dict:
 
 
 def start_child(scenario: str, argument: Path, crash_point: str | None = None, env: dict | None = None):
-    args = [sys.executable, "-c", "import sys; from tests.test_crash_resume import child_main; child_main(sys.argv[1:])",
-            scenario, str(argument)] + ([crash_point] if crash_point else [])
-    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    args = [
+        sys.executable,
+        "-c",
+        "import sys; from tests.test_crash_resume import child_main; child_main(sys.argv[1:])",
+        scenario,
+        str(argument),
+    ] + ([crash_point] if crash_point else [])
+    return subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 def finish_child(child: subprocess.Popen) -> subprocess.CompletedProcess:
@@ -229,8 +240,9 @@ def ingest_inputs(tmp_path_factory) -> tuple[Path, Path]:
 
 def ingest_config(data_root: Path, inputs: tuple[Path, Path]) -> IngestConfig:
     metadata, images = inputs
-    return IngestConfig(paths=Paths(data_root=data_root), source="folder", metadata=[metadata], images=images,
-                        shard_size=3)
+    return IngestConfig(
+        paths=Paths(data_root=data_root), source="folder", metadata=[metadata], images=images, shard_size=3
+    )
 
 
 @pytest.fixture(scope="module")
@@ -290,9 +302,18 @@ def write_training_inputs(root: Path) -> Path:
     (root / "model_configs" / f"{MICRO_MODEL}.json").write_text(json.dumps(MICRO_CONFIG))
     data_root = root / "data"
     write_face_pairs(data_root / "clean", rows=12)
-    config = PretrainConfig(paths=Paths(data_root=data_root), model=MICRO_MODEL, run_id="r1", epochs=2,
-                            batch_size=4, checkpoint_every=1, queue_size=8, warmup_steps=1, device="cpu",
-                            holdout_fraction=0.2)
+    config = PretrainConfig(
+        paths=Paths(data_root=data_root),
+        model=MICRO_MODEL,
+        run_id="r1",
+        epochs=2,
+        batch_size=4,
+        checkpoint_every=1,
+        queue_size=8,
+        warmup_steps=1,
+        device="cpu",
+        holdout_fraction=0.2,
+    )
     path = root / "pretrain.json"
     path.write_text(config.model_dump_json())
     return path
@@ -364,8 +385,9 @@ def test_killed_results_write_leaves_all_or_nothing_and_rerun_matches(tmp_path: 
     # Write connections: start, record, finish of run 0, then start run 1 and (the 5th) record run 1.
     assert_killed(run_child("results", crashed, crash_point))
     store = ResultsStore(crashed)
-    runs = store.query("SELECT status, (SELECT count(*) FROM metrics m WHERE m.run_id = r.run_id) FROM runs r "
-                       "ORDER BY started_at")
+    runs = store.query(
+        "SELECT status, (SELECT count(*) FROM metrics m WHERE m.run_id = r.run_id) FROM runs r ORDER BY started_at"
+    )
     if crash_point.startswith("duckdb_mid_transaction"):
         assert runs == [("finished", 4), ("running", 0)]  # the open transaction vanished whole
     else:
@@ -377,8 +399,9 @@ def test_killed_results_write_leaves_all_or_nothing_and_rerun_matches(tmp_path: 
     # uninterrupted results. The killed run stays 'running' and no view counts it.
     assert store.query("SELECT count(*) FROM runs WHERE status = 'finished'") == [(3,)]
     assert store_contents(crashed) == expected
-    assert store.query("SELECT count(*) FROM latest_metrics WHERE run_id IN "
-                       "(SELECT run_id FROM runs WHERE status <> 'finished')") == [(0,)]
+    assert store.query(
+        "SELECT count(*) FROM latest_metrics WHERE run_id IN (SELECT run_id FROM runs WHERE status <> 'finished')"
+    ) == [(0,)]
 
 
 def kill_once_while_measuring(marker: Path, delay_s: float = 0.05):
@@ -408,15 +431,24 @@ def test_dask_worker_killed_mid_shard_is_replaced_and_decisions_match(tmp_path: 
     from tests.clean_fixtures import PORTRAIT, bad_images, write_raw_shards
 
     shards = [
-        [{"SAMPLE_ID": 1, "TEXT": "Portrait of a smiling man with short hair", "image": PORTRAIT.read_bytes()},
-         {"SAMPLE_ID": 2, "TEXT": "Young woman with glasses reading outdoors", "image": bad_images()["truncated_png"]}],
+        [
+            {"SAMPLE_ID": 1, "TEXT": "Portrait of a smiling man with short hair", "image": PORTRAIT.read_bytes()},
+            {
+                "SAMPLE_ID": 2,
+                "TEXT": "Young woman with glasses reading outdoors",
+                "image": bad_images()["truncated_png"],
+            },
+        ],
         [{"SAMPLE_ID": 3, "TEXT": "Elderly gentleman wearing a hat in the park", "image": bad_images()["png_bomb"]}],
     ]
     for root in ("uninterrupted", "killed"):
         write_raw_shards(tmp_path / root / "raw", shards)
     marker = tmp_path / "killed-worker-pid"
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+
         def config(root: str) -> CleanConfig:
             return CleanConfig(paths=Paths(data_root=tmp_path / root), dask_address=cluster.scheduler_address)
 

@@ -1,4 +1,5 @@
 """prefect.yaml against a real local Prefect server, and `fvlp serve`'s reading of it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,7 +38,9 @@ def local_server(tmp_path):
     log = open(tmp_path / "server.log", "wb")
     server = subprocess.Popen(
         [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 90
@@ -96,7 +99,12 @@ def test_prefect_deploy_registers_every_deployment_on_a_local_server(local_serve
     assert {by_name[n].work_queue_name for n in ("clean", "reclean-nightly")} == {"clean-writers"}
     assert queue.concurrency_limit == 1
 
-    assert {n for n, d in by_name.items() if d.work_pool_name == "fvlp-gpu"} == {"pipeline", "pretrain", "finetune", "evaluate"}
+    assert {n for n, d in by_name.items() if d.work_pool_name == "fvlp-gpu"} == {
+        "pipeline",
+        "pretrain",
+        "finetune",
+        "evaluate",
+    }
     # the UI's run form: the flow's typed config, with field descriptions
     schema = by_name["pipeline"].parameter_openapi_schema
     assert schema["properties"]["config"]["$ref"].endswith("/PipelineConfig")

@@ -1,10 +1,11 @@
 """Detectors on insightface's shipped real photos, crops, and decoding of hostile image bytes."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fvlp_core.detection.backends import DetectorSpec, Detections, detector_for
+from fvlp_core.detection.backends import Detections, DetectorSpec, detector_for
 from fvlp_core.detection.crop import crop_face, laplacian_variance
 from fvlp_core.detection.images import ImageRejected, decode_rgb
 from fvlp_core.detection.measure import ImageParams, measure_image, perceptual_hash
@@ -86,11 +87,18 @@ def test_web_image_modes_decode_to_rgb(name):
     assert rgb.std() > 20  # 16-bit scaled, palette expanded, alpha flattened: the face is still there
 
 
-@pytest.mark.parametrize("name,rule", [
-    ("zero_bytes", "undecodable_image"), ("missing", "undecodable_image"), ("not_an_image", "undecodable_image"),
-    ("truncated_png", "undecodable_image"), ("corrupt_jpeg", "undecodable_image"),
-    ("png_bomb", "image_too_large"), ("jpeg_bomb", "image_too_large"),
-])
+@pytest.mark.parametrize(
+    "name,rule",
+    [
+        ("zero_bytes", "undecodable_image"),
+        ("missing", "undecodable_image"),
+        ("not_an_image", "undecodable_image"),
+        ("truncated_png", "undecodable_image"),
+        ("corrupt_jpeg", "undecodable_image"),
+        ("png_bomb", "image_too_large"),
+        ("jpeg_bomb", "image_too_large"),
+    ],
+)
 def test_hostile_bytes_are_rejected_with_a_rule(name, rule):
     with pytest.raises(ImageRejected) as caught:
         decode_rgb(bad_images()[name], MAX_PIXELS)

@@ -1,4 +1,5 @@
 """Drawing-episode generation: pacing, drawing order, alignment, edge line art, shard round trip."""
+
 from __future__ import annotations
 
 import io
@@ -45,8 +46,7 @@ def test_episode_is_cumulative_and_ends_complete() -> None:
 
 
 def test_single_step_episode_is_the_finished_sketch() -> None:
-    strokes = [Stroke("hair", np.array([[2.0, 2.0], [20.0, 2.0]]), 1.0),
-               Stroke("eyes", np.array([[5.0, 10.0]]), 2.0)]
+    strokes = [Stroke("hair", np.array([[2.0, 2.0], [20.0, 2.0]]), 1.0), Stroke("eyes", np.array([[5.0, 10.0]]), 2.0)]
     (only,) = render_episode(strokes, 24, steps=1)
     assert only[2, 10] == 0 and only[10, 5] == 0  # the line and the dot
 
@@ -95,7 +95,9 @@ def test_corpus_sketch_lands_on_the_cleaned_crop() -> None:
     near_edges = cv2.dilate(edges.astype(np.uint8), np.ones((5, 5))).astype(bool)
     assert (ink & near_edges).sum() / ink.sum() > 0.6
     unaligned, _ = corpus_episode(face_strokes(params, 96), 96, steps=3, crop_margin=None)
-    assert ((unaligned[-1] < 128) & near_edges).sum() / (unaligned[-1] < 128).sum() < (ink & near_edges).sum() / ink.sum()
+    assert ((unaligned[-1] < 128) & near_edges).sum() / (unaligned[-1] < 128).sum() < (
+        ink & near_edges
+    ).sum() / ink.sum()
 
 
 def test_face_region_from_landmarks() -> None:
@@ -126,10 +128,22 @@ def test_line_art_from_a_photo_follows_drawing_order() -> None:
 
 def test_episode_chunks_round_trip(tmp_path: Path) -> None:
     frames = render_episode([Stroke("hair", np.array([[1.0, 1.0], [10.0, 10.0]]), 1.0)], 16, steps=3)
-    photos = [{"photo_id": pid, "split": split, "image": encode_png(frames[-1]), "caption": "a face",
-               "captions": ["a face"], "source": "generated"} for pid, split in (("b", "test"), ("a", "train"))]
-    sketches = [{"photo_id": p["photo_id"], "split": p["split"], "step": t, "image": encode_png(frames[t])}
-                for p in photos for t in (2, 0, 1)]
+    photos = [
+        {
+            "photo_id": pid,
+            "split": split,
+            "image": encode_png(frames[-1]),
+            "caption": "a face",
+            "captions": ["a face"],
+            "source": "generated",
+        }
+        for pid, split in (("b", "test"), ("a", "train"))
+    ]
+    sketches = [
+        {"photo_id": p["photo_id"], "split": p["split"], "step": t, "image": encode_png(frames[t])}
+        for p in photos
+        for t in (2, 0, 1)
+    ]
     write_episode_chunk(tmp_path, 0, photos, sketches)
     assert complete_chunks(tmp_path) == {0}
     assert read_photos(tmp_path, split="test").column("photo_id").to_pylist() == ["b"]
@@ -146,12 +160,14 @@ def test_gallery_photo_choice_accounts_for_every_face() -> None:
 
     from tasks.episodes import select_gallery_faces
 
-    faces = pd.DataFrame({
-        "SAMPLE_ID": [10, 11, 12, 13, 14],
-        "identity_id": [7, 7, 7, -1, 8],
-        "det_score": [0.95, 0.99, 0.99, 0.99, 0.97],
-        "caption": ["a", "b", "c", "d", "e"],
-    })
+    faces = pd.DataFrame(
+        {
+            "SAMPLE_ID": [10, 11, 12, 13, 14],
+            "identity_id": [7, 7, 7, -1, 8],
+            "det_score": [0.95, 0.99, 0.99, 0.99, 0.97],
+            "caption": ["a", "b", "c", "d", "e"],
+        }
+    )
     truth = pd.DataFrame({"SAMPLE_ID": [10, 11, 12, 13], "split": ["test", "test", "test", "train"]})
     chosen, skipped = select_gallery_faces(faces, truth)
     # Best detector score wins; the tie between 11 and 12 goes to the lower SAMPLE_ID.

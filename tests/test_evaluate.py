@@ -4,6 +4,7 @@ The model is replaced by a small deterministic encoder (pixel thumbnails; captio
 to vectors) so these tests exercise the flow, the ranking and the results store, not
 training. A crash injected mid-embedding must leave a failed run and no results.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,10 @@ class ThumbnailEncoder:
         return self._thumbs([Image.eval(e, lambda v: 255 - v) for e in edges])
 
     def encode_texts(self, texts):
-        vectors = [np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)).standard_normal(self.dim)
-                   for t in texts]
+        vectors = [
+            np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)).standard_normal(self.dim)
+            for t in texts
+        ]
         return self._norm(np.stack(vectors).astype(np.float32))
 
     def encode_sketches(self, sketches, captions=None):
@@ -68,8 +71,13 @@ def make_clean_faces(paths: Paths, rows: int = 40, identities: int = 12, size: i
     """Embedded source + a faces shard and manifest shaped like the clean stage's (crops are jittered renders)."""
     corpus = EmbeddedCorpus(rows, identities, seed=0)
     write_embedded_source(paths.source_dir, corpus)
-    write_clean_manifest(paths.clean_dir, {"settings": CleanConfig().model_dump(mode="json", exclude={"paths"}),
-                                           "corpus": {"rows": rows, "identities": identities, "seed": 0}})
+    write_clean_manifest(
+        paths.clean_dir,
+        {
+            "settings": CleanConfig().model_dump(mode="json", exclude={"paths"}),
+            "corpus": {"rows": rows, "identities": identities, "seed": 0},
+        },
+    )
     truth = corpus.ground_truth()
     faces = []
     for sample_id, identity, n_faces in zip(truth["SAMPLE_ID"], truth["identity_id"], truth["n_faces"]):
@@ -78,9 +86,19 @@ def make_clean_faces(paths: Paths, rows: int = 40, identities: int = 12, size: i
         buffer = io.BytesIO()
         params = corpus.identity_params(int(identity)) if identity >= 0 else corpus.identity_params(0)
         render_face(params, size, np.random.default_rng(int(sample_id))).save(buffer, format="PNG")
-        faces.append({"SAMPLE_ID": int(sample_id), "crop": buffer.getvalue(), "caption": f"person {identity}",
-                      "text": None, "attributes": [], "det_score": 0.99, "box": [0.0, 0.0, 1.0, 1.0],
-                      "landmarks": None, "identity_id": int(identity)})
+        faces.append(
+            {
+                "SAMPLE_ID": int(sample_id),
+                "crop": buffer.getvalue(),
+                "caption": f"person {identity}",
+                "text": None,
+                "attributes": [],
+                "det_score": 0.99,
+                "box": [0.0, 0.0, 1.0, 1.0],
+                "landmarks": None,
+                "identity_id": int(identity),
+            }
+        )
     write_shard(pa.Table.from_pylist(faces, schema=FACE_SCHEMA), shard_path(faces_dir(paths.clean_dir), 0), FACE_SCHEMA)
 
 
@@ -104,6 +122,7 @@ def _build_episodes(paths: Paths, **overrides) -> dict:
 
     return episodes_flow(EpisodesConfig(paths=paths, **{"steps_per_episode": STEPS, **overrides}))
 
+
 def test_evaluate_writes_metrics_curves_and_artifacts(prefect_harness, data_root: Paths, monkeypatch) -> None:
     from flows.evaluate import evaluate_flow
 
@@ -114,7 +133,8 @@ def test_evaluate_writes_metrics_curves_and_artifacts(prefect_harness, data_root
 
     store = ResultsStore(data_root.results_store)
     status, model_fp, dataset_fp = store.query(
-        "SELECT status, model_fingerprint, dataset_fingerprint FROM runs WHERE run_id = ?", [out["run_id"]])[0]
+        "SELECT status, model_fingerprint, dataset_fingerprint FROM runs WHERE run_id = ?", [out["run_id"]]
+    )[0]
     assert status == "finished" and model_fp.startswith("sha256:") and dataset_fp.endswith(":test")
     names = {(v, n) for v, n in store.query("SELECT variant, name FROM metrics WHERE run_id = ?", [out["run_id"]])}
     for variant in ("sketch", "sketch+text"):
@@ -123,8 +143,9 @@ def test_evaluate_writes_metrics_curves_and_artifacts(prefect_harness, data_root
     assert ("text-image", "t2i_r_at_1") in names and ("text-image", "i2t_r_at_10") in names
     curves = store.query("SELECT count(*), max(step) FROM curves WHERE run_id = ?", [out["run_id"]])[0]
     assert curves == (2 * 5 * STEPS, STEPS)
-    early = store.query("SELECT variant, wm_at_B FROM early_stage_by_variant WHERE run_id = ? ORDER BY variant",
-                        [out["run_id"]])
+    early = store.query(
+        "SELECT variant, wm_at_B FROM early_stage_by_variant WHERE run_id = ? ORDER BY variant", [out["run_id"]]
+    )
     assert [v for v, _ in early] == ["sketch", "sketch+text"]
 
     # The two variants are scored from different query embeddings of the same episodes.
@@ -146,8 +167,9 @@ def test_evaluate_writes_metrics_curves_and_artifacts(prefect_harness, data_root
     assert store.query("SELECT count(DISTINCT run_id) FROM latest_metrics") == [(1,)]
 
 
-def test_stages_with_different_episode_settings_read_their_own_builds(prefect_harness, data_root: Paths,
-                                                                       monkeypatch) -> None:
+def test_stages_with_different_episode_settings_read_their_own_builds(
+    prefect_harness, data_root: Paths, monkeypatch
+) -> None:
     """Episodes of another T live in their own folder; evaluating one never rebuilds or deletes the other."""
     from flows.evaluate import evaluate_flow
 

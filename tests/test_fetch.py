@@ -1,4 +1,5 @@
 """Local fetchers (folder, tar, embedded), image checks and the public-address rule."""
+
 from __future__ import annotations
 
 import io

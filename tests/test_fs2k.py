@@ -1,4 +1,5 @@
 """FS2K-SDE loader on a tiny tree in the reference annotation layout."""
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ def _png(path: Path, shade: int) -> str:
 
 def make_fs2k_tree(root: Path, train_ids=("0001", "0002"), test_ids=("0101",), steps: int = 4) -> Path:
     """Photos, cumulative sketches, train.json (string captions), annotations/test.json (caption lists)."""
+
     def rows(ids, caption_list: bool):
         out = []
         for n, photo_id in enumerate(ids):
@@ -29,9 +31,14 @@ def make_fs2k_tree(root: Path, train_ids=("0001", "0002"), test_ids=("0101",), s
                 _png(root / rel, 255 - 10 * step)
                 sketches.append(rel)
             caption = f"a person number {photo_id}"
-            out.append({"photo": f"photos/{photo_id}.png", "photo_id": photo_id,
-                        "caption": [caption, caption + " smiling"] if caption_list else caption,
-                        "sketch_sde": sketches})
+            out.append(
+                {
+                    "photo": f"photos/{photo_id}.png",
+                    "photo_id": photo_id,
+                    "caption": [caption, caption + " smiling"] if caption_list else caption,
+                    "sketch_sde": sketches,
+                }
+            )
         return out
 
     (root / "annotations").mkdir(parents=True, exist_ok=True)

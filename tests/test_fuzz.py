@@ -6,6 +6,7 @@ either return one row per input row, each problem listed in ``metadata_issues``,
 a :class:`MetadataError` naming the file; the caption measurements and rules must give
 every caption a decision. Examples are bounded so the whole module runs in seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,14 +68,16 @@ def metadata_tables(draw) -> tuple[pa.Table, dict]:
         text = pa.array(draw(st.lists(st.none() | st.binary(max_size=40), min_size=n, max_size=n)), pa.binary())
     else:
         text = pa.array(draw(st.lists(st.none() | st.text(max_size=40), min_size=n, max_size=n)), pa.string())
-    table = pa.table({
-        "SAMPLE_ID": ids,
-        "URL": pa.array(draw(st.lists(st.none() | st.text(max_size=30), min_size=n, max_size=n)), pa.string()),
-        "TEXT": text,
-        "WIDTH": draw(size_columns(n)),
-        "HEIGHT": draw(size_columns(n)),
-        "similarity": pa.array(draw(st.lists(st.none() | any_float, min_size=n, max_size=n)), pa.float64()),
-    })
+    table = pa.table(
+        {
+            "SAMPLE_ID": ids,
+            "URL": pa.array(draw(st.lists(st.none() | st.text(max_size=30), min_size=n, max_size=n)), pa.string()),
+            "TEXT": text,
+            "WIDTH": draw(size_columns(n)),
+            "HEIGHT": draw(size_columns(n)),
+            "similarity": pa.array(draw(st.lists(st.none() | any_float, min_size=n, max_size=n)), pa.float64()),
+        }
+    )
     return table, {"id_kind": id_kind}
 
 
@@ -120,7 +123,11 @@ def test_metadata_reader_accounts_for_every_row(case):
         for row, (given_value, stored) in enumerate(zip(table.column(name).to_pylist(), read.column(name).to_pylist())):
             expected, flagged = _expected_size(given_value)
             assert stored == expected, (name, row, given_value, stored)
-            assert flagged == any(issue.startswith(f"{name}:") for issue in issues[row]), (name, given_value, issues[row])
+            assert flagged == any(issue.startswith(f"{name}:") for issue in issues[row]), (
+                name,
+                given_value,
+                issues[row],
+            )
     for row, (raw, text) in enumerate(zip(table.column("TEXT").to_pylist(), read.column("TEXT").to_pylist())):
         if raw is None:
             assert text is None
@@ -132,7 +139,7 @@ def test_metadata_reader_accounts_for_every_row(case):
         except UnicodeDecodeError:
             assert text == raw_bytes.decode("utf-8", errors="replace")
             assert any(issue.startswith("TEXT:") for issue in issues[row])
-    for row, value in enumerate(read.column("similarity").to_pylist()):
+    for value in read.column("similarity").to_pylist():
         assert value is None or not math.isnan(value)
 
 
@@ -143,10 +150,19 @@ captions = st.one_of(
     st.text(max_size=300),
     st.binary(max_size=120),
     st.text(alphabet=st.characters(categories=["L", "Zs", "P"]), min_size=1, max_size=80),
-    st.sampled_from([
-        "Portrait of a smiling man with short hair", "Click here www.x.com", "<b>bold</b> woman",
-        "#a #b #c #d", "buy buy buy buy buy buy", "", "   ", "\ufffd\ufffd", "x" * 5000,
-    ]),
+    st.sampled_from(
+        [
+            "Portrait of a smiling man with short hair",
+            "Click here www.x.com",
+            "<b>bold</b> woman",
+            "#a #b #c #d",
+            "buy buy buy buy buy buy",
+            "",
+            "   ",
+            "\ufffd\ufffd",
+            "x" * 5000,
+        ]
+    ),
 )
 
 

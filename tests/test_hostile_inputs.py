@@ -9,6 +9,7 @@ a message - without a shard failing. Hostile *files* (Parquet with missing or mi
 columns, tar members named ``../``) stop with an error naming the file; they are tested
 in tests/test_ingest.py and tests/test_fetch.py (see docs/guarantees.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,25 +38,39 @@ def hostile_rows() -> list[dict]:
     captions = iter(DISTINCT_CAPTIONS)  # distinct, so duplicate_caption stays out of the way
     rows = [{"SAMPLE_ID": 1, "case": "good", "image": GOOD, "outcome": "kept-or-face-rule"}]
     for name, data in bad_images().items():
-        rows.append({"case": name, "image": data,
-                     "outcome": "image_too_large" if name in BOMBS else "undecodable_image"})
+        rows.append(
+            {"case": name, "image": data, "outcome": "image_too_large" if name in BOMBS else "undecodable_image"}
+        )
     for name, data in portrait_variants().items():  # odd modes must decode like any RGB image
         rows.append({"case": name, "image": data, "outcome": "decoded"})
     rows += [
-        {"case": "non_utf8_caption", "image": GOOD, "TEXT": b"Portr\xe4t of a man \xff\xfe", "outcome": "caption_not_utf8",
-         "issues": ["TEXT: not valid UTF-8 (undecodable bytes replaced with U+FFFD)"]},
+        {
+            "case": "non_utf8_caption",
+            "image": GOOD,
+            "TEXT": b"Portr\xe4t of a man \xff\xfe",
+            "outcome": "caption_not_utf8",
+            "issues": ["TEXT: not valid UTF-8 (undecodable bytes replaced with U+FFFD)"],
+        },
         {"case": "100kB_caption", "image": GOOD, "TEXT": "A smiling man " * 7500, "outcome": "caption_too_long"},
         {"case": "no_caption", "image": GOOD, "TEXT": None, "outcome": "caption_empty"},
-        {"case": "nan_width", "image": GOOD, "WIDTH": float("nan"), "HEIGHT": -3.0, "outcome": "decoded",
-         "issues": ["WIDTH: missing or NaN", "HEIGHT: not positive (-3)"]},
+        {
+            "case": "nan_width",
+            "image": GOOD,
+            "WIDTH": float("nan"),
+            "HEIGHT": -3.0,
+            "outcome": "decoded",
+            "issues": ["WIDTH: missing or NaN", "HEIGHT: not positive (-3)"],
+        },
     ]
     for i, row in enumerate(rows):
         row.setdefault("SAMPLE_ID", 10 + i)
         if "TEXT" not in row:
             row["TEXT"] = next(captions)
     # The same id again, right after its first row (same shard): never fetched twice, never dropped.
-    rows.insert(1, {"SAMPLE_ID": 1, "case": "duplicate_id", "image": GOOD, "TEXT": next(captions),
-                    "outcome": "undecodable_image"})
+    rows.insert(
+        1,
+        {"SAMPLE_ID": 1, "case": "duplicate_id", "image": GOOD, "TEXT": next(captions), "outcome": "undecodable_image"},
+    )
     return rows
 
 
@@ -64,18 +79,25 @@ def write_inputs(root: Path, rows: list[dict]) -> tuple[Path, Path]:
     images.mkdir(parents=True)
     for row in rows:
         if row["image"] is not None and row["case"] != "duplicate_id":
-            suffix = {"cmyk_jpeg": "jpg", "jpeg_bomb": "jpg", "corrupt_jpeg": "jpg", "animated_gif": "gif"}.get(row["case"], "png")
+            suffix = {"cmyk_jpeg": "jpg", "jpeg_bomb": "jpg", "corrupt_jpeg": "jpg", "animated_gif": "gif"}.get(
+                row["case"], "png"
+            )
             (images / f"{row['SAMPLE_ID']}.{suffix}").write_bytes(row["image"])
     texts = [t.encode() if isinstance(t, str) else t for t in (r["TEXT"] for r in rows)]
     metadata = root / "metadata.parquet"
-    pq.write_table(pa.table({
-        "SAMPLE_ID": pa.array([r["SAMPLE_ID"] for r in rows], pa.int64()),
-        "URL": [f"https://example.com/{r['SAMPLE_ID']}.jpg" for r in rows],
-        "TEXT": pa.array(texts, pa.binary()),
-        "WIDTH": pa.array([r.get("WIDTH", 224.0) for r in rows], pa.float64()),
-        "HEIGHT": pa.array([r.get("HEIGHT", 224.0) for r in rows], pa.float64()),
-        "similarity": [0.3] * len(rows),
-    }), metadata)
+    pq.write_table(
+        pa.table(
+            {
+                "SAMPLE_ID": pa.array([r["SAMPLE_ID"] for r in rows], pa.int64()),
+                "URL": [f"https://example.com/{r['SAMPLE_ID']}.jpg" for r in rows],
+                "TEXT": pa.array(texts, pa.binary()),
+                "WIDTH": pa.array([r.get("WIDTH", 224.0) for r in rows], pa.float64()),
+                "HEIGHT": pa.array([r.get("HEIGHT", 224.0) for r in rows], pa.float64()),
+                "similarity": [0.3] * len(rows),
+            }
+        ),
+        metadata,
+    )
     return metadata, images
 
 

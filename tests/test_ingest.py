@@ -1,4 +1,5 @@
 """Ingest: the metadata contract, hostile metadata, the raw schema, idempotence and crashes."""
+
 from __future__ import annotations
 
 import json
@@ -51,9 +52,19 @@ def test_metadata_is_normalised_and_extras_are_carried(tmp_path: Path):
     )
     table = read_metadata([first, second])
     assert table.schema.names == [
-        "SAMPLE_ID", "URL", "TEXT", "WIDTH", "HEIGHT", "similarity",
-        "LICENSE", "NSFW", "original_width", "punsafe",
-        "metadata_issues", "input_file", "input_row",
+        "SAMPLE_ID",
+        "URL",
+        "TEXT",
+        "WIDTH",
+        "HEIGHT",
+        "similarity",
+        "LICENSE",
+        "NSFW",
+        "original_width",
+        "punsafe",
+        "metadata_issues",
+        "input_file",
+        "input_row",
     ]
     assert table.schema.field("SAMPLE_ID").type == pa.int64()
     assert table.schema.field("WIDTH").type == pa.int64()
@@ -89,7 +100,9 @@ def test_mistyped_column_names_file_and_column(tmp_path: Path, column, values, e
 def test_extra_column_type_conflict_between_files(tmp_path: Path):
     a = write(laion_table([1]), tmp_path / "a.parquet")
     b = write(laion_table([2], original_width=["640px"]), tmp_path / "b.parquet")
-    with pytest.raises(MetadataError, match=r"b\.parquet: column original_width has type string, but .*a\.parquet has int64"):
+    with pytest.raises(
+        MetadataError, match=r"b\.parquet: column original_width has type string, but .*a\.parquet has int64"
+    ):
         open_metadata([a, b])
 
 
@@ -103,7 +116,9 @@ def test_reserved_and_unreadable_inputs(tmp_path: Path):
         open_metadata([garbage])
     with pytest.raises(MetadataError, match="absent.parquet: metadata file not found"):
         open_metadata([tmp_path / "absent.parquet"])
-    twice = pa.Table.from_arrays([*laion_table([1]).columns, pa.array(["a"])], names=[*laion_table([1]).column_names, "TEXT"])
+    twice = pa.Table.from_arrays(
+        [*laion_table([1]).columns, pa.array(["a"])], names=[*laion_table([1]).column_names, "TEXT"]
+    )
     write(twice, tmp_path / "twice.parquet")
     with pytest.raises(MetadataError, match=r"twice.parquet: column\(s\) TEXT appear more than once"):
         open_metadata([tmp_path / "twice.parquet"])
@@ -137,7 +152,11 @@ def test_hostile_values_are_kept_and_recorded(tmp_path: Path):
     assert table.column("TEXT").to_pylist() == ["ok caption", "caf\ufffd \ufffd", None, "x", "y"]
     assert table.column("metadata_issues").to_pylist() == [
         [],
-        ["TEXT: not valid UTF-8 (undecodable bytes replaced with U+FFFD)", "WIDTH: missing or NaN", "HEIGHT: not positive (0)"],
+        [
+            "TEXT: not valid UTF-8 (undecodable bytes replaced with U+FFFD)",
+            "WIDTH: missing or NaN",
+            "HEIGHT: not positive (0)",
+        ],
         ["WIDTH: not positive (-5)", "similarity: NaN"],
         ["WIDTH: not a whole number (12.5)"],
         ["WIDTH: missing or NaN"],
@@ -202,8 +221,19 @@ def test_raw_schema_contract_and_accounting(tmp_path: Path, prefect_harness):
     }
     table = read_dataset(config.paths.raw_dir)
     assert table.schema.names == [
-        "SAMPLE_ID", "URL", "TEXT", "WIDTH", "HEIGHT", "similarity", *LAION_EXTRAS,
-        "image", "fetch_status", "fetch_error", "metadata_issues", "input_file", "input_row",
+        "SAMPLE_ID",
+        "URL",
+        "TEXT",
+        "WIDTH",
+        "HEIGHT",
+        "similarity",
+        *LAION_EXTRAS,
+        "image",
+        "fetch_status",
+        "fetch_error",
+        "metadata_issues",
+        "input_file",
+        "input_row",
     ]
     types = {f.name: f.type for f in table.schema}
     assert types["image"] == pa.binary() and types["input_row"] == pa.int64()
@@ -300,9 +330,7 @@ def test_tar_source_with_path_traversal(tmp_path: Path, prefect_harness):
     with tarfile.open(tar_path, "w") as archive:
         add_member(archive, "1.png", png_bytes())
         add_member(archive, "../../2.png", png_bytes())
-    config = IngestConfig(
-        paths=Paths(data_root=tmp_path / "data"), source="tar", metadata=[meta], images=tar_path
-    )
+    config = IngestConfig(paths=Paths(data_root=tmp_path / "data"), source="tar", metadata=[meta], images=tar_path)
     ingest_flow(config)
     table = read_dataset(config.paths.raw_dir)
     assert table.column("fetch_status").to_pylist() == ["ok", "refused", "not_found"]
@@ -327,9 +355,20 @@ def test_cli_help_documents_every_ingest_flag():
     ingest = parser._subparsers._group_actions[0].choices["ingest"]
     help_text = ingest.format_help()
     for flag in (
-        "--source", "--metadata", "--images", "--rows", "--shard-size", "--max-image-bytes",
-        "--http-concurrency", "--http-connect-timeout-s", "--http-read-timeout-s", "--http-total-timeout-s",
-        "--http-retries", "--http-backoff-s", "--http-max-redirects", "--http-allow-private-addresses",
+        "--source",
+        "--metadata",
+        "--images",
+        "--rows",
+        "--shard-size",
+        "--max-image-bytes",
+        "--http-concurrency",
+        "--http-connect-timeout-s",
+        "--http-read-timeout-s",
+        "--http-total-timeout-s",
+        "--http-retries",
+        "--http-backoff-s",
+        "--http-max-redirects",
+        "--http-allow-private-addresses",
     ):
         assert flag in help_text, flag
     assert json.dumps(IngestConfig().model_dump(mode="json"))  # the config is JSON-serialisable
@@ -392,7 +431,6 @@ def test_embedded_images_for_given_metadata(tmp_path: Path, prefect_harness):
     table = read_dataset(config.paths.raw_dir)
     assert table.column("fetch_status").to_pylist()[-1] == "not_found"
     assert table.column("image").to_pylist()[:3] == [
-        corpus.image_bytes(i) if s == "ok" else None
-        for i, s in zip(known, table.column("fetch_status").to_pylist())
+        corpus.image_bytes(i) if s == "ok" else None for i, s in zip(known, table.column("fetch_status").to_pylist())
     ]
     assert not config.paths.source_dir.exists()  # given metadata: no corpus files written

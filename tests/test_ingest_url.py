@@ -5,6 +5,7 @@ oversize bodies with and without Content-Length, non-image bodies, redirect chai
 loops, redirects to other schemes and to internal addresses, and a body that drips
 slower than the total time limit allows.
 """
+
 from __future__ import annotations
 
 import threading
@@ -293,9 +294,7 @@ def test_ingest_flow_from_urls(server: Server, tmp_path: Path, prefect_harness):
     result = ingest_flow(config)
     assert result["rows"] == len(paths) and result["shards"] == 3 and result["written_shards"] == 3
     table = read_dataset(config.paths.raw_dir)
-    assert table.column("fetch_status").to_pylist() == [
-        "ok", "not_found", "not_image", "too_large", "ok", "ok", "ok"
-    ]
+    assert table.column("fetch_status").to_pylist() == ["ok", "not_found", "not_image", "too_large", "ok", "ok", "ok"]
     requests_before = len(server.paths)
     assert ingest_flow(config)["written_shards"] == 0
     assert len(server.paths) == requests_before  # a complete re-run fetches nothing
@@ -311,7 +310,9 @@ def test_an_unexpected_failure_stays_with_its_row(server: Server, monkeypatch: p
 
     monkeypatch.setattr(fetch, "resolve_target", resolve)
     fetcher = HttpFetcher(local_config(), max_bytes=MAX_BYTES)
-    broken, fine = fetcher.fetch([FetchRequest(1, "http://127.0.0.1:1/x.png"), FetchRequest(2, server.url("/img/2.png"))])
+    broken, fine = fetcher.fetch(
+        [FetchRequest(1, "http://127.0.0.1:1/x.png"), FetchRequest(2, server.url("/img/2.png"))]
+    )
     fetcher.close()
     assert broken.status == "error" and "RuntimeError: resolver bug" in broken.error
     assert fine.status == "ok"

@@ -1,4 +1,5 @@
 """SLFIR metrics on hand-computed cases, the tie rule, and batched ranking vs a naive loop."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Model pieces: open_clip backbones, fusion shapes, losses that learn, safe checkpoint loading."""
+
 from __future__ import annotations
 
 import pickle
@@ -8,13 +9,28 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fvlp_core.models import FVLPFusion, FVLPPretrain, MultiScaleFusion, create_backbone, fusion_layer_indices, get_tokenizer
+from fvlp_core.models import (
+    FVLPFusion,
+    FVLPPretrain,
+    MultiScaleFusion,
+    create_backbone,
+    fusion_layer_indices,
+    get_tokenizer,
+)
 from fvlp_core.models.factory import CheckpointError, encode_image_tokens, read_weights
 from fvlp_core.models.fusion import default_fusion_widths
 
 TINY = "fvlp-vit-tiny"
-CAPTIONS = ["a red circle", "a blue square", "a green circle", "a yellow square",
-            "a red square", "a blue circle", "a green square", "a yellow circle"]
+CAPTIONS = [
+    "a red circle",
+    "a blue square",
+    "a green circle",
+    "a yellow square",
+    "a red square",
+    "a blue circle",
+    "a green square",
+    "a yellow circle",
+]
 
 
 def test_small_configs_are_registered_with_open_clip():
@@ -102,8 +118,12 @@ def test_fusion_embeddings_share_one_normalised_space():
     model = FVLPFusion(TINY, embed_dim=32).eval()
     images, text, _ = _fixed_batch(4)
     with torch.no_grad():
-        outputs = [model.encode_images(images), model.encode_texts(text),
-                   model.encode_sketches(images), model.encode_sketches(images, text)]
+        outputs = [
+            model.encode_images(images),
+            model.encode_texts(text),
+            model.encode_sketches(images),
+            model.encode_sketches(images, text),
+        ]
     for out in outputs:
         assert tuple(out.shape) == (4, 32)
         assert torch.allclose(out.norm(dim=-1), torch.ones(4), atol=1e-5)

@@ -5,6 +5,7 @@ and count their calls, so the orchestration (subflows in cached tasks, the
 references passed on, the resume after a failure) is checked in seconds. The slow
 test runs the real stages end to end on a tiny embedded corpus.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,11 +56,22 @@ class FakeStages:
             return run
 
         return {
-            "ingest": stage("ingest", lambda c: {"raw_dir": str(self._output(c, "raw/shard-00000.parquet").parent), "rows": 10}),
-            "clean": stage("clean", lambda c: {"run_id": "clean-1", "clean_dir": str(self._output(c, "clean/decisions"))}),
-            "pretrain": stage("pretrain", lambda c: {"run_id": f"pre-{c.seed}", "checkpoint": str(self._output(c, f"ckpt/pre-{c.seed}.pt"))}),
-            "episodes": stage("episodes", lambda c: {"episodes_dir": str(self._output(c, "episodes/manifest.json").parent)}),
-            "finetune": stage("finetune", lambda c: {"run_id": "ft-1", "checkpoint": str(self._output(c, "ckpt/ft.pt"))}),
+            "ingest": stage(
+                "ingest", lambda c: {"raw_dir": str(self._output(c, "raw/shard-00000.parquet").parent), "rows": 10}
+            ),
+            "clean": stage(
+                "clean", lambda c: {"run_id": "clean-1", "clean_dir": str(self._output(c, "clean/decisions"))}
+            ),
+            "pretrain": stage(
+                "pretrain",
+                lambda c: {"run_id": f"pre-{c.seed}", "checkpoint": str(self._output(c, f"ckpt/pre-{c.seed}.pt"))},
+            ),
+            "episodes": stage(
+                "episodes", lambda c: {"episodes_dir": str(self._output(c, "episodes/manifest.json").parent)}
+            ),
+            "finetune": stage(
+                "finetune", lambda c: {"run_id": "ft-1", "checkpoint": str(self._output(c, "ckpt/ft.pt"))}
+            ),
             "evaluate": stage("evaluate", lambda c: {"run_id": "ev-1", "metrics": {"m_at_A": 90.0}}),
         }
 
@@ -174,11 +186,15 @@ def test_real_stages_end_to_end_then_a_rerun_that_reuses_them(prefect_harness, t
     assert subflow_names(state.state_details.flow_run_id) == STAGES
     assert first["ingest"]["rows"] == 60
     assert first["clean"]["kept"] + first["clean"]["rejected"] == 60
-    assert first["finetune"]["checkpoint"] == str(config.evaluate.paths.checkpoints_dir / "finetune" / first["finetune"]["run_id"] / "checkpoint.pt")
+    assert first["finetune"]["checkpoint"] == str(
+        config.evaluate.paths.checkpoints_dir / "finetune" / first["finetune"]["run_id"] / "checkpoint.pt"
+    )
 
     store = ResultsStore(config.evaluate.paths.results_store)
     runs = store.query(RUNS_SQL)
-    assert runs == [(stage, first[stage]["run_id"], "finished") for stage in ("clean", "pretrain", "finetune", "evaluate")]
+    assert runs == [
+        (stage, first[stage]["run_id"], "finished") for stage in ("clean", "pretrain", "finetune", "evaluate")
+    ]
     assert first["evaluate"]["metrics"]["dataset/steps"] == 5
     _assert_episodes_drawn_from_the_recorded_corpus(config, first["episodes"])
     rows = {flow: counts for flow, *counts in store.query(ROWS_SQL)}
@@ -205,8 +221,11 @@ def _assert_episodes_drawn_from_the_recorded_corpus(config: PipelineConfig, epis
     assert manifest["corpus"] == {"rows": 60, "identities": 12, "seed": 7}
     assert manifest["settings"]["crop_margin"] == 0.15
     assert episodes["steps"] == 5 and episodes["photos"] > 0
-    identity = dict(zip(*(read_face_index(config.clean.paths.clean_dir).column(c).to_pylist()
-                          for c in ("SAMPLE_ID", "identity_id"))))
+    identity = dict(
+        zip(
+            *(read_face_index(config.clean.paths.clean_dir).column(c).to_pylist() for c in ("SAMPLE_ID", "identity_id"))
+        )
+    )
     corpus = EmbeddedCorpus(60, 12, seed=7)
     chunk = next(iter_sketch_chunks(Path(episodes["episodes_dir"])))
     photo_id, last = chunk["photo_id"][4].as_py(), decode_png(chunk["image"][4].as_py())

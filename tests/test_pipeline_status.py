@@ -1,4 +1,5 @@
 """`fvlp status`: the last runs of the results store, failures with their error."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,11 +16,14 @@ def test_status_lists_newest_runs_with_headlines_and_errors(tmp_path, capsys):
         with store.run("ingest", {}):
             raise ValueError("shard-00003.parquet row 17 (SAMPLE_ID 42): not an image")
     with store.run("evaluate", {}) as run_id:
-        store.record_results(run_id, metrics=[
-            {"split": "test", "variant": "sketch+text", "name": "m_at_A", "value": 97.125},
-            {"split": "test", "variant": "sketch+text", "name": "m_at_B", "value": 50.0},
-            {"split": "train", "variant": "sketch+text", "name": "m_at_B", "value": 99.0},
-        ])
+        store.record_results(
+            run_id,
+            metrics=[
+                {"split": "test", "variant": "sketch+text", "name": "m_at_A", "value": 97.125},
+                {"split": "test", "variant": "sketch+text", "name": "m_at_B", "value": 50.0},
+                {"split": "train", "variant": "sketch+text", "name": "m_at_B", "value": 99.0},
+            ],
+        )
 
     assert main(["status", "--data-root", str(tmp_path), "--limit", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()

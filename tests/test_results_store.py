@@ -1,4 +1,5 @@
 """The DuckDB results store: schema, views, one-transaction writes, failed runs, lock handling."""
+
 from __future__ import annotations
 
 import subprocess
@@ -38,10 +39,24 @@ def test_schema_has_documented_tables_and_views(store: ResultsStore) -> None:
     names = {row[0] for row in store.query("SELECT table_name FROM information_schema.tables")}
     assert {"runs", "metrics", "curves", "cleaning_stats", "artifacts"} <= names
     assert {"latest_metrics", "early_stage_by_variant", "cleaning_yield"} <= names
-    columns = [row[0] for row in store.query(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs' ORDER BY ordinal_position")]
-    assert columns == ["run_id", "flow", "config", "code_version", "dataset_fingerprint", "model_fingerprint",
-                       "started_at", "finished_at", "status", "error"]
+    columns = [
+        row[0]
+        for row in store.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs' ORDER BY ordinal_position"
+        )
+    ]
+    assert columns == [
+        "run_id",
+        "flow",
+        "config",
+        "code_version",
+        "dataset_fingerprint",
+        "model_fingerprint",
+        "started_at",
+        "finished_at",
+        "status",
+        "error",
+    ]
 
 
 def test_finished_run_is_visible_in_views(store: ResultsStore) -> None:
@@ -50,23 +65,30 @@ def test_finished_run_is_visible_in_views(store: ResultsStore) -> None:
     with store.run("evaluate", config={"split": "test"}, model_fingerprint="model-a") as new:
         store.record_results(new, **_evaluation_rows(wm_b=20.0))
 
-    status, config, finished = store.query("SELECT status, config->>'split', finished_at FROM runs WHERE run_id = ?", [new])[0]
+    status, config, finished = store.query(
+        "SELECT status, config->>'split', finished_at FROM runs WHERE run_id = ?", [new]
+    )[0]
     assert (status, config) == ("finished", "test") and finished is not None
 
     latest = store.query("SELECT DISTINCT run_id FROM latest_metrics WHERE model_fingerprint = 'model-a'")
     assert latest == [(new,)]
     early = store.query(
-        "SELECT variant, wm_at_B, acc_at_10_at_20pct FROM early_stage_by_variant WHERE run_id = ? ORDER BY variant", [new])
+        "SELECT variant, wm_at_B, acc_at_10_at_20pct FROM early_stage_by_variant WHERE run_id = ? ORDER BY variant",
+        [new],
+    )
     # T = 10 curve steps, so 20 % of the episode is step 2 (value 20).
     assert early == [("sketch", 20.0, 20.0), ("sketch+text", 20.0, 20.0)]
 
 
 def test_cleaning_yield_view(store: ResultsStore) -> None:
     with store.run("clean") as run_id:
-        store.record_results(run_id, cleaning_stats=[
-            {"rule": "face_size", "kept": 75, "rejected": 25, "precision": 0.9, "recall": 0.8},
-            {"rule": "language", "kept": 50, "rejected": 50},
-        ])
+        store.record_results(
+            run_id,
+            cleaning_stats=[
+                {"rule": "face_size", "kept": 75, "rejected": 25, "precision": 0.9, "recall": 0.8},
+                {"rule": "language", "kept": 50, "rejected": 50},
+            ],
+        )
     rows = store.query("SELECT rule, yield_pct, precision, recall FROM cleaning_yield")
     assert rows == [("face_size", 75.0, 0.9, 0.8), ("language", 50.0, None, None)]
 
@@ -91,7 +113,9 @@ def test_crash_leaves_failed_run_and_no_results(store: ResultsStore) -> None:
         with store.run("evaluate") as run_id:
             store.record_results(run_id, **_evaluation_rows(wm_b=5.0))
             raise RuntimeError("boom")
-    assert store.query("SELECT status, error FROM runs WHERE run_id = ?", [run_id]) == [("failed", "RuntimeError: boom")]
+    assert store.query("SELECT status, error FROM runs WHERE run_id = ?", [run_id]) == [
+        ("failed", "RuntimeError: boom")
+    ]
     for table in ("metrics", "curves", "artifacts", "latest_metrics", "early_stage_by_variant"):
         assert store.query(f"SELECT count(*) FROM {table}")[0][0] == 0, table
     with pytest.raises(ValueError, match="is failed"):
@@ -136,8 +160,11 @@ def test_writer_gives_up_with_clear_message(tmp_path: Path) -> None:
 
 def _analyst_snippets() -> list[str]:
     text = ANALYST_QUERIES.read_text()
-    return [s.strip() for s in text.split(";") if any(
-        line.strip() and not line.strip().startswith("--") for line in s.splitlines())]
+    return [
+        s.strip()
+        for s in text.split(";")
+        if any(line.strip() and not line.strip().startswith("--") for line in s.splitlines())
+    ]
 
 
 def test_analyst_guide_queries_run_as_written(store: ResultsStore) -> None:

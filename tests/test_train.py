@@ -1,4 +1,5 @@
 """Training engine: deterministic streams, exact resume after a kill, safe checkpoints, flows."""
+
 from __future__ import annotations
 
 import io
@@ -8,23 +9,22 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import torch
-from prefect import flow
 from PIL import Image, ImageDraw
+from prefect import flow
 
+from fvlp_core.checkpoint import load_checkpoint
 from fvlp_core.config import EpisodesConfig, FinetuneConfig, Paths, PretrainConfig
 from fvlp_core.models import get_tokenizer
 from fvlp_train import train
 from fvlp_train.__main__ import main as train_main
-from fvlp_core.checkpoint import load_checkpoint
-from storage.checkpoints import latest_checkpoint
 from fvlp_train.data import FacePairStream, SketchEpisodeStream, StreamPlan
 from fvlp_train.engine import warmup_cosine
+from storage.checkpoints import latest_checkpoint
 from storage.episodes import write_episode_chunk, write_episodes_manifest
 from storage.shards import shard_path, write_shard
 from tasks.train import run_training, training_command
@@ -59,11 +59,21 @@ def make_clean_faces(clean_dir: Path, pairs: int = 48, per_shard: int = 20, seed
     rows = []
     for sample_id in range(pairs):
         colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
-        rows.append({"SAMPLE_ID": sample_id, "crop": _png(_shape(colour, shape, rng)),
-                     "caption": f"a {colour} {shape}", "text": "", "attributes": [], "det_score": 0.99,
-                     "box": [0.0, 0.0, 40.0, 40.0], "landmarks": None, "identity_id": sample_id})
+        rows.append(
+            {
+                "SAMPLE_ID": sample_id,
+                "crop": _png(_shape(colour, shape, rng)),
+                "caption": f"a {colour} {shape}",
+                "text": "",
+                "attributes": [],
+                "det_score": 0.99,
+                "box": [0.0, 0.0, 40.0, 40.0],
+                "landmarks": None,
+                "identity_id": sample_id,
+            }
+        )
     for index, start in enumerate(range(0, pairs, per_shard)):
-        write_shard(pa.Table.from_pylist(rows[start:start + per_shard]), shard_path(clean_dir / "faces", index))
+        write_shard(pa.Table.from_pylist(rows[start : start + per_shard]), shard_path(clean_dir / "faces", index))
 
 
 def episode_rows(train: int = 16, test: int = 8, steps: int = 3, seed: int = 1):
@@ -74,8 +84,16 @@ def episode_rows(train: int = 16, test: int = 8, steps: int = 3, seed: int = 1):
         photo_id, split = f"p{index:03d}", "train" if index < train else "test"
         caption = f"a {colour} {shape}"
         state = rng.getstate()
-        photos.append({"photo_id": photo_id, "split": split, "image": _png(_shape(colour, shape, rng)),
-                       "caption": caption, "captions": [caption], "source": "generated"})
+        photos.append(
+            {
+                "photo_id": photo_id,
+                "split": split,
+                "image": _png(_shape(colour, shape, rng)),
+                "caption": caption,
+                "captions": [caption],
+                "source": "generated",
+            }
+        )
         for step in range(steps):
             rng.setstate(state)  # same position as the photo
             sketch = _shape(colour, shape, rng, line_art=True, progress=(step + 1) / steps)
@@ -88,8 +106,17 @@ def make_episodes(episodes_dir: Path, **kwargs) -> None:
     photos, sketches = episode_rows(**kwargs)
     write_episode_chunk(episodes_dir, 0, photos, sketches)
     splits = {split: sum(p["split"] == split for p in photos) for split in ("train", "test")}
-    write_episodes_manifest(episodes_dir, {"source": "generated", "steps": kwargs.get("steps", 3), "chunks": 1,
-                                           "input_fingerprint": "test", "photos": len(photos), "splits": splits})
+    write_episodes_manifest(
+        episodes_dir,
+        {
+            "source": "generated",
+            "steps": kwargs.get("steps", 3),
+            "chunks": 1,
+            "input_fingerprint": "test",
+            "photos": len(photos),
+            "splits": splits,
+        },
+    )
 
 
 @pytest.fixture()
@@ -101,28 +128,46 @@ def data_root(tmp_path) -> Path:
 
 
 def pretrain_config(data_root: Path, **overrides) -> PretrainConfig:
-    values = dict(paths={"data_root": data_root}, run_id="pre", epochs=2, batch_size=8, queue_size=16,
-                  warmup_steps=1, checkpoint_every=2, device="cpu", holdout_fraction=0.15)
+    values = dict(
+        paths={"data_root": data_root},
+        run_id="pre",
+        epochs=2,
+        batch_size=8,
+        queue_size=16,
+        warmup_steps=1,
+        checkpoint_every=2,
+        device="cpu",
+        holdout_fraction=0.15,
+    )
     return PretrainConfig.model_validate({**values, **overrides})
 
 
 def test_face_stream_is_seeded_and_skips_exactly(data_root):
     tokenizer = get_tokenizer("fvlp-vit-tiny")
-    stream = FacePairStream(Paths(data_root=data_root).clean_dir, tokenizer, 32, seed=3, holdout_fraction=0.15,
-                            plan=StreamPlan(batch_size=8))
+    stream = FacePairStream(
+        Paths(data_root=data_root).clean_dir,
+        tokenizer,
+        32,
+        seed=3,
+        holdout_fraction=0.15,
+        plan=StreamPlan(batch_size=8),
+    )
     full = list(stream.epoch(1))
     assert len(full) == stream.batches_per_epoch() >= 3
     resumed = list(stream.epoch(1, start_batch=2))
-    assert all(torch.equal(a["images"], b["images"]) and torch.equal(a["text"], b["text"])
-               for a, b in zip(full[2:], resumed, strict=True))
+    assert all(
+        torch.equal(a["images"], b["images"]) and torch.equal(a["text"], b["text"])
+        for a, b in zip(full[2:], resumed, strict=True)
+    )
     assert not torch.equal(full[0]["groups"], list(stream.epoch(2))[0]["groups"])  # a new order each epoch
 
 
 def test_ranks_take_disjoint_slices_of_each_global_batch(data_root):
     tokenizer = get_tokenizer("fvlp-vit-tiny")
     episodes = Paths(data_root=data_root).episodes_dir
-    streams = [SketchEpisodeStream(episodes, tokenizer, 32, seed=0, plan=StreamPlan(4, world_size=2, rank=r))
-               for r in (0, 1)]
+    streams = [
+        SketchEpisodeStream(episodes, tokenizer, 32, seed=0, plan=StreamPlan(4, world_size=2, rank=r)) for r in (0, 1)
+    ]
     first = [next(s.epoch(0)) for s in streams]
     assert first[0]["photos"].shape == (4, 3, 32, 32)
     assert not torch.equal(first[0]["photos"], first[1]["photos"])
@@ -160,8 +205,15 @@ def test_pretrain_then_finetune_in_process_write_safe_checkpoints(data_root):
     assert {"heldout_t2i_r_at_1", "chance_r_at_1"} <= set(result["metrics"])
     assert latest_checkpoint(Paths(data_root=data_root).checkpoints_dir, "pretrain") == Path(result["checkpoint"])
 
-    config = FinetuneConfig(paths=Paths(data_root=data_root), run_id="fine", epochs=1, batch_size=4, device="cpu",
-                            warmup_steps=1, pretrained_checkpoint=Path(result["checkpoint"]))
+    config = FinetuneConfig(
+        paths=Paths(data_root=data_root),
+        run_id="fine",
+        epochs=1,
+        batch_size=4,
+        device="cpu",
+        warmup_steps=1,
+        pretrained_checkpoint=Path(result["checkpoint"]),
+    )
     tuned = train("finetune", config)
     metrics = tuned["metrics"]
     assert metrics["test_episodes"] == 8 and metrics["gallery_size"] == 8
@@ -178,8 +230,14 @@ def test_resume_refuses_a_changed_config(data_root):
 def _launch(config: PretrainConfig, path: Path) -> subprocess.Popen:
     path.write_text(config.model_dump_json())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "fvlp_train", "pretrain", "--config", str(path)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fvlp_train", "pretrain", "--config", str(path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -213,8 +271,14 @@ def test_kill_and_resume_reproduces_an_uninterrupted_run(data_root, tmp_path):
 @pytest.mark.slow
 def test_checkpoint_loads_into_a_fresh_process(data_root, tmp_path):
     result = train("pretrain", pretrain_config(data_root, epochs=1))
-    config = FinetuneConfig(paths=Paths(data_root=data_root), run_id="fine", epochs=1, batch_size=4, device="cpu",
-                            pretrained_checkpoint=Path(result["checkpoint"]))
+    config = FinetuneConfig(
+        paths=Paths(data_root=data_root),
+        run_id="fine",
+        epochs=1,
+        batch_size=4,
+        device="cpu",
+        pretrained_checkpoint=Path(result["checkpoint"]),
+    )
     checkpoint = train("finetune", config)["checkpoint"]
     script = (
         "import sys, torch\n"
@@ -225,8 +289,9 @@ def test_checkpoint_loads_into_a_fresh_process(data_root, tmp_path):
         "e = [enc.encode_images(img), enc.encode_sketches(img, ['a red circle'] * 3), enc.encode_texts(['a'])]\n"
         "print([tuple(x.shape) for x in e], float(e[1].norm(dim=-1).mean()))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script, checkpoint], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script, checkpoint], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[(3, 256), (3, 256), (1, 256)] 1.0"
 
@@ -260,8 +325,9 @@ def test_pretrain_and_finetune_flows_tie_run_ids_checkpoints_and_results(tmp_pat
     paths = Paths(data_root=tmp_path / "data")
     make_clean_faces(paths.clean_dir)
     make_fs2k_sde(tmp_path / "fs2k")
-    pre = pretrain_flow(PretrainConfig(paths=paths, epochs=1, batch_size=8, queue_size=16, device="cpu",
-                                       holdout_fraction=0.15))
+    pre = pretrain_flow(
+        PretrainConfig(paths=paths, epochs=1, batch_size=8, queue_size=16, device="cpu", holdout_fraction=0.15)
+    )
     assert Path(pre["checkpoint"]) == paths.checkpoints_dir / "pretrain" / pre["run_id"] / "checkpoint.pt"
     assert (paths.checkpoints_dir / "pretrain" / "LATEST").read_text().strip() == pre["run_id"]
 

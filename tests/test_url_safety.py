@@ -3,9 +3,9 @@ body cut at the byte cap, and the disguised spellings of internal addresses.
 
 Only 127.0.0.1 is ever contacted; every other address here is refused before a socket opens.
 """
+
 from __future__ import annotations
 
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -53,7 +53,7 @@ def test_connect_timeout_is_applied_and_reported(monkeypatch: pytest.MonkeyPatch
 
     def hanging_connect(address, timeout=None, *args, **kwargs):
         seen.append((address, timeout))
-        raise socket.timeout("timed out")  # what a black-holed SYN ends in
+        raise TimeoutError("timed out")  # what a black-holed SYN ends in
 
     monkeypatch.setattr(fetch.socket, "create_connection", hanging_connect)
     config = local_config(connect_timeout_s=0.25, retries=1)

@@ -5,6 +5,7 @@ on demand from a per-row seed, so ``image_bytes`` is deterministic and independe
 order rows are asked for. Noise is labelled in the ground truth with the stable names in
 :data:`NOISE_LABELS`; a row is expected to survive cleaning only when it carries none.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,11 +33,41 @@ NOISE_LABELS: tuple[str, ...] = (*IMAGE_NOISE, *CAPTION_NOISE, *DUPLICATE_NOISE)
 # Rows whose image shows exactly one identifiable person.
 _SINGLE_FACE = (None, "tiny_face", "low_resolution", "corrupt_image", "truncated_image")
 _TRAIN_SHARE = 0.7
-_SIZES = ((256, 256), (320, 320), (224, 224), (320, 240), (240, 320), (288, 216), (216, 288), (200, 200),
-          (256, 192), (192, 256), (300, 300), (160, 160), (320, 213), (213, 320), (180, 240))
-_DOMAINS = ("img.stockportraits.example", "cdn.newsphotos.example", "media.peoplemag.example",
-            "i.pinboard.example", "static.blogcdn.example", "photos.socialnet.example", "images.shopfront.example")
-_LICENSES = ("?", "?", "?", "?", "?", "creativecommons.org/licenses/by/2.0/", "creativecommons.org/licenses/by-nc-sa/2.0/")
+_SIZES = (
+    (256, 256),
+    (320, 320),
+    (224, 224),
+    (320, 240),
+    (240, 320),
+    (288, 216),
+    (216, 288),
+    (200, 200),
+    (256, 192),
+    (192, 256),
+    (300, 300),
+    (160, 160),
+    (320, 213),
+    (213, 320),
+    (180, 240),
+)
+_DOMAINS = (
+    "img.stockportraits.example",
+    "cdn.newsphotos.example",
+    "media.peoplemag.example",
+    "i.pinboard.example",
+    "static.blogcdn.example",
+    "photos.socialnet.example",
+    "images.shopfront.example",
+)
+_LICENSES = (
+    "?",
+    "?",
+    "?",
+    "?",
+    "?",
+    "creativecommons.org/licenses/by/2.0/",
+    "creativecommons.org/licenses/by-nc-sa/2.0/",
+)
 
 
 @dataclass
@@ -119,15 +150,25 @@ class EmbeddedCorpus:
         sample_ids = 1_000_000 * (self.seed % 1000 + 1) + np.cumsum(rng.integers(1, 500, n))
         plan: list[_Row] = []
         for i in range(n):
-            row = _Row(index=i, sample_id=int(sample_ids[i]), image_noise=image_noise[i], caption_noise=caption_noise[i],
-                       identity_id=int(identity[i]), photo_seed=int(rng.integers(0, 2**62)))
+            row = _Row(
+                index=i,
+                sample_id=int(sample_ids[i]),
+                image_noise=image_noise[i],
+                caption_noise=caption_noise[i],
+                identity_id=int(identity[i]),
+                photo_seed=int(rng.integers(0, 2**62)),
+            )
             row.width, row.height = _SIZES[int(rng.integers(len(_SIZES)))]
             if copy_kind[i] is not None:
                 original = plan[int(rng.integers(0, i))]
                 while original.copy_of is not None:
                     original = plan[original.copy_of]
                 row.copy_of, row.copy_kind = original.index, copy_kind[i]
-                row.image_noise, row.identity_id, row.people = original.image_noise, original.identity_id, original.people
+                row.image_noise, row.identity_id, row.people = (
+                    original.image_noise,
+                    original.identity_id,
+                    original.people,
+                )
                 row.photo_seed = original.photo_seed
                 row.width, row.height = original.width, original.height
                 if copy_kind[i] == "near_duplicate":
@@ -147,8 +188,11 @@ class EmbeddedCorpus:
             row.url = self._url(row, rng)
             clean_text = row.caption_noise is None and row.image_noise not in ("no_face",)
             row.similarity = float(max(0.3, rng.normal(0.335, 0.025) if clean_text else rng.normal(0.312, 0.01)))
-            row.split = ("train" if row.identity_id in train_ids else "test") if row.identity_id >= 0 else (
-                "train" if rng.random() < _TRAIN_SHARE else "test")
+            row.split = (
+                ("train" if row.identity_id in train_ids else "test")
+                if row.identity_id >= 0
+                else ("train" if rng.random() < _TRAIN_SHARE else "test")
+            )
             plan.append(row)
         return plan
 
@@ -181,31 +225,35 @@ class EmbeddedCorpus:
         """LAION-400M-style metadata, one row per sample (``TEXT`` may be null)."""
         plan = self._plan
         rng = np.random.default_rng([self.seed, 2])
-        return pd.DataFrame({
-            "SAMPLE_ID": pd.array([r.sample_id for r in plan], dtype="int64"),
-            "URL": pd.array([r.url for r in plan], dtype="string"),
-            "TEXT": pd.array([r.text for r in plan], dtype="string"),
-            "WIDTH": pd.array([r.width for r in plan], dtype="int64"),
-            "HEIGHT": pd.array([r.height for r in plan], dtype="int64"),
-            "similarity": np.array([r.similarity for r in plan], dtype=np.float64),
-            "LICENSE": pd.array([_LICENSES[k] for k in rng.integers(0, len(_LICENSES), len(plan))], dtype="string"),
-            "NSFW": pd.array(np.where(rng.random(len(plan)) < 0.03, "UNSURE", "UNLIKELY"), dtype="string"),
-        })
+        return pd.DataFrame(
+            {
+                "SAMPLE_ID": pd.array([r.sample_id for r in plan], dtype="int64"),
+                "URL": pd.array([r.url for r in plan], dtype="string"),
+                "TEXT": pd.array([r.text for r in plan], dtype="string"),
+                "WIDTH": pd.array([r.width for r in plan], dtype="int64"),
+                "HEIGHT": pd.array([r.height for r in plan], dtype="int64"),
+                "similarity": np.array([r.similarity for r in plan], dtype=np.float64),
+                "LICENSE": pd.array([_LICENSES[k] for k in rng.integers(0, len(_LICENSES), len(plan))], dtype="string"),
+                "NSFW": pd.array(np.where(rng.random(len(plan)) < 0.03, "UNSURE", "UNLIKELY"), dtype="string"),
+            }
+        )
 
     def ground_truth(self) -> pd.DataFrame:
         """What cleaning should find: noise labels, who is in the picture, their attributes, the split."""
         rows = []
         for r in self._plan:
             single = r.identity_id >= 0
-            rows.append({
-                "SAMPLE_ID": r.sample_id,
-                "identity_id": r.identity_id,
-                "noise": r.noise,
-                "expected_keep": not r.noise,
-                "n_faces": len(r.people),
-                "attributes": attributes_of(self.identity_params(r.identity_id)) if single else [],
-                "split": r.split,
-            })
+            rows.append(
+                {
+                    "SAMPLE_ID": r.sample_id,
+                    "identity_id": r.identity_id,
+                    "noise": r.noise,
+                    "expected_keep": not r.noise,
+                    "n_faces": len(r.people),
+                    "attributes": attributes_of(self.identity_params(r.identity_id)) if single else [],
+                    "split": r.split,
+                }
+            )
         frame = pd.DataFrame(rows)
         frame["SAMPLE_ID"] = frame["SAMPLE_ID"].astype("int64")
         frame["identity_id"] = frame["identity_id"].astype("int64")

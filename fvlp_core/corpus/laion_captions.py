@@ -4,24 +4,113 @@ Clean captions mention the person and some of their attributes the way stock sit
 captions and personal photo titles do. The noisy kinds (other languages, spam and
 boilerplate, empty) are what real LAION-Face rows carry and what cleaning should catch.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from fvlp_core.corpus.faces import FaceParams
 
-FIRST_NAMES_F = ("Anna", "Maria", "Sofia", "Emma", "Olivia", "Chloe", "Grace", "Mia", "Laura", "Julia", "Nina",
-                 "Sarah", "Hannah", "Lucy", "Elena", "Aisha", "Mei", "Priya", "Zoe", "Claire", "Ruth", "Ines")
-FIRST_NAMES_M = ("John", "David", "Michael", "James", "Daniel", "Lucas", "Omar", "Marco", "Peter", "Thomas",
-                 "Sam", "Alex", "Ryan", "Kenji", "Ravi", "Victor", "Paul", "Felix", "Hugo", "Ben", "Tariq", "Leo")
-LAST_NAMES = ("Smith", "Garcia", "Miller", "Brown", "Kowalski", "Rossi", "Nguyen", "Okafor", "Schmidt", "Silva",
-              "Tanaka", "Dubois", "Johnson", "Novak", "Haddad", "Larsen", "Patel", "Moreau", "Kim", "Walsh")
-PLACES = ("the beach", "the park", "home", "work", "the wedding", "the office", "the party", "the lake",
-          "graduation", "the studio", "the festival", "christmas dinner", "the conference")
+FIRST_NAMES_F = (
+    "Anna",
+    "Maria",
+    "Sofia",
+    "Emma",
+    "Olivia",
+    "Chloe",
+    "Grace",
+    "Mia",
+    "Laura",
+    "Julia",
+    "Nina",
+    "Sarah",
+    "Hannah",
+    "Lucy",
+    "Elena",
+    "Aisha",
+    "Mei",
+    "Priya",
+    "Zoe",
+    "Claire",
+    "Ruth",
+    "Ines",
+)
+FIRST_NAMES_M = (
+    "John",
+    "David",
+    "Michael",
+    "James",
+    "Daniel",
+    "Lucas",
+    "Omar",
+    "Marco",
+    "Peter",
+    "Thomas",
+    "Sam",
+    "Alex",
+    "Ryan",
+    "Kenji",
+    "Ravi",
+    "Victor",
+    "Paul",
+    "Felix",
+    "Hugo",
+    "Ben",
+    "Tariq",
+    "Leo",
+)
+LAST_NAMES = (
+    "Smith",
+    "Garcia",
+    "Miller",
+    "Brown",
+    "Kowalski",
+    "Rossi",
+    "Nguyen",
+    "Okafor",
+    "Schmidt",
+    "Silva",
+    "Tanaka",
+    "Dubois",
+    "Johnson",
+    "Novak",
+    "Haddad",
+    "Larsen",
+    "Patel",
+    "Moreau",
+    "Kim",
+    "Walsh",
+)
+PLACES = (
+    "the beach",
+    "the park",
+    "home",
+    "work",
+    "the wedding",
+    "the office",
+    "the party",
+    "the lake",
+    "graduation",
+    "the studio",
+    "the festival",
+    "christmas dinner",
+    "the conference",
+)
 EVENTS = ("premiere", "gala", "awards ceremony", "press conference", "charity dinner", "fashion week", "book launch")
 CITIES = ("London", "Los Angeles", "Paris", "New York", "Berlin", "Toronto", "Sydney", "Madrid", "Milan")
-SITE_SUFFIXES = (" - Stock Photo", " stock photo", " | Shutterstock", " Royalty Free Stock Images", " - stock image",
-                 " premium photo", " free photo", " - Download Free", " | iStock", " photo", "")
+SITE_SUFFIXES = (
+    " - Stock Photo",
+    " stock photo",
+    " | Shutterstock",
+    " Royalty Free Stock Images",
+    " - stock image",
+    " premium photo",
+    " free photo",
+    " - Download Free",
+    " | iStock",
+    " photo",
+    "",
+)
 
 
 def identity_name(params: FaceParams, identity_id: int) -> str:
@@ -32,11 +121,17 @@ def identity_name(params: FaceParams, identity_id: int) -> str:
 
 def _person_noun(p: FaceParams, rng: np.random.Generator) -> str:
     if p.male:
-        options = ("man", "guy", "businessman", "male", "gentleman") if p.age >= 25 else ("young man", "boy", "teen", "guy")
+        options = (
+            ("man", "guy", "businessman", "male", "gentleman") if p.age >= 25 else ("young man", "boy", "teen", "guy")
+        )
         if p.age > 60:
             options = ("old man", "senior man", "elderly man", "grandfather")
     else:
-        options = ("woman", "girl", "lady", "businesswoman", "female") if p.age >= 25 else ("young woman", "girl", "teen girl")
+        options = (
+            ("woman", "girl", "lady", "businesswoman", "female")
+            if p.age >= 25
+            else ("young woman", "girl", "teen girl")
+        )
         if p.age > 60:
             options = ("old woman", "senior woman", "elderly lady", "grandmother")
     return options[int(rng.integers(len(options)))]
@@ -102,18 +197,25 @@ def clean_caption(p: FaceParams, identity_id: int, rng: np.random.Generator) -> 
     elif kind == 1:
         text = f"{name.split()[0]} at {_pick(rng, PLACES)} {year}"
     elif kind == 2:
-        text = (f"{name} attends the {_pick(rng, EVENTS)} in {_pick(rng, CITIES)} on "
-                f"{_pick(rng, ('March', 'May', 'June', 'October'))} {int(rng.integers(1, 29))}, {year}")
+        text = (
+            f"{name} attends the {_pick(rng, EVENTS)} in {_pick(rng, CITIES)} on "
+            f"{_pick(rng, ('March', 'May', 'June', 'October'))} {int(rng.integers(1, 29))}, {year}"
+        )
     elif kind == 3:
         text = f"close up face of {person}{with_part} isolated on white background"
     elif kind == 4:
         text = f"{person.capitalize()}{with_part} looking at camera{_pick(rng, SITE_SUFFIXES)}"
     elif kind == 5:
-        text = f"Headshot of {name}, {_pick(rng, ('actor', 'CEO', 'author', 'designer', 'teacher', 'singer', 'doctor'))}"
+        text = (
+            f"Headshot of {name}, {_pick(rng, ('actor', 'CEO', 'author', 'designer', 'teacher', 'singer', 'doctor'))}"
+        )
     elif kind == 6:
-        text = f"{_pick(rng, ('Beautiful', 'Handsome', 'Attractive', 'Cute', ''))} {person}{with_part} - {_pick(rng, ('face', 'portrait', 'headshot', 'selfie'))}".strip()
+        adjective = _pick(rng, ("Beautiful", "Handsome", "Attractive", "Cute", ""))
+        text = f"{adjective} {person}{with_part} - {_pick(rng, ('face', 'portrait', 'headshot', 'selfie'))}".strip()
     else:
-        text = f"{name} {_pick(rng, ('profile picture', 'selfie', 'linkedin photo', 'passport photo', 'avatar'))} {year}"
+        text = (
+            f"{name} {_pick(rng, ('profile picture', 'selfie', 'linkedin photo', 'passport photo', 'avatar'))} {year}"
+        )
     return _messy(text, rng)
 
 
@@ -144,17 +246,40 @@ def _pick(rng: np.random.Generator, options) -> str:
 
 
 _FOREIGN = {
-    "de": ("Porträt einer {f} Frau mit Brille", "Porträt eines {m} Mannes im Studio", "Junge Frau lächelt in die Kamera",
-           "Mann mit Bart schaut in die Kamera", "Nahaufnahme Gesicht einer Frau vor weißem Hintergrund"),
-    "fr": ("Portrait d'une femme souriante aux cheveux longs", "Portrait d'un homme barbu en costume",
-           "Jeune femme souriante regardant la caméra", "Visage d'un homme âgé avec des lunettes"),
-    "es": ("Retrato de mujer joven sonriendo a la cámara", "Hombre con barba mirando a la cámara",
-           "Retrato de un señor mayor con gafas", "Chica rubia sonriente en el parque"),
-    "it": ("Ritratto di donna sorridente con i capelli ricci", "Uomo con la barba che guarda in camera",
-           "Primo piano del viso di una ragazza"),
-    "pt": ("Retrato de mulher sorrindo para a câmera", "Homem de óculos olhando para a câmera",
-           "Rosto de menina com cabelo castanho"),
-    "ru": ("Портрет молодой улыбающейся женщины", "Мужчина с бородой смотрит в камеру", "Лицо пожилого человека в очках"),
+    "de": (
+        "Porträt einer {f} Frau mit Brille",
+        "Porträt eines {m} Mannes im Studio",
+        "Junge Frau lächelt in die Kamera",
+        "Mann mit Bart schaut in die Kamera",
+        "Nahaufnahme Gesicht einer Frau vor weißem Hintergrund",
+    ),
+    "fr": (
+        "Portrait d'une femme souriante aux cheveux longs",
+        "Portrait d'un homme barbu en costume",
+        "Jeune femme souriante regardant la caméra",
+        "Visage d'un homme âgé avec des lunettes",
+    ),
+    "es": (
+        "Retrato de mujer joven sonriendo a la cámara",
+        "Hombre con barba mirando a la cámara",
+        "Retrato de un señor mayor con gafas",
+        "Chica rubia sonriente en el parque",
+    ),
+    "it": (
+        "Ritratto di donna sorridente con i capelli ricci",
+        "Uomo con la barba che guarda in camera",
+        "Primo piano del viso di una ragazza",
+    ),
+    "pt": (
+        "Retrato de mulher sorrindo para a câmera",
+        "Homem de óculos olhando para a câmera",
+        "Rosto de menina com cabelo castanho",
+    ),
+    "ru": (
+        "Портрет молодой улыбающейся женщины",
+        "Мужчина с бородой смотрит в камеру",
+        "Лицо пожилого человека в очках",
+    ),
     "zh": ("微笑的年轻女子肖像", "戴眼镜的男人看着镜头", "金发女孩的特写照片"),
     "ja": ("笑顔の女性のポートレート", "眼鏡をかけた男性の顔写真", "若い女性のクローズアップ"),
     "pl": ("Portret uśmiechniętej kobiety w okularach", "Mężczyzna z brodą patrzy w obiektyw"),
@@ -206,23 +331,52 @@ def empty_caption(rng: np.random.Generator) -> str | None:
     return (None, "", " ", "\n")[int(rng.integers(4))]
 
 
-_GROUP = ("Group of friends smiling{s}", "family portrait at {p} {y}", "Team photo of our office staff",
-          "{n} people at the {e} in {c}", "Wedding guests {y}", "business team meeting{s}", "friends taking a selfie")
-_GROUP_FOREIGN = ("Gruppe von Freunden lachen zusammen", "Photo de famille à la plage", "Amigos sonriendo juntos en la fiesta")
-_NO_FACE = ("Beautiful mountain landscape at sunset{s}", "Red summer dress for women - free shipping",
-            "Hair styling tips for long hair", "Men's leather wallet brown", "Women's face cream 50ml",
-            "View of the lake from the hotel {y}", "Skin care routine products{s}", "Makeup brush set 12 pieces",
-            "Beard oil for men natural", "Back view of a girl with long hair", "eyeglasses frame black unisex",
-            "Sale banner template vector{s}")
-_NO_FACE_FOREIGN = ("Wunderschöne Berglandschaft bei Sonnenuntergang", "Crème visage hydratante pour femme",
-                    "Cartel de rebajas de verano")
+_GROUP = (
+    "Group of friends smiling{s}",
+    "family portrait at {p} {y}",
+    "Team photo of our office staff",
+    "{n} people at the {e} in {c}",
+    "Wedding guests {y}",
+    "business team meeting{s}",
+    "friends taking a selfie",
+)
+_GROUP_FOREIGN = (
+    "Gruppe von Freunden lachen zusammen",
+    "Photo de famille à la plage",
+    "Amigos sonriendo juntos en la fiesta",
+)
+_NO_FACE = (
+    "Beautiful mountain landscape at sunset{s}",
+    "Red summer dress for women - free shipping",
+    "Hair styling tips for long hair",
+    "Men's leather wallet brown",
+    "Women's face cream 50ml",
+    "View of the lake from the hotel {y}",
+    "Skin care routine products{s}",
+    "Makeup brush set 12 pieces",
+    "Beard oil for men natural",
+    "Back view of a girl with long hair",
+    "eyeglasses frame black unisex",
+    "Sale banner template vector{s}",
+)
+_NO_FACE_FOREIGN = (
+    "Wunderschöne Berglandschaft bei Sonnenuntergang",
+    "Crème visage hydratante pour femme",
+    "Cartel de rebajas de verano",
+)
 
 
 def group_caption(rng: np.random.Generator, non_english: bool = False) -> str:
     if non_english:
         return _pick(rng, _GROUP_FOREIGN)
-    return _pick(rng, _GROUP).format(s=_pick(rng, SITE_SUFFIXES), p=_pick(rng, PLACES), y=int(rng.integers(2005, 2021)),
-                                     n=int(rng.integers(2, 5)), e=_pick(rng, EVENTS), c=_pick(rng, CITIES))
+    return _pick(rng, _GROUP).format(
+        s=_pick(rng, SITE_SUFFIXES),
+        p=_pick(rng, PLACES),
+        y=int(rng.integers(2005, 2021)),
+        n=int(rng.integers(2, 5)),
+        e=_pick(rng, EVENTS),
+        c=_pick(rng, CITIES),
+    )
 
 
 def no_face_caption(rng: np.random.Generator, non_english: bool = False) -> str:

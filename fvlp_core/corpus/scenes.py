@@ -1,4 +1,5 @@
 """Whole images for corpus rows: single portraits, group shots, tiny faces, and scenes with no face."""
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,13 @@ def portrait(params: FaceParams, width: int, height: int, rng: np.random.Generat
 def tiny_face_placement(width: int, height: int, rng: np.random.Generator) -> Placement:
     """Where :func:`tiny_face` puts the face (half face width 4-8 px); drawn from ``rng`` first."""
     unit = rng.uniform(4.0, 8.0)
-    return Placement(cx=rng.uniform(0.2, 0.8) * width, cy=rng.uniform(0.25, 0.6) * height, unit=unit,
-                     roll=float(rng.uniform(-0.1, 0.1)), yaw=float(rng.uniform(-0.3, 0.3)))
+    return Placement(
+        cx=rng.uniform(0.2, 0.8) * width,
+        cy=rng.uniform(0.25, 0.6) * height,
+        unit=unit,
+        roll=float(rng.uniform(-0.1, 0.1)),
+        yaw=float(rng.uniform(-0.3, 0.3)),
+    )
 
 
 def tiny_face(params: FaceParams, width: int, height: int, rng: np.random.Generator) -> Image.Image:
@@ -57,8 +63,13 @@ def group(people: list[FaceParams], width: int, height: int, rng: np.random.Gene
     light = random_lighting(rng)
     for k in rng.permutation(n):  # draw order decides who overlaps whom
         cx = width * (k + 0.5) / n + rng.uniform(-0.04, 0.04) * width / n
-        place = Placement(cx=cx, cy=height * rng.uniform(0.36, 0.5), unit=unit * rng.uniform(0.9, 1.08),
-                          roll=float(rng.uniform(-0.12, 0.12)), yaw=float(rng.uniform(-0.3, 0.3)))
+        place = Placement(
+            cx=cx,
+            cy=height * rng.uniform(0.36, 0.5),
+            unit=unit * rng.uniform(0.9, 1.08),
+            roll=float(rng.uniform(-0.12, 0.12)),
+            yaw=float(rng.uniform(-0.3, 0.3)),
+        )
         draw_face(canvas, photo_outfit(people[k], rng), place, light)
     return canvas.image(rng, grain=1.5)
 
@@ -83,11 +94,20 @@ def _scenery(canvas: Canvas, rng: np.random.Generator, horizon: float) -> None:
     s = canvas.scale
     W, H = canvas.width, canvas.height
     sun_x, sun_y, r = rng.uniform(0.1, 0.9) * W, rng.uniform(0.05, 0.3) * H, rng.uniform(0.04, 0.09) * W
-    canvas.paint([(np.array([(sun_x - r, sun_y - r), (sun_x + r, sun_y + r)]) * s, "ellipse", 0)], (255, 236, 170), alpha=0.9, blur=2)
+    canvas.paint(
+        [(np.array([(sun_x - r, sun_y - r), (sun_x + r, sun_y + r)]) * s, "ellipse", 0)],
+        (255, 236, 170),
+        alpha=0.9,
+        blur=2,
+    )
     for layer in range(3):
         xs = np.linspace(-2, W + 2, 40)
         phase = rng.uniform(0, 6.28, 3)
-        ys = horizon + layer * H * 0.08 + sum(H * 0.05 / (k + 1) * np.sin(xs / W * (k + 1) * 3 + phase[k]) for k in range(3))
+        ys = (
+            horizon
+            + layer * H * 0.08
+            + sum(H * 0.05 / (k + 1) * np.sin(xs / W * (k + 1) * 3 + phase[k]) for k in range(3))
+        )
         ridge = np.concatenate([np.stack([xs, ys], 1), [(W + 2, H + 2), (-2, H + 2)]])
         green = np.array([60, 110, 50]) * (0.7 + 0.25 * layer) + rng.normal(0, 15, 3)
         canvas.paint([(ridge * s, "poly", 0)], np.clip(green, 0, 255))
@@ -110,7 +130,14 @@ def _products(canvas: Canvas, rng: np.random.Generator) -> None:
             canvas.paint([(box[[0, 1]] * s, "line", 3 * s)], colour * 1.2, alpha=0.8)
         else:  # a bottle: body and neck
             canvas.paint([(np.array([(cx - w * 0.6, cy - h), (cx + w * 0.6, cy + h)]) * s, "ellipse", 0)], colour)
-            neck = np.array([(cx - w * 0.15, cy - h * 1.4), (cx + w * 0.15, cy - h * 1.4), (cx + w * 0.15, cy - h * 0.8), (cx - w * 0.15, cy - h * 0.8)])
+            neck = np.array(
+                [
+                    (cx - w * 0.15, cy - h * 1.4),
+                    (cx + w * 0.15, cy - h * 1.4),
+                    (cx + w * 0.15, cy - h * 0.8),
+                    (cx - w * 0.15, cy - h * 0.8),
+                ]
+            )
             canvas.paint([(neck * s, "poly", 0)], colour * 0.7)
         canvas.paint([(box[[0, 3]] * s + [w * 0.4 * s, 0], "line", w * 0.15 * s)], (255, 255, 255), alpha=0.25, blur=3)
 
@@ -121,17 +148,34 @@ def _back_of_head(canvas: Canvas, rng: np.random.Generator) -> None:
     cx, cy, r = W * rng.uniform(0.4, 0.6), H * rng.uniform(0.35, 0.45), min(W, H) * rng.uniform(0.18, 0.25)
     clothes = rng.uniform(20, 230, 3)
     canvas.paint([(np.array([(cx - r * 2.6, cy + r * 1.3), (cx + r * 2.6, cy + r * 3.4)]) * s, "ellipse", 0)], clothes)
-    canvas.paint([(np.array([(cx - r * 0.45, cy), (cx + r * 0.45, cy + r * 1.8)]) * s, "ellipse", 0)], rng.uniform(90, 220, 3) * (0.8, 0.65, 0.55))
+    canvas.paint(
+        [(np.array([(cx - r * 0.45, cy), (cx + r * 0.45, cy + r * 1.8)]) * s, "ellipse", 0)],
+        rng.uniform(90, 220, 3) * (0.8, 0.65, 0.55),
+    )
     hair = np.array((28, 24, 24)) + rng.uniform(0, 160) * np.array((1, 0.75, 0.5))
     canvas.paint([(np.array([(cx - r, cy - r * 1.2), (cx + r, cy + r * 1.1)]) * s, "ellipse", 0)], hair)
     for k in range(14):
         a = math.pi * (0.15 + 0.7 * k / 13)
-        stroke = np.array([(cx + r * 0.1 * math.cos(a), cy - r * 0.9), (cx + r * 0.95 * math.cos(a), cy + r * 0.8 * math.sin(a))])
+        stroke = np.array(
+            [(cx + r * 0.1 * math.cos(a), cy - r * 0.9), (cx + r * 0.95 * math.cos(a), cy + r * 0.8 * math.sin(a))]
+        )
         canvas.paint([(stroke * s, "line", 1.2 * s)], hair * 0.6, alpha=0.6)
 
 
-_BANNER_WORDS = ("SALE", "50% OFF", "NEW ARRIVALS", "Summer Collection", "FREE SHIPPING", "Best Price", "Shop Now",
-                 "Limited Edition", "Hair Salon", "Beauty Tips", "Top 10", "Webinar")
+_BANNER_WORDS = (
+    "SALE",
+    "50% OFF",
+    "NEW ARRIVALS",
+    "Summer Collection",
+    "FREE SHIPPING",
+    "Best Price",
+    "Shop Now",
+    "Limited Edition",
+    "Hair Salon",
+    "Beauty Tips",
+    "Top 10",
+    "Webinar",
+)
 
 
 def _banner(image: Image.Image, rng: np.random.Generator) -> None:

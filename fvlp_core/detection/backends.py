@@ -12,9 +12,9 @@ Backends:
 Sessions are expensive (graph parsing, memory arenas): :func:`detector_for` caches
 one detector per process and spec, so a Dask worker builds it once, not per image.
 """
+
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,7 +37,7 @@ class Detections:
         return len(self.scores)
 
     @classmethod
-    def build(cls, boxes, scores, landmarks=None) -> "Detections":
+    def build(cls, boxes, scores, landmarks=None) -> Detections:
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         scores = np.asarray(scores, dtype=np.float32).reshape(-1)
         order = np.argsort(-scores, kind="stable")
@@ -72,8 +72,12 @@ class FaceDetector:
         """Faces in an ``(H, W, 3)`` uint8 RGB image, in that image's pixel coordinates."""
         height, width = rgb.shape[:2]
         scale = min(1.0, self.spec.max_side / max(height, width))
-        small = rgb if scale == 1.0 else cv2.resize(
-            rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+        small = (
+            rgb
+            if scale == 1.0
+            else cv2.resize(
+                rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+            )
         )
         found = self._detect_resized(np.ascontiguousarray(small))
         if scale == 1.0 or len(found) == 0:

@@ -4,6 +4,7 @@ Alignment maps the landmarks onto the ArcFace 112x112 template (the layout insig
 recognisers were trained on), shrunk by ``margin`` so hair and chin stay in the crop,
 which the sketch-matching stage needs.
 """
+
 from __future__ import annotations
 
 import cv2

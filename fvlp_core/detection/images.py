@@ -6,6 +6,7 @@ palette and alpha images, animated GIFs. The header's size is checked *before* a
 pixel is decoded, and every failure becomes an :class:`ImageRejected` naming the
 rule, never an exception that takes the shard down.
 """
+
 from __future__ import annotations
 
 import io
@@ -53,7 +54,8 @@ def decode_rgb(data: bytes | None, max_pixels: int) -> np.ndarray:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageRejected(
-                        "image_too_large", width * height,
+                        "image_too_large",
+                        width * height,
                         f"header declares {width}x{height} pixels (limit {max_pixels})",
                     )
                 image.seek(0)  # animated GIF/WebP/APNG: the first frame
@@ -65,7 +67,9 @@ def decode_rgb(data: bytes | None, max_pixels: int) -> np.ndarray:
         # PIL refuses headers beyond twice its own limit before we see the size.
         raise ImageRejected("image_too_large", None, f"header declares too many pixels: {err}") from None
     except UnidentifiedImageError:
-        raise ImageRejected("undecodable_image", "not_image", f"not a decodable image ({len(data)} bytes of unknown format)") from None
+        raise ImageRejected(
+            "undecodable_image", "not_image", f"not a decodable image ({len(data)} bytes of unknown format)"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         # PIL reports truncated/corrupt streams as OSError (and a few codecs as the others).
         raise ImageRejected("undecodable_image", "corrupt", f"corrupt or truncated image: {err}") from None

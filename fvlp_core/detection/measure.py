@@ -4,6 +4,7 @@ The measurements (not the accept/reject decisions) are what gets stored, so a
 threshold change re-decides from them without running the detector again; only a
 new detector or new crop settings invalidate them (see ``ImageParams.version``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,9 +35,19 @@ class ImageParams:
 
 def empty_measurement() -> dict:
     return {
-        "image_error_rule": None, "image_error": None, "image_width": None, "image_height": None,
-        "face_scores": [], "face_areas": [], "face_score": None, "face_fraction": None,
-        "sharpness": None, "box": None, "landmarks": None, "crop": None, "image_phash": None,
+        "image_error_rule": None,
+        "image_error": None,
+        "image_width": None,
+        "image_height": None,
+        "face_scores": [],
+        "face_areas": [],
+        "face_score": None,
+        "face_fraction": None,
+        "sharpness": None,
+        "box": None,
+        "landmarks": None,
+        "crop": None,
+        "image_phash": None,
     }
 
 

@@ -8,6 +8,7 @@ input conversion and the anchor decoding as ONNX ops, at a fixed input size. The
 is a real detector file a user can point ``--insightface-model`` at when they have no
 det_10g.onnx, and the test fixture that exercises the insightface backend end to end.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,8 +35,10 @@ def _anchors(size: int) -> dict[str, np.ndarray]:
         sizes.append(np.tile(np.array(boxes, np.float32)[:, None].repeat(2, axis=1), (cells * cells, 1)))
         scrfd.append(grid * stride)
         strides.append(np.full((len(grid), 1), stride, np.float32))
-    return {name: np.concatenate(parts).astype(np.float32) for name, parts in
-            (("centre", centres), ("size", sizes), ("scrfd", scrfd), ("stride", strides))}
+    return {
+        name: np.concatenate(parts).astype(np.float32)
+        for name, parts in (("centre", centres), ("size", sizes), ("scrfd", scrfd), ("stride", strides))
+    }
 
 
 def export_retinaface_as_scrfd(path: Path, size: int = 640) -> Path:
@@ -50,14 +53,23 @@ def export_retinaface_as_scrfd(path: Path, size: int = 640) -> Path:
     counts = [len(sizes) * (-(-size // s)) ** 2 for s, sizes in zip(STRIDES, ANCHOR_SIZES)]
 
     constants = {
-        "k_scale": np.array(128.0, np.float32), "k_shift": np.array(127.5, np.float32),
-        "k_bgr": np.array([2, 1, 0], np.int64), "k_mean": np.array(BGR_MEAN, np.float32).reshape(1, 3, 1, 1),
-        "k_centre": anchors["centre"], "k_size": anchors["size"], "k_scrfd": anchors["scrfd"],
-        "k_stride": anchors["stride"], "k_cvar": np.array(CENTRE_VARIANCE, np.float32),
-        "k_svar": np.array(SIZE_VARIANCE, np.float32), "k_half": np.array(0.5, np.float32),
-        "k_centre5": np.tile(anchors["centre"], 5), "k_size5": np.tile(anchors["size"], 5),
+        "k_scale": np.array(128.0, np.float32),
+        "k_shift": np.array(127.5, np.float32),
+        "k_bgr": np.array([2, 1, 0], np.int64),
+        "k_mean": np.array(BGR_MEAN, np.float32).reshape(1, 3, 1, 1),
+        "k_centre": anchors["centre"],
+        "k_size": anchors["size"],
+        "k_scrfd": anchors["scrfd"],
+        "k_stride": anchors["stride"],
+        "k_cvar": np.array(CENTRE_VARIANCE, np.float32),
+        "k_svar": np.array(SIZE_VARIANCE, np.float32),
+        "k_half": np.array(0.5, np.float32),
+        "k_centre5": np.tile(anchors["centre"], 5),
+        "k_size5": np.tile(anchors["size"], 5),
         "k_scrfd5": np.tile(anchors["scrfd"], 5),
-        "k_0": np.array([0], np.int64), "k_1": np.array([1], np.int64), "k_2": np.array([2], np.int64),
+        "k_0": np.array([0], np.int64),
+        "k_1": np.array([1], np.int64),
+        "k_2": np.array([2], np.int64),
         "k_4": np.array([4], np.int64),
     }
     node = helper.make_node

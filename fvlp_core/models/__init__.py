@@ -1,4 +1,5 @@
 """FVLP models on open_clip backbones: pretraining (ITC + ITM) and fusion fine-tuning."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,5 +22,13 @@ def create_model(stage: str, architecture: dict[str, Any], init_checkpoint: Path
     return MODELS[stage](init_checkpoint=init_checkpoint, **architecture)
 
 
-__all__ = ["FVLPFusion", "FVLPPretrain", "MODELS", "MultiScaleFusion", "create_backbone", "create_model",
-           "fusion_layer_indices", "get_tokenizer"]
+__all__ = [
+    "FVLPFusion",
+    "FVLPPretrain",
+    "MODELS",
+    "MultiScaleFusion",
+    "create_backbone",
+    "create_model",
+    "fusion_layer_indices",
+    "get_tokenizer",
+]

@@ -4,6 +4,7 @@ The FVLP image and text encoders are an open_clip ``CLIP`` model. Our small conf
 ``fvlp_core/model_configs/`` are registered with open_clip on import, so ``fvlp-vit-tiny``
 works everywhere ``ViT-B-16`` does.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,10 +66,10 @@ def backbone_state_dict(loaded: dict) -> dict[str, torch.Tensor]:
     """The open_clip state dict inside an open_clip file or an fvlp training checkpoint."""
     if is_fvlp_checkpoint(loaded):
         prefix = "backbone."
-        return {k[len(prefix):]: v for k, v in loaded["model"].items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in loaded["model"].items() if k.startswith(prefix)}
     state = loaded.get("state_dict", loaded)
     if state and next(iter(state)).startswith("module."):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 

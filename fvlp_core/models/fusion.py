@@ -4,6 +4,7 @@ Photos and partial sketches go through the SAME image encoder and fusion head; a
 projected embedding is added to the sketch's (then L2-normalised) to form the query.
 Reference sizes for ViT-B-16: 4 x 768 x 14 x 14 -> 3x3/2 conv 2048 -> attention 512 -> 256.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fvlp_core.checkpoint import is_fvlp_checkpoint
-
 from fvlp_core.models.factory import (
     CheckpointError,
     create_backbone,
@@ -97,7 +97,9 @@ class FVLPFusion(nn.Module):
         self.backbone = create_backbone(model_name, None)
         self.grounded = ImageGroundedTextEncoder.for_backbone(self.backbone)
         width = vision_width(self.backbone)
-        self.fusion_layers = list(fusion_layers or fusion_layer_indices(len(self.backbone.visual.transformer.resblocks)))
+        self.fusion_layers = list(
+            fusion_layers or fusion_layer_indices(len(self.backbone.visual.transformer.resblocks))
+        )
         default_conv, default_attention = default_fusion_widths(width)
         self.fusion = MultiScaleFusion(
             width,
@@ -121,8 +123,10 @@ class FVLPFusion(nn.Module):
             missing, unexpected = self.load_state_dict(state, strict=False)
             missing = [k for k in missing if k.startswith(("backbone.", "grounded."))]
             if missing or unexpected:
-                raise CheckpointError(f"{path}: pretraining checkpoint does not fit {self.model_name}: "
-                                      f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+                raise CheckpointError(
+                    f"{path}: pretraining checkpoint does not fit {self.model_name}: "
+                    f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+                )
         else:
             self.backbone = create_backbone(self.model_name, path)
 

@@ -4,6 +4,7 @@ BLIP-style: it reuses the text encoder's self-attention blocks and interleaves o
 cross-attention block per layer that attends to the image's patch tokens; a binary head
 on the end-of-text token says whether text and image match.
 """
+
 from __future__ import annotations
 
 import open_clip
@@ -23,7 +24,7 @@ class ImageGroundedTextEncoder(nn.Module):
         self.head = nn.Linear(text_width, 2)
 
     @classmethod
-    def for_backbone(cls, backbone: open_clip.CLIP) -> "ImageGroundedTextEncoder":
+    def for_backbone(cls, backbone: open_clip.CLIP) -> ImageGroundedTextEncoder:
         blocks = backbone.transformer.resblocks
         return cls(
             text_width=backbone.transformer.width,

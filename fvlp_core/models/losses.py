@@ -1,4 +1,5 @@
 """Loss pieces shared by pretraining and fusion fine-tuning (distributed-aware)."""
+
 from __future__ import annotations
 
 import torch

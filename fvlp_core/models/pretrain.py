@@ -1,4 +1,5 @@
 """FVLP pretraining model: ITC with momentum encoders, feature queues and soft targets, plus ITM."""
+
 from __future__ import annotations
 
 import copy
@@ -67,8 +68,9 @@ class FVLPPretrain(nn.Module):
         self.group_queue[slots] = groups
         self.queue_ptr.fill_(int((self.queue_ptr + n) % size))
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor, groups: torch.Tensor, seed: int,
-                alpha: float | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, text: torch.Tensor, groups: torch.Tensor, seed: int, alpha: float | None = None
+    ) -> dict[str, torch.Tensor]:
         """Losses for one batch. ``groups``: equal ids mark pairs with the same caption; ``seed`` drives
         the hard-negative draw so a resumed run samples exactly what an uninterrupted one did;
         ``alpha`` overrides the soft-target weight (the trainer ramps it up over the first epoch)."""
@@ -126,4 +128,3 @@ class FVLPPretrain(nn.Module):
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameter groups for the optimizer (no separate head learning rate in pretraining)."""
         return {"backbone": [p for n, p in self.named_parameters() if p.requires_grad]}
-
