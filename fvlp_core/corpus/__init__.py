@@ -2,6 +2,7 @@
 
 Needs no download: everything is generated from a seed. See :class:`EmbeddedCorpus`.
 """
+
 from fvlp_core.corpus.faces import (
     STROKE_GROUPS,
     FaceParams,
