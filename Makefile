@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install
+.PHONY: run test lint install
 
 install: $(VENV)/.installed
 
@@ -17,5 +17,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: install
 	$(BIN)/fvlp run
 
-test: install
+# Lint first: a style or type error fails in seconds, before the suite's minutes.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q -rs

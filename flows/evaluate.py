@@ -2,9 +2,10 @@
 
 ``fvlp evaluate`` reads the episodes build (``--episodes``), embeds the split's gallery
 and every step of every episode once, scores sketch-only and sketch+text queries (m@A,
-m@B, wm@A, wm@B, acc@1/5/10 curves) and caption<->photo recall, then writes metrics, curves and artifact paths to the DuckDB
-results store in one transaction. A failure anywhere leaves the run row ``failed`` with
-no results. The curve plot and a summary table are attached as Prefect artifacts.
+m@B, wm@A, wm@B, acc@1/5/10 curves) and caption<->photo recall, then writes metrics,
+curves and artifact paths to the DuckDB results store in one transaction. A failure
+anywhere leaves the run row ``failed`` with no results. The curve plot and a summary
+table are attached as Prefect artifacts.
 """
 
 from __future__ import annotations

@@ -49,12 +49,3 @@ ATTRIBUTES: tuple[str, ...] = (
     "Young",
 )
 ATTRIBUTE_INDEX: dict[str, int] = {name: i for i, name in enumerate(ATTRIBUTES)}
-
-
-def validate_attributes(names: list[str] | tuple[str, ...], record: str = "") -> list[str]:
-    """Return ``names`` if every one is in the vocabulary, else raise naming the record."""
-    unknown = [n for n in names if n not in ATTRIBUTE_INDEX]
-    if unknown:
-        where = f" in {record}" if record else ""
-        raise ValueError(f"unknown attribute(s){where}: {', '.join(unknown)}")
-    return list(names)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ ImageInput = Sequence[Image.Image] | Sequence[bytes] | torch.Tensor
 
 class FVLPEncoder:
     def __init__(self, model: torch.nn.Module, model_name: str, stage: str, device: torch.device, batch_size: int = 64):
-        self.model = model.to(device).eval()
+        self.model: Any = model.to(device).eval()  # FVLPFusion, or an open_clip CLIP for a pretraining checkpoint
         self.model_name = model_name
         self.stage = stage
         self.device = device
@@ -48,10 +49,10 @@ class FVLPEncoder:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         state = load_checkpoint(Path(checkpoint_path))
         architecture = checkpoint_architecture(state)
-        model = create_model(state["stage"], architecture)
-        model.load_state_dict(state["model"])
-        if state["stage"] == "pretrain":
-            model = model.backbone  # embeds with the CLIP projections; the ITM and momentum parts stay behind
+        trained = create_model(state["stage"], architecture)
+        trained.load_state_dict(state["model"])
+        # A pretraining checkpoint embeds with the CLIP projections; its ITM and momentum parts stay behind.
+        model = cast(torch.nn.Module, trained.backbone) if state["stage"] == "pretrain" else trained
         return cls(model, architecture["model_name"], state["stage"], torch.device(device), batch_size)
 
     @property

@@ -96,7 +96,7 @@ class EpisodeEmbedder:
 
     def finish(self) -> EpisodeEmbeddings:
         """Episodes with every step embedded; a photo with a partial episode is an error."""
-        filled = ~np.isnan(self.queries["sketch"]).any(axis=2)
+        filled = np.asarray(~np.isnan(self.queries["sketch"]).any(axis=2))
         complete = filled.all(axis=1)
         partial = filled.any(axis=1) & ~complete
         if partial.any():
@@ -181,12 +181,16 @@ def evaluate_embeddings(gallery: Gallery, episodes: EpisodeEmbeddings) -> Evalua
     """All SLFIR metrics and curves for both variants, plus caption<->photo recall."""
     size = len(gallery.photo_ids)
     steps = next(iter(episodes.queries.values())).shape[1]
-    sketch, curves = {}, {}
+    sketch: dict[str, dict[str, Any]] = {}
+    curves: dict[str, dict[str, np.ndarray]] = {}
     for variant, queries in episodes.queries.items():
         ranks = rank_true_items(queries, gallery.images, episodes.true_index)
         found = sketch_retrieval_metrics(ranks, size)
         sketch[variant] = found
-        curves[variant] = {**{f"acc_at_{k}": found[f"acc_at_{k}"] for k in ACC_KS}, **step_curves(ranks, size)}
+        curves[variant] = {
+            **{f"acc_at_{k}": np.asarray(found[f"acc_at_{k}"]) for k in ACC_KS},
+            **step_curves(ranks, size),
+        }
     text_image = text_image_recall(gallery.texts, gallery.images, np.arange(size))
     return EvaluationResult(size, len(episodes.true_index), steps, sketch, curves, text_image)
 

@@ -278,13 +278,13 @@ def resolve_target(host: str, port: int, allow_private: bool) -> tuple[str, int]
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
         raise _Failed("error", f"cannot resolve {host}: {err}") from err
-    addresses = [info[4][0] for info in infos]
+    addresses = [str(info[4][0]) for info in infos]
     if not allow_private:
         private = [a for a in addresses if not is_public_address(a)]
         if private:
             raise _Refused(f"{host} resolves to non-public address {private[0]}")
     sockaddr = infos[0][4]
-    return sockaddr[0], sockaddr[1]
+    return str(sockaddr[0]), int(sockaddr[1])
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -408,6 +408,7 @@ class HttpFetcher:
             raise _Refused(f"bad port in URL: {url[:200]}") from err
         address = resolve_target(parts.hostname, port, self.config.allow_private_addresses)
         timeouts = dict(connect_timeout=self.config.connect_timeout_s, read_timeout=self.config.read_timeout_s)
+        connection: _PinnedHTTPConnection | _PinnedHTTPSConnection
         if parts.scheme == "https":
             connection = _PinnedHTTPSConnection(parts.hostname, port, address, ssl_context=self.ssl_context, **timeouts)
         else:
@@ -474,12 +475,10 @@ def open_fetcher(
         if corpus is None:
             raise ValueError("source=embedded needs the embedded corpus")
         return EmbeddedFetcher(corpus, max_bytes, render_workers)
-    if source in ("folder", "tar") and images is None:
-        raise ValueError(f"source={source!r} needs an images path")
-    if source == "folder":
-        return FolderFetcher(images, max_bytes)
-    if source == "tar":
-        return TarFetcher(images, max_bytes)
+    if source in ("folder", "tar"):
+        if images is None:
+            raise ValueError(f"source={source!r} needs an images path")
+        return FolderFetcher(images, max_bytes) if source == "folder" else TarFetcher(images, max_bytes)
     if source == "url":
         return HttpFetcher(http, max_bytes)
     raise ValueError(f"unknown ingest source {source!r}")

@@ -230,8 +230,9 @@ def minhash(normalised: str) -> list[int]:
 
 def measure_captions(values: list[Any]) -> dict[str, list]:
     """Caption measurements for a batch of raw TEXT values (column-wise)."""
-    texts, valid = zip(*(caption_text(v) for v in values)) if values else ((), ())
-    texts = list(texts)
+    pairs = [caption_text(v) for v in values]
+    texts = [text for text, _ in pairs]
+    valid = [ok for _, ok in pairs]
     ratios = english_ratios(texts)
     normalised = [normalise_caption(t[: LANGID_MAX_CHARS * 20]) for t in texts]
     return {

@@ -21,7 +21,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def image_tensor(image: Image.Image, size: int) -> torch.Tensor:
     """CLIP preprocessing: RGB (grayscale sketches replicated to 3 channels), resize, mean/std."""
-    image = to_rgb(image).resize((size, size), Image.BICUBIC)
+    image = to_rgb(image).resize((size, size), Image.Resampling.BICUBIC)
     return TF.normalize(TF.to_tensor(image), IMAGE_MEAN, IMAGE_STD)
 
 

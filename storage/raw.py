@@ -212,7 +212,9 @@ def open_metadata(paths: Sequence[Path]) -> MetadataFiles:
     """Validate every file's schema (footers only) and unify the extras; no rows are read."""
     if not paths:
         raise MetadataError("no metadata files given")
-    files, counts, extras = [], [], {}
+    files: list[Path] = []
+    counts: list[int] = []
+    extras: dict[str, pa.Field] = {}
     extra_origin: dict[str, Path] = {}
     for path in map(Path, paths):
         if not path.is_file():
@@ -272,6 +274,7 @@ def _read_row_range(path: Path, lo: int, hi: int) -> pa.Table:
     if not groups:
         return parquet.schema_arrow.empty_table()
     table = parquet.read_row_groups(groups)
+    assert first is not None  # set with the first group
     return table.slice(lo - first, hi - lo)
 
 
@@ -335,7 +338,7 @@ def _utf8_text(column: pa.Array, issues: list[list[str]]) -> pa.Array:
             return column.cast(pa.string())
         except pa.ArrowInvalid:  # bytes stored under a string type without being UTF-8
             column = column.view(pa.large_binary() if pat.is_large_string(column.type) else pa.binary())
-    decoded = []
+    decoded: list[str | None] = []
     for i, raw in enumerate(column.to_pylist()):
         if raw is None:
             decoded.append(None)

@@ -40,8 +40,6 @@ from typing import Any
 
 import duckdb
 
-RUN_STATUSES = ("running", "finished", "failed")
-
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id              VARCHAR PRIMARY KEY,

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = Path(sys.executable).parent / "prefect"
-EXPECTED = {"pipeline", "ingest", "clean", "reclean-nightly", "pretrain", "finetune", "evaluate"}
+EXPECTED = {"pipeline", "ingest", "clean", "reclean-nightly", "pretrain", "episodes", "finetune", "evaluate"}
 
 
 def _free_port() -> int:

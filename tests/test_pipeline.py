@@ -1,6 +1,6 @@
 """The pipeline flow: stage order, references between stages, reuse of finished stages.
 
-The fast tests swap the five stage flows for small Prefect flows that write a file
+The fast tests swap the six stage flows for small Prefect flows that write a file
 and count their calls, so the orchestration (subflows in cached tasks, the
 references passed on, the resume after a failure) is checked in seconds. The slow
 test runs the real stages end to end on a tiny embedded corpus.

@@ -201,8 +201,8 @@ class EmbeddedCorpus:
             return laion_captions.spam_caption(rng)
         if row.caption_noise == "empty_caption":
             return laion_captions.empty_caption(rng)
-        if row.copy_kind == "duplicate" and plan[row.copy_of].text and rng.random() < 0.6:
-            return plan[row.copy_of].text  # the same image re-posted with the same alt-text
+        if row.copy_kind == "duplicate" and plan[_original_index(row)].text and rng.random() < 0.6:
+            return plan[_original_index(row)].text  # the same image re-posted with the same alt-text
         if row.image_noise == "no_face":
             return laion_captions.no_face_caption(rng, non_english=row.caption_noise == "non_english")
         if row.image_noise == "multi_face":
@@ -269,7 +269,7 @@ class EmbeddedCorpus:
         """The encoded image of ``sample_id`` (JPEG or PNG; deliberately broken for corrupt/truncated rows)."""
         row = self._row(sample_id)
         if row.copy_kind == "duplicate":
-            return self.image_bytes(self._plan[row.copy_of].sample_id)
+            return self.image_bytes(self._plan[_original_index(row)].sample_id)
         rng = np.random.default_rng(row.photo_seed)
         image = self._render(row, rng)
         if row.copy_kind == "near_duplicate":
@@ -317,7 +317,7 @@ class EmbeddedCorpus:
 
     def _render_size(self, row: _Row) -> tuple[int, int]:
         """A near-duplicate is rendered at its original's size, then cropped and shrunk."""
-        source = self._plan[row.copy_of] if row.copy_kind == "near_duplicate" else row
+        source = self._plan[_original_index(row)] if row.copy_kind == "near_duplicate" else row
         return source.width, source.height
 
     @staticmethod
@@ -359,7 +359,7 @@ def _near_copy_box(width: int, height: int, rng: np.random.Generator) -> tuple[i
 def _near_copy(image: Image.Image, width: int, height: int, rng: np.random.Generator) -> Image.Image:
     """The same photo re-posted: slightly cropped, resized, colour-shifted."""
     cropped = image.crop(_near_copy_box(*image.size, rng))
-    resized = cropped.resize((width, height), Image.BILINEAR)
+    resized = cropped.resize((width, height), Image.Resampling.BILINEAR)
     pixels = np.asarray(resized, np.float32) * rng.uniform(0.92, 1.08) + rng.uniform(-8, 8)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
@@ -373,3 +373,10 @@ def _corrupt(data: bytes, rng: np.random.Generator) -> bytes:
         return b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>Not Found</body></html>"
     # The magic number zeroed: no decoder recognises the format.
     return bytes(16) + data[16:]
+
+
+def _original_index(row: _Row) -> int:
+    """The plan index of the row a duplicate or near-duplicate copies."""
+    if row.copy_of is None:
+        raise ValueError(f"SAMPLE_ID {row.sample_id} is no copy")
+    return row.copy_of

@@ -120,6 +120,7 @@ def identity_name(params: FaceParams, identity_id: int) -> str:
 
 
 def _person_noun(p: FaceParams, rng: np.random.Generator) -> str:
+    options: tuple[str, ...]
     if p.male:
         options = (
             ("man", "guy", "businessman", "male", "gentleman") if p.age >= 25 else ("young man", "boy", "teen", "guy")

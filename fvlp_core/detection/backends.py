@@ -144,8 +144,7 @@ def _retinaface_raw(outputs, shape, min_score: float):
     scores = conf[:, 1]
     keep = np.flatnonzero(scores > min_score)
     loc, scores, pts = loc[keep], scores[keep], pts[keep]
-    picked = cv2.dnn.NMSBoxes(loc.tolist(), scores.tolist(), min_score, 0.4)
-    picked = np.asarray(picked, dtype=np.int64).reshape(-1)
+    picked = np.asarray(cv2.dnn.NMSBoxes(loc.tolist(), scores.tolist(), min_score, 0.4), dtype=np.int64).reshape(-1)
     xywh = loc[picked]
     boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
     return boxes, scores[picked], pts[picked]

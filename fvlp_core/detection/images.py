@@ -32,12 +32,6 @@ class ImageRejected(Exception):
         return f"{self.rule}: {self.message}"
 
 
-def read_header_size(data: bytes) -> tuple[int, int]:
-    """Width and height from the header alone (no pixel data is decoded)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return image.size
-
-
 def decode_rgb(data: bytes | None, max_pixels: int) -> np.ndarray:
     """``data`` as an ``(H, W, 3)`` uint8 RGB array, or :class:`ImageRejected`.
 

@@ -52,7 +52,7 @@ def export_retinaface_as_scrfd(path: Path, size: int = 640) -> Path:
     anchors = _anchors(size)
     counts = [len(sizes) * (-(-size // s)) ** 2 for s, sizes in zip(STRIDES, ANCHOR_SIZES)]
 
-    constants = {
+    constants: dict[str, np.ndarray] = {
         "k_scale": np.array(128.0, np.float32),
         "k_shift": np.array(127.5, np.float32),
         "k_bgr": np.array([2, 1, 0], np.int64),

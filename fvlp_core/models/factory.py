@@ -8,6 +8,7 @@ works everywhere ``ViT-B-16`` does.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
@@ -49,7 +50,7 @@ def fusion_layer_indices(num_layers: int) -> list[int]:
     return indices
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path) -> dict[str, Any]:
     """Tensors from a ``.safetensors`` file or a ``torch.save`` file, never executing code."""
     path = Path(path)
     if not path.is_file():

@@ -28,6 +28,11 @@ EMPTY_GROUP = -(2**62)
 class FVLPPretrain(nn.Module):
     """``backbone`` (open_clip CLIP), its EMA copy ``momentum_backbone``, queues and the ITM encoder."""
 
+    image_queue: torch.Tensor
+    text_queue: torch.Tensor
+    group_queue: torch.Tensor
+    queue_ptr: torch.Tensor
+
     def __init__(
         self,
         model_name: str,

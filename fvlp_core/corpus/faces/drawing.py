@@ -23,7 +23,7 @@ from fvlp_core.corpus.faces.geometry import (
     face_geometry,
     jitter_placement,
 )
-from fvlp_core.corpus.faces.identity import FaceParams
+from fvlp_core.corpus.faces.identity import FaceParams, rgb
 
 SUPERSAMPLE = 2
 
@@ -119,7 +119,7 @@ def _colour_field(colour, box) -> Image.Image:
     ys, xs = np.broadcast_arrays(ys, xs)
     field = np.clip(colour(ys, xs), 0, 255).astype(np.uint8)
     # Nearest is exact here: each value covers one 2x2 block, which the final reduce averages.
-    return Image.fromarray(field, "RGB").resize((w, h), Image.NEAREST)
+    return Image.fromarray(field, "RGB").resize((w, h), Image.Resampling.NEAREST)
 
 
 def _crop_mask(found, box) -> Image.Image:
@@ -423,9 +423,9 @@ def background(width: int, height: int, rng: np.random.Generator | None) -> Imag
     size = (width * SUPERSAMPLE, height * SUPERSAMPLE)
     t = np.linspace(0, 1, 8, dtype=np.float32)[:, None, None]
     if rng is None:
-        top, bottom = np.array([214, 220, 226], np.float32), np.array([170, 178, 188], np.float32)
-        small = np.broadcast_to(top * (1 - t) + bottom * t, (8, 8, 3))
-        return Image.fromarray(small.astype(np.uint8), "RGB").resize(size, Image.BILINEAR)
+        plain_top, plain_bottom = np.array([214, 220, 226], np.float32), np.array([170, 178, 188], np.float32)
+        small = np.broadcast_to(plain_top * (1 - t) + plain_bottom * t, (8, 8, 3))
+        return Image.fromarray(small.astype(np.uint8), "RGB").resize(size, Image.Resampling.BILINEAR)
     # Muted colours, as in most photos: a random hue pulled toward grey.
     grey = rng.uniform(60, 220)
     top = grey + (rng.uniform(20, 245, 3) - grey) * rng.uniform(0.15, 0.8)
@@ -434,14 +434,14 @@ def background(width: int, height: int, rng: np.random.Generator | None) -> Imag
     light = rng.normal(0, rng.uniform(4, 22), (8, 8, 1))
     small = top * (1 - t) + bottom * t + light + rng.normal(0, 5, (8, 8, 3))
     quarter = (max(width // 4, 2), max(height // 4, 2))
-    backdrop = Image.fromarray(np.clip(small, 0, 255).astype(np.uint8), "RGB").resize(quarter, Image.BICUBIC)
+    backdrop = Image.fromarray(np.clip(small, 0, 255).astype(np.uint8), "RGB").resize(quarter, Image.Resampling.BICUBIC)
     for _ in range(int(rng.integers(0, 6))):  # bokeh discs
         x, y, r = rng.uniform(0, quarter[0]), rng.uniform(0, quarter[1]), rng.uniform(0.03, 0.15) * quarter[0]
         disc = Image.new("L", quarter, 0)
         ImageDraw.Draw(disc).ellipse((x - r, y - r, x + r, y + r), fill=int(255 * rng.uniform(0.15, 0.45)))
         disc = disc.filter(ImageFilter.GaussianBlur(max(r * 0.3, 0.5)))
         backdrop.paste(tuple(int(c) for c in rng.uniform(40, 255, 3)), (0, 0), disc)
-    return backdrop.resize(size, Image.BILINEAR)
+    return backdrop.resize(size, Image.Resampling.BILINEAR)
 
 
 def render_face(params: FaceParams, size: int = 128, rng: np.random.Generator | None = None) -> Image.Image:
@@ -464,4 +464,4 @@ def render_face(params: FaceParams, size: int = 128, rng: np.random.Generator | 
 
 def photo_outfit(params: FaceParams, rng: np.random.Generator) -> FaceParams:
     """The same person in other clothes: photos of one identity must not share a shirt colour."""
-    return replace(params, clothes_rgb=tuple(float(c) for c in rng.integers(20, 235, 3)))
+    return replace(params, clothes_rgb=rgb(rng.integers(20, 235, 3)))

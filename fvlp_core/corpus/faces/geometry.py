@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 
@@ -48,7 +48,9 @@ def _tousled(params: FaceParams, outline: np.ndarray) -> np.ndarray:
     bumps = np.random.default_rng(params.detail_seed + 1)
     t = np.linspace(0, 1, len(outline))
     amplitude = 0.05 if params.hair_texture == "wavy" else 0.025
-    wobble = sum(amplitude / k * np.sin(2 * math.pi * (k * 3 * t + bumps.random())) for k in (1, 2, 3))
+    wobble = cast(
+        np.ndarray, sum(amplitude / k * np.sin(2 * math.pi * (k * 3 * t + bumps.random())) for k in (1, 2, 3))
+    )
     centre = np.array([0.0, outline[:, 1].max()])
     return centre + (outline - centre) * (1 + wobble)[:, None]
 
@@ -234,7 +236,8 @@ def _eyes_and_brows(params: FaceParams, shift: float) -> dict:
         peak = (cx + side * params.brow_length * 0.35, brow_y - 0.04 - params.brow_arch * 0.55)
         centre_line = bezier(brow_in, peak, brow_out, 14)
         thick = params.brow_thickness * np.linspace(1.2, 0.55, len(centre_line))[:, None]
-        brows.append(np.concatenate([centre_line + [0, -1] * thick * 0.5, (centre_line + [0, 1] * thick * 0.5)[::-1]]))
+        up, down = np.array([0, -1]), np.array([0, 1])
+        brows.append(np.concatenate([centre_line + up * thick * 0.5, (centre_line + down * thick * 0.5)[::-1]]))
     return {"brows": brows, "eyes": eyes, "upper_lids": upper_lids, "irises": irises}
 
 

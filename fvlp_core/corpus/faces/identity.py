@@ -109,8 +109,14 @@ def _pick(rng: np.random.Generator, options, probs) -> str:
     return options[int(rng.choice(len(options), p=probs))]
 
 
+def rgb(values) -> tuple[float, float, float]:
+    """Three colour channels as floats."""
+    red, green, blue = (float(v) for v in values)
+    return red, green, blue
+
+
 def _mix(a, b, t: float) -> tuple[float, float, float]:
-    return tuple(float(x) for x in (np.asarray(a, np.float32) * (1 - t) + np.asarray(b, np.float32) * t))
+    return rgb(np.asarray(a, np.float32) * (1 - t) + np.asarray(b, np.float32) * t)
 
 
 def sample_identity(rng: np.random.Generator) -> FaceParams:
@@ -145,7 +151,7 @@ def sample_identity(rng: np.random.Generator) -> FaceParams:
     lipstick = bool(not male and rng.random() < 0.45)
     lip_base = _mix(skin * np.array([0.85, 0.62, 0.62]), (170, 70, 80), 0.35)
     lip_rgb = _mix((176, 30, 52), (140, 28, 60), rng.random()) if lipstick else lip_base
-    clothes = tuple(float(c) for c in rng.integers(20, 235, 3))
+    clothes = rgb(rng.integers(20, 235, 3))
     hat = _pick(rng, HAT_STYLES, (0.9, 0.05, 0.05))
 
     return FaceParams(
@@ -197,12 +203,12 @@ def sample_identity(rng: np.random.Generator) -> FaceParams:
         hairline=float(rng.uniform(0.5, 0.66)),
         hair_part=float(rng.uniform(-0.5, 0.5)),
         detail_seed=int(rng.integers(0, 2**31 - 1)),
-        skin_rgb=tuple(float(c) for c in skin),
-        hair_rgb=tuple(float(c) for c in hair_rgb),
-        iris_rgb=tuple(float(c) for c in _IRIS_COLOURS[int(rng.integers(len(_IRIS_COLOURS)))] + rng.normal(0, 8, 3)),
+        skin_rgb=rgb(skin),
+        hair_rgb=rgb(hair_rgb),
+        iris_rgb=rgb(_IRIS_COLOURS[int(rng.integers(len(_IRIS_COLOURS)))] + rng.normal(0, 8, 3)),
         lip_rgb=lip_rgb,
         clothes_rgb=clothes,
-        hat_rgb=tuple(float(c) for c in rng.integers(20, 235, 3)),
+        hat_rgb=rgb(rng.integers(20, 235, 3)),
     )
 
 

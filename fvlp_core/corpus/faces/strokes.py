@@ -56,7 +56,8 @@ def _densify(points: np.ndarray, step: float = 0.04) -> np.ndarray:
 
 def _visible_runs(points: np.ndarray, hidden: np.ndarray) -> list[np.ndarray]:
     """The pieces of a polyline whose points are not ``hidden``."""
-    runs, current = [], []
+    runs: list[np.ndarray] = []
+    current: list[np.ndarray] = []
     for point, off in zip(points, hidden):
         if off:
             if len(current) >= 2:
@@ -120,7 +121,7 @@ def face_strokes(params: FaceParams, size: int | tuple[int, int], placement: Pla
             strokes.append(Stroke(group, run, max(1.0, width * unit)))
 
     covered_face = (geometry.face, *head_cover)
-    if geometry.hat is not None:
+    if geometry.hat is not None and geometry.hat_brim is not None:
         add("hair", geometry.hat[:-2], 0.03, (geometry.hat_brim,))
         add("hair", _closed(geometry.hat_brim), 0.03)
     if geometry.hair_back is not None:
