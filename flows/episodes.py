@@ -19,5 +19,5 @@ from tasks.episodes import build_episodes
 
 @flow(name="episodes")
 def episodes_flow(config: EpisodesConfig = EpisodesConfig()) -> dict[str, Any]:
-    """Returns ``{"episodes_dir", "source", "steps", "photos", "splits", "skipped", "fingerprint", "built"}``."""
+    """Returns :func:`storage.episodes.read_episodes_reference`'s keys and ``built``."""
     return build_episodes(config)

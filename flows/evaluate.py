@@ -28,6 +28,11 @@ def evaluate_flow(config: EvaluateConfig = EvaluateConfig()) -> dict[str, Any]:
     with store.run("evaluate", config=config.model_dump(mode="json")) as run_id:
         model = resolve_checkpoint(config)
         episodes = read_episodes_reference(config.episodes_dir)
+        if config.split == "train" and episodes["train_steps"] != episodes["steps"]:
+            raise ValueError(
+                f"{config.episodes_dir}: train episodes keep every recorded step, not T = "
+                f"{episodes['steps']}; evaluate the test split"
+            )
         store.set_fingerprints(
             run_id,
             dataset_fingerprint=f"{episodes['fingerprint']}:{config.split}",

@@ -235,7 +235,14 @@ class EpisodesConfig(EpisodesInput):
     """Drawing episodes: generated from the cleaned faces, or read from an FS2K-SDE root."""
 
     steps_per_episode: int = Field(50, ge=1, description="T: sketch steps per drawing episode")
-    fs2k_sde: Path | None = Field(None, description="FS2K-SDE root (annotation JSON + images); default: generated")
+    fs2k_sde: Path | None = Field(
+        None, description="FS2K-SDE root in any layout it is distributed in; default: episodes generated from faces"
+    )
+    fs2k_sde_layout: Literal["auto", "fvlp-reference", "slfir", "fvlp"] = Field(
+        "auto",
+        description="FS2K-SDE layout: fvlp-reference (annotation/ + images/), slfir (comp/ + sketch-seq/), "
+        "fvlp (train.json/test.json); auto detects it",
+    )
 
 
 class FinetuneConfig(TrainConfig, EpisodesInput):

@@ -1,33 +1,48 @@
-"""FS2K-SDE ("sketch drawing episodes") loader.
+"""FS2K-SDE ("sketch drawing episodes") in the layouts it is found in.
 
-Layout: a root folder with one JSON annotation file per split, ``train.json`` and
-``test.json`` (looked up in the root, then in ``annotations/``). Each file is a JSON list
-with one row per photo, paths relative to the root::
+* ``fvlp-reference``: the layout the FVLP and FLIP reference code reads. Annotation JSON
+  lists in ``<root>/annotation/`` (``fs2ksde_train.json`` / ``fs2ksde_test.json``; FLIP's
+  ``fs2ksde_{train,test}_v2.json``; SDE2's ``train_450.json`` / ``test_450.json``), every
+  path relative to the separate image root ``<root>/images/``. Train rows
+  ``{photo, photo_id, caption: str, sketch_sde: [every recorded step]}``, possibly several
+  rows per photo (one per caption); test rows ``{photo, caption: [str], sketch_sde: [50
+  paths]}`` without ``photo_id``, which is then derived from the photo path.
+* ``slfir``: the SLFIR code's folders, no JSON and no captions: ``<root>/comp/{train,test}/
+  photo/*`` and ``<root>/sketch-seq/{train,test}/<one folder per photo>/<step images>``,
+  photos and sketch folders paired in sorted order, steps in natural name order.
+* ``fvlp``: ``train.json`` / ``test.json`` in the root or ``annotations/``, rows as the
+  reference's, paths relative to the root.
 
-    {"photo": "photos/0001.jpg", "photo_id": "0001",
-     "caption": "a young woman ..."            (train: a string; test: a list of strings)
-     "sketch_sde": ["sketches/0001/0.png", ...] (cumulative sketches, one per drawing step)}
-
-FS2K-SDE records about 70 steps per photo while the reference evaluation uses 50:
-:func:`select_steps` picks ``T`` evenly spaced steps that always end on the finished sketch.
+:func:`detect_layout` finds which one a root holds; a root matching none fails with one
+message listing every place looked for. FS2K-SDE records about 70 steps per photo while the
+reference evaluation uses 50: :func:`select_steps` picks ``T`` evenly spaced steps that
+always end on the finished sketch.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 SPLITS = ("train", "test")
-REQUIRED_KEYS = ("photo", "photo_id", "caption", "sketch_sde")
+LAYOUTS = ("fvlp-reference", "slfir", "fvlp")
+# Reference annotation file names (train, test) in <root>/annotation/, in the order they are tried.
+REFERENCE_ANNOTATIONS = (
+    ("fs2ksde_train.json", "fs2ksde_test.json"),  # FVLP, FS2K-SDE1
+    ("fs2ksde_train_v2.json", "fs2ksde_test_v2.json"),  # FLIP
+    ("train_450.json", "test_450.json"),  # FVLP, FS2K-SDE2
+)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 class FS2KFormatError(ValueError):
-    """An annotation row or file that does not follow the FS2K-SDE layout."""
+    """An annotation row, file or folder that does not follow an FS2K-SDE layout."""
 
 
 @dataclass(frozen=True)
@@ -35,16 +50,64 @@ class FS2KEpisode:
     photo_id: str
     split: str
     photo_path: Path
-    captions: tuple[str, ...]
+    captions: tuple[str, ...]  # empty in the SLFIR layout, which has none
     sketch_paths: tuple[Path, ...]  # drawing order, cumulative
 
 
-def annotation_path(root: Path, split: str) -> Path:
+@dataclass(frozen=True)
+class _Source:
+    """Where one layout keeps its splits: an annotation file (or folder) and an image root per split."""
+
+    layout: str
+    files: dict[str, Path]
+    image_root: Path
+
+
+def _reference_source(root: Path) -> _Source | None:
+    for train, test in REFERENCE_ANNOTATIONS:
+        files = {"train": root / "annotation" / train, "test": root / "annotation" / test}
+        if any(path.is_file() for path in files.values()):
+            return _Source("fvlp-reference", files, root / "images")
+    return None
+
+
+def _fvlp_source(root: Path) -> _Source | None:
+    files = {}
+    for split in SPLITS:
+        found = [p for p in (root / f"{split}.json", root / "annotations" / f"{split}.json") if p.is_file()]
+        if found:
+            files[split] = found[0]
+    return _Source("fvlp", files, root) if files else None
+
+
+def _slfir_source(root: Path) -> _Source | None:
+    files = {split: root / "comp" / split / "photo" for split in SPLITS}
+    if any(path.is_dir() for path in files.values()) and (root / "sketch-seq").is_dir():
+        return _Source("slfir", files, root)
+    return None
+
+
+FINDERS = {"fvlp-reference": _reference_source, "slfir": _slfir_source, "fvlp": _fvlp_source}
+
+
+def places_looked(root: Path) -> list[str]:
+    reference = [str(root / "annotation" / name) for pair in REFERENCE_ANNOTATIONS for name in pair]
+    fvlp = [str(p) for split in SPLITS for p in (root / f"{split}.json", root / "annotations" / f"{split}.json")]
+    slfir = [str(root / "comp" / split / "photo") for split in SPLITS] + [str(root / "sketch-seq")]
+    return reference + fvlp + slfir
+
+
+def detect_layout(root: Path, layout: str = "auto") -> _Source:
+    """The layout ``root`` holds (or the one forced by ``layout``), with its files."""
     root = Path(root)
-    for candidate in (root / f"{split}.json", root / "annotations" / f"{split}.json"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"FS2K-SDE root {root} has no {split}.json (looked in {root} and {root / 'annotations'})")
+    if layout != "auto" and layout not in FINDERS:
+        raise ValueError(f"unknown FS2K-SDE layout {layout!r}; expected auto or one of {LAYOUTS}")
+    for name in LAYOUTS if layout == "auto" else (layout,):
+        found = FINDERS[name](root)
+        if found is not None:
+            return found
+    wanted = "any FS2K-SDE layout" if layout == "auto" else f"the {layout} layout"
+    raise FileNotFoundError(f"{root} does not hold {wanted}; looked for " + ", ".join(places_looked(root)))
 
 
 def _captions(value: Any, where: str) -> tuple[str, ...]:
@@ -59,18 +122,25 @@ def _captions(value: Any, where: str) -> tuple[str, ...]:
     return captions
 
 
-def _parse_row(row: Any, index: int, split: str, root: Path, source: Path, check_files: bool) -> FS2KEpisode:
+def derived_photo_id(photo: str) -> str:
+    """A photo id from its relative path (the reference's test rows carry none): path without extension."""
+    return PurePosixPath(photo.replace("\\", "/")).with_suffix("").as_posix()
+
+
+def _parse_row(row: Any, index: int, split: str, image_root: Path, source: Path, check_files: bool) -> FS2KEpisode:
     where = f"{source} row {index}"
+    required = ("photo", "caption", "sketch_sde")
     if not isinstance(row, dict):
-        raise FS2KFormatError(f"{where}: expected an object with keys {list(REQUIRED_KEYS)}, got {type(row).__name__}")
+        raise FS2KFormatError(f"{where}: expected an object with keys {list(required)}, got {type(row).__name__}")
     if "photo_id" in row:
         where += f" (photo_id {row['photo_id']!r})"
-    missing = [k for k in REQUIRED_KEYS if k not in row]
+    missing = [k for k in required if k not in row]
     if missing:
         raise FS2KFormatError(f"{where}: missing key(s) {missing}")
-    photo, photo_id, sketches = row["photo"], row["photo_id"], row["sketch_sde"]
+    photo, sketches = row["photo"], row["sketch_sde"]
     if not isinstance(photo, str) or not photo:
         raise FS2KFormatError(f"{where}: 'photo' must be a relative path string, got {photo!r:.80}")
+    photo_id = row.get("photo_id", derived_photo_id(photo))
     if not isinstance(photo_id, (str, int)) or isinstance(photo_id, bool):
         raise FS2KFormatError(f"{where}: 'photo_id' must be a string or integer, got {photo_id!r:.80}")
     if not isinstance(sketches, list) or not sketches or not all(isinstance(s, str) and s for s in sketches):
@@ -78,42 +148,122 @@ def _parse_row(row: Any, index: int, split: str, root: Path, source: Path, check
     episode = FS2KEpisode(
         photo_id=str(photo_id),
         split=split,
-        photo_path=root / photo,
+        photo_path=image_root / photo,
         captions=_captions(row["caption"], where),
-        sketch_paths=tuple(root / s for s in sketches),
+        sketch_paths=tuple(image_root / s for s in sketches),
     )
     if check_files:
-        absent = [p for p in (episode.photo_path, *episode.sketch_paths) if not p.is_file()]
-        if absent:
-            more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
-            raise FS2KFormatError(f"{where}: file not found: {absent[0]}{more}")
+        _check_files(episode, where)
     return episode
 
 
-def load_fs2k_sde(root: Path, splits: Iterable[str] = SPLITS, check_files: bool = True) -> list[FS2KEpisode]:
+def _check_files(episode: FS2KEpisode, where: str) -> None:
+    absent = [p for p in (episode.photo_path, *episode.sketch_paths) if not p.is_file()]
+    if absent:
+        more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+        raise FS2KFormatError(f"{where}: file not found: {absent[0]}{more}")
+
+
+def _annotated_split(source: _Source, split: str, check_files: bool) -> list[FS2KEpisode]:
+    """One split's rows; rows repeating a photo (one per caption) become one episode with every caption."""
+    path = source.files[split]
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise FS2KFormatError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(rows, list):
+        raise FS2KFormatError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
+    episodes: dict[str, FS2KEpisode] = {}
+    first_row: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        episode = _parse_row(row, index, split, source.image_root, path, check_files)
+        known = episodes.get(episode.photo_id)
+        if known is None:
+            episodes[episode.photo_id], first_row[episode.photo_id] = episode, index
+        elif (known.photo_path, known.sketch_paths) == (episode.photo_path, episode.sketch_paths):
+            episodes[episode.photo_id] = replace(known, captions=known.captions + episode.captions)
+        else:
+            raise FS2KFormatError(
+                f"{path} row {index}: photo_id {episode.photo_id!r} already used in row "
+                f"{first_row[episode.photo_id]} for another photo or sketch sequence"
+            )
+    return list(episodes.values())
+
+
+def _natural_key(path: Path) -> list:
+    """Name order with numbers compared as numbers, so step 10 follows step 9."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+
+
+def _slfir_split(source: _Source, split: str) -> list[FS2KEpisode]:
+    photo_dir, sketch_dir = source.files[split], source.image_root / "sketch-seq" / split
+    if not photo_dir.is_dir():
+        raise FS2KFormatError(f"{photo_dir}: missing (the SLFIR layout keeps each split's photos there)")
+    if not sketch_dir.is_dir():
+        raise FS2KFormatError(f"{sketch_dir}: missing (the SLFIR layout keeps one sketch folder per photo there)")
+    photos = sorted(p for p in photo_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    sequences = sorted(p for p in sketch_dir.iterdir() if p.is_dir())
+    if len(photos) != len(sequences):
+        raise FS2KFormatError(
+            f"{photo_dir} has {len(photos)} photos but {sketch_dir} has {len(sequences)} sketch folders; "
+            "the SLFIR layout pairs them one to one in sorted order"
+        )
+    episodes = []
+    for photo, sequence in zip(photos, sequences):
+        steps = _images(sequence)
+        if not steps:
+            raise FS2KFormatError(f"{sequence}: no sketch images (paired with {photo.name})")
+        episodes.append(FS2KEpisode(photo.stem, split, photo, (), tuple(steps)))
+    return episodes
+
+
+def input_files(source: _Source) -> list[Path]:
+    """The files whose change means the episodes must be rebuilt: the annotations, or (SLFIR,
+    which has none) every photo and step image."""
+    if source.layout != "slfir":
+        return [path for path in source.files.values() if path.is_file()]
+    folders = [source.files[split] for split in SPLITS] + [source.image_root / "sketch-seq" / s for s in SPLITS]
+    return sorted(p for folder in folders if folder.is_dir() for p in folder.rglob("*") if p.is_file())
+
+
+def load_fs2k_sde(
+    root: Path, splits: Iterable[str] = SPLITS, check_files: bool = True, layout: str = "auto"
+) -> list[FS2KEpisode]:
     """Every episode of ``splits`` under ``root``; a malformed row raises naming file, row and problem."""
-    root = Path(root)
+    source = detect_layout(Path(root), layout)
     episodes: list[FS2KEpisode] = []
-    seen: dict[str, Path] = {}
+    seen: dict[str, str] = {}
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"unknown FS2K-SDE split {split!r} (expected one of {SPLITS})")
-        source = annotation_path(root, split)
-        try:
-            rows = json.loads(source.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise FS2KFormatError(f"{source}: not valid JSON ({err})") from err
-        if not isinstance(rows, list):
-            raise FS2KFormatError(f"{source}: expected a JSON list of rows, got {type(rows).__name__}")
-        for index, row in enumerate(rows):
-            episode = _parse_row(row, index, split, root, source, check_files)
+        if source.layout != "slfir" and not source.files.get(split, Path()).is_file():
+            raise FileNotFoundError(f"FS2K-SDE root {root} ({source.layout} layout) has no {split} annotation file")
+        found = (
+            _slfir_split(source, split) if source.layout == "slfir" else _annotated_split(source, split, check_files)
+        )
+        for episode in found:
             if episode.photo_id in seen:
                 raise FS2KFormatError(
-                    f"{source} row {index}: photo_id {episode.photo_id!r} already used in {seen[episode.photo_id]}"
+                    f"photo_id {episode.photo_id!r} of {split} already used in {seen[episode.photo_id]}"
                 )
-            seen[episode.photo_id] = source
-            episodes.append(episode)
+            seen[episode.photo_id] = split
+        episodes += found
     return episodes
+
+
+def fs2k_counts(episodes: list[FS2KEpisode]) -> dict[str, dict[str, int]]:
+    """Photos, recorded sketches and captions per split: what a user checks against the paper's figures."""
+    counts: dict[str, dict[str, int]] = {}
+    for episode in episodes:
+        split = counts.setdefault(episode.split, {"photos": 0, "sketches": 0, "captions": 0})
+        split["photos"] += 1
+        split["sketches"] += len(episode.sketch_paths)
+        split["captions"] += len(episode.captions)
+    return counts
 
 
 def select_steps(available: int, steps: int) -> np.ndarray:

@@ -148,9 +148,12 @@ def read_episodes_reference(episodes_dir: Path) -> dict[str, Any]:
         "episodes_dir": str(episodes_dir),
         "source": manifest["source"],
         "steps": manifest["steps"],
+        # "all recorded" when train episodes keep every recorded step (FS2K-SDE), else T like test.
+        "train_steps": manifest.get("train_steps", manifest["steps"]),
         "photos": manifest["photos"],
         "splits": manifest["splits"],
         "skipped": manifest.get("skipped", {}),
+        "found": manifest.get("found", {}),
         "fingerprint": stat_fingerprint(shards, manifest["input_fingerprint"]),
     }
 

@@ -12,8 +12,11 @@ Two sources:
 * real photos (a clean stage without the corpus ground truth): one episode per kept face,
   drawn from its edge line art (``fvlp_core.episodes.photo_episode``); the split is a
   fixed hash of the SAMPLE_ID (30 % test).
-* an FS2K-SDE root (``fs2k_sde``): photos, captions and recorded cumulative sketches, T
-  steps selected evenly up to the finished sketch.
+* an FS2K-SDE root (``fs2k_sde``, any layout of :mod:`fvlp_core.fs2k`): photos, captions and
+  recorded cumulative sketches. Train episodes keep every recorded step (training samples
+  any of them, as the reference does); test episodes get T steps selected evenly up to the
+  finished sketch. The photos, sketches and captions found per split are logged and kept in
+  the manifest (``found``).
 
 Work goes in chunks of photos; each chunk is written as one photos shard and one sketches
 shard, so an interrupted build resumes at the first missing chunk.
@@ -32,7 +35,7 @@ from prefect.cache_policies import NO_CACHE
 
 from fvlp_core.config import EpisodesConfig
 from fvlp_core.episodes import corpus_episode, photo_episode
-from fvlp_core.fs2k import load_fs2k_sde, select_steps
+from fvlp_core.fs2k import detect_layout, fs2k_counts, input_files, load_fs2k_sde, select_steps
 from fvlp_core.png import decode_png, encode_png, png_from_file
 from storage.clean import face_shards, read_clean_manifest, read_face_crops, read_face_index
 from storage.episodes import (
@@ -138,6 +141,7 @@ def _face_chunk(
 
 
 def _fs2k_chunk(episodes: list[Any], steps: int) -> tuple[list[dict], list[dict], int]:
+    """Photos and sketches of FS2K-SDE episodes: every recorded step for train, T selected ones for test."""
     photos, sketches = [], []
     for episode in episodes:
         photos.append(
@@ -145,12 +149,14 @@ def _fs2k_chunk(episodes: list[Any], steps: int) -> tuple[list[dict], list[dict]
                 "photo_id": episode.photo_id,
                 "split": episode.split,
                 "image": png_from_file(episode.photo_path, "RGB"),
-                "caption": episode.captions[0],
+                # SLFIR's layout has no captions: such photos get an empty one (sketch+text = sketch).
+                "caption": episode.captions[0] if episode.captions else "",
                 "captions": list(episode.captions),
                 "source": "fs2k-sde",
             }
         )
-        chosen = select_steps(len(episode.sketch_paths), steps)
+        recorded = len(episode.sketch_paths)
+        chosen = range(recorded) if episode.split == "train" else select_steps(recorded, steps)
         sketches += [
             {
                 "photo_id": episode.photo_id,
@@ -181,13 +187,15 @@ def build_episodes(config: EpisodesConfig) -> dict[str, Any]:
     episodes_dir = config.episodes_dir
     steps = config.steps_per_episode
     if config.fs2k_sde is not None:
-        fs2k_root = Path(config.fs2k_sde)
-        annotations = sorted(fs2k_root.glob("*.json")) + sorted(fs2k_root.glob("annotations/*.json"))
+        fs2k_root = Path(config.fs2k_sde).resolve()
+        layout = detect_layout(fs2k_root, config.fs2k_sde_layout)
         plan = {
             "source": "fs2k-sde",
+            "layout": layout.layout,
             "steps": steps,
+            "train_steps": "all recorded",
             "version": EPISODES_VERSION,
-            "input_fingerprint": stat_fingerprint(annotations, str(fs2k_root.resolve())),
+            "input_fingerprint": stat_fingerprint(input_files(layout), str(fs2k_root)),
         }
     else:
         clean_dir = config.paths.clean_dir
@@ -217,8 +225,11 @@ def build_episodes(config: EpisodesConfig) -> dict[str, Any]:
     write_manifest(episodes_dir, {**plan, "complete": False})
 
     skipped: dict[str, int] = {}
+    found: dict[str, dict[str, int]] = {}
     if config.fs2k_sde is not None:
-        items: list[Any] = load_fs2k_sde(Path(config.fs2k_sde))
+        items: list[Any] = load_fs2k_sde(fs2k_root, layout=layout.layout)
+        found = fs2k_counts(items)
+        logger.info("FS2K-SDE (%s layout) at %s: %s", layout.layout, fs2k_root, found)
         build = lambda chunk: _fs2k_chunk(chunk, steps)  # noqa: E731
     else:
         faces = read_face_index(clean_dir).to_pandas()
@@ -261,6 +272,7 @@ def build_episodes(config: EpisodesConfig) -> dict[str, Any]:
         "splits": splits,
         "skipped": skipped,
         "unaligned": unaligned,
+        "found": found,
     }
     write_episodes_manifest(episodes_dir, manifest)
     logger.info(
