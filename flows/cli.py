@@ -54,6 +54,10 @@ COMMANDS: dict[str, tuple[type[BaseModel], str, str]] = {
 TOOLS: dict[str, tuple[str, str]] = {
     "serve": ("flows.serve:main", "Register prefect.yaml's deployments with a Prefect server and run them"),
     "status": ("flows.status:main", "Summarise the last runs in the results store"),
+    "convert-checkpoint": (
+        "flows.convert:main",
+        "Convert OpenAI's TorchScript CLIP weights to safetensors without running their code",
+    ),
 }
 
 METAVARS = {Path: "PATH", int: "INT", float: "NUMBER", str: "TEXT"}

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storage.files import write_text_atomic
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from storage.files import atomic_write, write_text_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
@@ -40,3 +43,9 @@ def latest_checkpoint(checkpoints_dir: Path, stage: str) -> Path | None:
     if not path.is_file():
         raise FileNotFoundError(f"{latest} names run {run_id!r} but {path} is missing")
     return path
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """A weights file that loads without unpickling anything, written whole or not at all."""
+    data = safetensors_bytes({name: tensor.contiguous() for name, tensor in tensors.items()})
+    return atomic_write(Path(path), lambda handle: handle.write(data))

@@ -7,17 +7,21 @@ works everywhere ``ViT-B-16`` does.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.model import resize_pos_embed, resize_text_pos_embed
 from open_clip.transformer import text_global_pool
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from fvlp_core.checkpoint import is_fvlp_checkpoint
+from fvlp_core.torchscript import is_torchscript_archive
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -25,6 +29,11 @@ open_clip.add_model_config(MODEL_CONFIG_DIR)
 # Depths the reference reads multi-scale features from, for a 12-layer ViT (0-based blocks).
 REFERENCE_FUSION_LAYERS = (3, 5, 7, 11)
 REFERENCE_VIT_LAYERS = 12
+
+# Entries of OpenAI's CLIP state dicts that are no weights (their presence marks OpenAI weights).
+OPENAI_MARKER_KEYS = ("input_resolution", "context_length", "vocab_size")
+# Tensors a scripted or traced model carries (at any depth) that open_clip rebuilds instead of loading.
+NON_PERSISTENT_KEYS = ("attn_mask",)
 
 IMAGE_MEAN = OPENAI_DATASET_MEAN
 IMAGE_STD = OPENAI_DATASET_STD
@@ -57,6 +66,11 @@ def read_weights(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return load_safetensors(str(path))
+    if is_torchscript_archive(path):
+        raise CheckpointError(
+            f"{path} is a TorchScript archive (OpenAI's original CLIP format), whose code fvlp never runs: "
+            f"convert it once with `fvlp convert-checkpoint {path} {path.with_suffix('.safetensors')}`"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors come in many types; all mean "not a safe weights file"
@@ -74,12 +88,67 @@ def backbone_state_dict(loaded: dict) -> dict[str, torch.Tensor]:
     return state
 
 
+@dataclass(frozen=True)
+class BackboneWeights:
+    """An open_clip state dict and what is known of the activation it was trained with."""
+
+    state: dict[str, torch.Tensor]
+    quick_gelu: bool | None  # None: the file does not say
+
+
+def _declared_quick_gelu(path: Path) -> bool | None:
+    """open_clip ships ``open_clip_config.json`` beside its weights; its model config names the activation."""
+    config = Path(path).parent / "open_clip_config.json"
+    if not config.is_file():
+        return None
+    model_cfg = json.loads(config.read_text()).get("model_cfg", {})
+    return bool(model_cfg.get("quick_gelu", False))
+
+
+def read_backbone_weights(path: Path) -> BackboneWeights:
+    """The backbone weights in ``path``. OpenAI's state dicts carry ``input_resolution``,
+    ``context_length`` and ``vocab_size`` entries (dropped here), which mark QuickGELU weights."""
+    state = dict(backbone_state_dict(read_weights(path)))
+    openai = any(key in state for key in OPENAI_MARKER_KEYS)
+    state = {
+        key: value
+        for key, value in state.items()
+        if key not in OPENAI_MARKER_KEYS and key.rsplit(".", 1)[-1] not in NON_PERSISTENT_KEYS
+    }
+    return BackboneWeights(state, True if openai else _declared_quick_gelu(path))
+
+
+def _check_activation(model_name: str, weights: BackboneWeights, path: Path) -> None:
+    """QuickGELU weights in a GELU model (or the reverse) load without error and compute wrong features."""
+    builds_quick_gelu = bool(model_config(model_name).get("quick_gelu", False))
+    if weights.quick_gelu is None or weights.quick_gelu == builds_quick_gelu:
+        return
+    if weights.quick_gelu:
+        right = f"{model_name}-quickgelu"
+        hint = f"--model {right}" if open_clip.get_model_config(right) else "a -quickgelu model config"
+        raise CheckpointError(
+            f"{path} holds weights trained with QuickGELU (OpenAI CLIP) but {model_name} builds GELU layers: use {hint}"
+        )
+    right = model_name.removesuffix("-quickgelu")
+    raise CheckpointError(f"{path} declares GELU weights but {model_name} builds QuickGELU layers: use --model {right}")
+
+
 def create_backbone(model_name: str, init_checkpoint: Path | None = None) -> open_clip.CLIP:
-    """An open_clip CLIP model by config name; weights from ``init_checkpoint`` or random init."""
+    """An open_clip CLIP model by config name; weights from ``init_checkpoint`` or random init.
+
+    As open_clip's own loader does, position embeddings of weights trained at another image
+    size (or context length) are interpolated to the model's.
+    """
     model_config(model_name)
     model = open_clip.create_model(model_name, pretrained=None)
     if init_checkpoint is not None:
-        state = backbone_state_dict(read_weights(init_checkpoint))
+        weights = read_backbone_weights(init_checkpoint)
+        _check_activation(model_name, weights, init_checkpoint)
+        state = dict(weights.state)
+        if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
+            state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+        resize_pos_embed(state, model)
+        resize_text_pos_embed(state, model)
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as err:  # tensor shapes of another architecture
