@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 ACC_KS = (1, 5, 10)
 RECALL_KS = (1, 5, 10)
@@ -160,3 +161,14 @@ def text_image_recall(
         out[f"t2i_r_at_{k}"] = 100.0 * float((t2i <= k).mean())
         out[f"i2t_r_at_{k}"] = 100.0 * float((i2t <= k).mean())
     return out
+
+
+def matching_scores(positive: np.ndarray, negative: np.ndarray) -> dict[str, float]:
+    """Image-text matching on balanced held-out pairs: accuracy at P(match) = 0.5 and ROC AUC
+    (the chance a matching pair outscores a non-matching one, ties counting half), in percent.
+    Balanced pairs make both 50 for a head that knows nothing (a constant prior included)."""
+    positive, negative = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
+    accuracy = (np.sum(positive > 0.5) + np.sum(negative <= 0.5)) / (len(positive) + len(negative))
+    ranks = rankdata(np.concatenate([positive, negative]))  # ties get their average rank
+    wins = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2  # Mann-Whitney U
+    return {"accuracy": 100.0 * float(accuracy), "auc": 100.0 * float(wins / (len(positive) * len(negative)))}

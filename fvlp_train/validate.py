@@ -1,6 +1,7 @@
 """Held-out checks run at the end of training, so every run reports whether it learned.
 
-Pretraining: text->image R@1 over held-out cleaned pairs, next to chance 1/N.
+Pretraining: text->image R@1 over held-out cleaned pairs, next to chance 1/N, and the ITM
+head's accuracy and AUC on balanced held-out pairs, next to the 50 a head at its prior gets.
 Fine-tuning: sketch(+caption)->photo m@B over the test episodes, next to chance H_N/N
 (the expected reciprocal rank of a uniformly random rank among N), and text->image R@1.
 """
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fvlp_core.config import FinetuneConfig, PretrainConfig
-from fvlp_core.metrics import rank_true_items, sketch_retrieval_metrics, text_image_recall
+from fvlp_core.metrics import matching_scores, rank_true_items, sketch_retrieval_metrics, text_image_recall
 from fvlp_core.models import FVLPFusion, FVLPPretrain, get_tokenizer
 from fvlp_core.models.factory import encode_image_tokens, encode_text_tokens, image_size
 from fvlp_core.transforms import image_bytes_tensor
@@ -46,20 +47,43 @@ def validate_pretrain(model: FVLPPretrain, config: PretrainConfig, device: torch
         return {"heldout_pairs": float(len(crops))}
     tokenizer = get_tokenizer(config.model)
     size = image_size(model.backbone)
-    images, texts = [], []
+    images, texts, matched, mismatched = [], [], [], []
     for chunk in _batched(list(zip(crops, captions))):
         pixels = torch.stack([image_bytes_tensor(c, size, f"{s} SAMPLE_ID {i}") for (s, i, c), _ in chunk]).to(device)
-        images.append(F.normalize(encode_image_tokens(model.backbone, pixels)[0].float(), dim=-1).cpu())
-        text = tokenizer([caption for _, caption in chunk]).to(device)
+        pooled, tokens, _ = encode_image_tokens(model.backbone, pixels)
+        images.append(F.normalize(pooled.float(), dim=-1).cpu())
+        chunk_captions = [caption for _, caption in chunk]
+        text = tokenizer(chunk_captions).to(device)
         texts.append(F.normalize(encode_text_tokens(model.backbone, text)[0].float(), dim=-1).cpu())
+        other = _other_caption(chunk_captions)
+        matched.append(_match_probability(model, text, tokens))
+        mismatched.append(_match_probability(model, text[other], tokens))
     recall = text_image_recall(torch.cat(texts), torch.cat(images), np.arange(len(crops)))
+    itm = matching_scores(torch.cat(matched).numpy(), torch.cat(mismatched).numpy())
     return {
         "heldout_pairs": float(len(crops)),
         "heldout_t2i_r_at_1": recall["t2i_r_at_1"],
         "heldout_i2t_r_at_1": recall["i2t_r_at_1"],
         "heldout_t2i_r_at_10": recall["t2i_r_at_10"],
         "chance_r_at_1": 100.0 / len(crops),
+        # Balanced pairs (each crop with its caption and with another's): 50 is a head at its prior.
+        "heldout_itm_accuracy": itm["accuracy"],
+        "heldout_itm_auc": itm["auc"],
+        "chance_itm_accuracy": 50.0,
     }
+
+
+def _other_caption(captions: list[str]) -> torch.Tensor:
+    """For each caption, the index of the next one in the list that differs from it (a non-match)."""
+    others = []
+    for index, caption in enumerate(captions):
+        step = next((k for k in range(1, len(captions)) if captions[(index + k) % len(captions)] != caption), 0)
+        others.append((index + step) % len(captions))
+    return torch.tensor(others)
+
+
+def _match_probability(model: FVLPPretrain, text: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(model.grounded(model.backbone, text, image_tokens).float(), dim=-1)[:, 1].cpu()
 
 
 def validate_finetune(
