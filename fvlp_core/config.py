@@ -258,6 +258,15 @@ class FinetuneConfig(TrainConfig, EpisodesInput):
     fusion_channels: int | None = Field(None, ge=1, description="Fusion conv width; default 2048 x ViT width / 768")
     fusion_attention_channels: int | None = Field(None, ge=1, description="Attention hidden width; default conv / 4")
     fusion_embed_dim: int = Field(256, ge=1, description="Retrieval embedding size")
+    select_on: Literal["validation", "test"] = Field(
+        "validation",
+        description="Episodes that choose the kept epoch (best m@B): a validation split carved from the train "
+        "photos, or the test split as the published figures did",
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of train photos (stable hash of photo_id) held out for select_on=validation"
+    )
+    validate_every: int = Field(1, ge=1, description="Epochs between validations (the last epoch is always validated)")
 
     def architecture(self) -> dict[str, Any]:
         return {

@@ -33,6 +33,7 @@ def save_checkpoint(
     step: int,
     total_steps: int,
     metrics: dict[str, float] | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> Path:
     payload = {
         "format": FORMAT,
@@ -45,5 +46,7 @@ def save_checkpoint(
         "step": step,
         "total_steps": total_steps,
         "metrics": metrics or {},
+        # fine-tuning's model selection so far ({} elsewhere): a resumed run keeps choosing from it
+        "selection": selection or {},
     }
     return atomic_write(Path(path), lambda handle: torch.save(payload, handle))

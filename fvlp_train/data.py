@@ -28,9 +28,10 @@ def caption_group(caption: str) -> int:
     return int.from_bytes(hashlib.blake2b(caption.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def is_held_out(sample_id: int, fraction: float) -> bool:
-    """Stable hash split of the cleaned pairs: the same samples are held out in every run."""
-    digest = hashlib.blake2b(str(sample_id).encode(), digest_size=4).digest()
+def is_held_out(key: int | str, fraction: float) -> bool:
+    """Stable hash split (cleaned pairs by SAMPLE_ID, episode photos by photo_id): the same
+    records are held out in every run."""
+    digest = hashlib.blake2b(str(key).encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little") % 10_000 < fraction * 10_000
 
 
@@ -119,7 +120,8 @@ class FacePairStream:
 
 
 class SketchEpisodeStream:
-    """(photo, one random step of its sketch episode, caption) triples of the train split."""
+    """(photo, one random step of its sketch episode, caption) triples of the train split,
+    less the photos held out for validation (``held_out_fraction``, :func:`is_held_out`)."""
 
     def __init__(
         self,
@@ -129,6 +131,7 @@ class SketchEpisodeStream:
         seed: int,
         plan: StreamPlan,
         split: str = "train",
+        held_out_fraction: float = 0.0,
     ):
         self.episodes_dir = Path(episodes_dir)
         self.tokenizer = tokenizer
@@ -137,9 +140,10 @@ class SketchEpisodeStream:
         self.plan = plan
         self.split = split
         photos = episode_photos(episodes_dir, split)
-        self.photo_ids = photos.column("photo_id").to_pylist()
-        self.photos = dict(zip(self.photo_ids, photos.column("image").to_pylist()))
-        self.captions = dict(zip(self.photo_ids, photos.column("caption").to_pylist()))
+        every_id = photos.column("photo_id").to_pylist()
+        self.photo_ids = [p for p in every_id if not is_held_out(p, held_out_fraction)]
+        self.photos = dict(zip(every_id, photos.column("image").to_pylist()))
+        self.captions = dict(zip(every_id, photos.column("caption").to_pylist()))
         lengths = episode_lengths(episodes_dir, split)
         without = [p for p in self.photo_ids if p not in lengths]
         if without:

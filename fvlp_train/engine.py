@@ -31,8 +31,8 @@ from fvlp_core.models import create_model, get_tokenizer
 from fvlp_core.models.factory import image_size
 from fvlp_train.checkpoint import save_checkpoint, write_run_config
 from fvlp_train.data import FacePairStream, SketchEpisodeStream, StreamPlan
-from fvlp_train.validate import validate_finetune, validate_pretrain
-from storage.checkpoints import CHECKPOINT_NAME, METRICS_NAME, mark_latest, run_dir
+from fvlp_train.validate import selection_episodes, validate_finetune, validate_pretrain
+from storage.checkpoints import CHECKPOINT_NAME, METRICS_NAME, SELECTED_NAME, handed_on, mark_latest, run_dir
 from storage.files import write_text_atomic
 
 STAGES = ("pretrain", "finetune")
@@ -109,7 +109,9 @@ def build_stream(stage: str, config: TrainConfig, model: nn.Module, runtime: Run
     plan = StreamPlan(config.batch_size, runtime.world_size, runtime.rank)
     if stage == "pretrain":
         return FacePairStream(config.paths.clean_dir, tokenizer, size, config.seed, config.holdout_fraction, plan)
-    return SketchEpisodeStream(config.episodes_dir, tokenizer, size, config.seed, plan)
+    assert isinstance(config, FinetuneConfig)
+    held_out = config.validation_fraction if config.select_on == "validation" else 0.0
+    return SketchEpisodeStream(config.episodes_dir, tokenizer, size, config.seed, plan, held_out_fraction=held_out)
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
@@ -120,8 +122,10 @@ def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
 def train(stage: str, config: TrainConfig) -> dict[str, Any]:
     """Train ``stage`` to completion (resuming if a checkpoint of this run exists).
 
-    Returns ``{"run_id", "checkpoint", "steps", "metrics"}`` (metrics from rank 0's held-out
-    validation; other ranks return an empty dict for them).
+    Returns ``{"run_id", "checkpoint", "steps", "metrics"}``: the checkpoint later stages take
+    (fine-tuning: the selected epoch's weights) and rank 0's held-out metrics (fine-tuning: the
+    selected epoch's, with ``selected_epoch`` and ``last_epoch_m_at_B``); other ranks return
+    an empty dict for them.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
@@ -144,6 +148,8 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, total_steps))
 
     step = 0
+    # Fine-tuning keeps the epoch with the best m@B on the selection episodes (config.select_on).
+    selection: dict[str, Any] = {"m_at_B": {}, "best_epoch": None, "best": None}
     if checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path)
         if checkpoint_config(state) != json.loads(config_json):
@@ -155,6 +161,7 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
+        selection.update(state.get("selection", {}))
     elif runtime.is_main:
         write_run_config(folder, config_json)
 
@@ -181,7 +188,36 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
                 step=at_step,
                 total_steps=total_steps,
                 metrics=metrics,
+                selection=selection,
             )
+
+    def validate_epoch(epoch: int, at_step: int) -> None:
+        """Score this epoch on the selection episodes; keep its weights when it is the best so far."""
+        assert isinstance(config, FinetuneConfig)
+        if runtime.is_main:
+            model.eval()
+            with torch.no_grad(), autocast:
+                found = validate_finetune(model, config, runtime.device, *selection_episodes(config))
+            wrapped.train()
+            selection["m_at_B"][str(epoch)] = found["m_at_B"]
+            if selection["best"] is None or found["m_at_B"] > selection["best"]["m_at_B"]:
+                selection.update(best_epoch=epoch, best=found)
+                save_checkpoint(
+                    folder / SELECTED_NAME,
+                    stage=stage,
+                    architecture=config.architecture(),
+                    config_json=config_json,
+                    model=model.state_dict(),
+                    optimizer={},
+                    scheduler={},
+                    step=at_step,
+                    total_steps=total_steps,
+                    metrics={**found, "selected_epoch": float(epoch)},
+                )
+            event = {"event": "validation", "stage": stage, "epoch": epoch, "step": at_step, "on": config.select_on}
+            print(json.dumps({**event, "m_at_B": found["m_at_B"], "best_epoch": selection["best_epoch"]}), flush=True)
+        if runtime.world_size > 1:
+            dist.barrier()
 
     autocast = (
         torch.autocast(device_type=runtime.device.type, dtype=runtime.autocast_dtype)
@@ -241,16 +277,23 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
                 bar.set_postfix(loss=f"{sums['loss']:.3f}")
             if step % config.checkpoint_every == 0 and step < total_steps:
                 save(step)
+        if isinstance(config, FinetuneConfig) and ((epoch + 1) % config.validate_every == 0 or step == total_steps):
+            validate_epoch(epoch, step)
     bar.close()
 
     metrics: dict[str, float] = {f"final_{k}": v for k, v in last.items()}
     if runtime.is_main:
-        model.eval()
-        with torch.no_grad(), autocast:
+        if stage == "pretrain":
+            model.eval()
+            with torch.no_grad(), autocast:
+                metrics.update(validate_pretrain(model, config, runtime.device))
+        else:
+            history = selection["m_at_B"]
+            metrics.update(selection["best"] or {})
             metrics.update(
-                validate_pretrain(model, config, runtime.device)
-                if stage == "pretrain"
-                else validate_finetune(model, config, runtime.device)
+                selected_epoch=float(selection["best_epoch"]),
+                last_epoch_m_at_B=history[max(history, key=int)],
+                validated_epochs=float(len(history)),
             )
         save(step, metrics)
         write_text_atomic(folder / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
@@ -262,7 +305,7 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
                     "stage": stage,
                     "run_id": config.run_id,
                     "step": step,
-                    "checkpoint": str(checkpoint_path),
+                    "checkpoint": str(handed_on(folder)),
                     "metrics": metrics,
                 }
             ),
@@ -271,4 +314,4 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
     if runtime.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return {"run_id": config.run_id, "checkpoint": str(checkpoint_path), "steps": step, "metrics": metrics}
+    return {"run_id": config.run_id, "checkpoint": str(handed_on(folder)), "steps": step, "metrics": metrics}

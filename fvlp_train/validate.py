@@ -2,8 +2,9 @@
 
 Pretraining: text->image R@1 over held-out cleaned pairs, next to chance 1/N, and the ITM
 head's accuracy and AUC on balanced held-out pairs, next to the 50 a head at its prior gets.
-Fine-tuning: sketch(+caption)->photo m@B over the test episodes, next to chance H_N/N
-(the expected reciprocal rank of a uniformly random rank among N), and text->image R@1.
+Fine-tuning: sketch(+caption)->photo m@B over the episodes that select the kept epoch (a
+validation split of the train photos, or the test split), next to chance H_N/N (the expected
+reciprocal rank of a uniformly random rank among N), and text->image R@1.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from fvlp_core.config import FinetuneConfig, PretrainConfig
+from fvlp_core.fs2k import select_steps
 from fvlp_core.metrics import matching_scores, rank_true_items, sketch_retrieval_metrics, text_image_recall
 from fvlp_core.models import FVLPFusion, FVLPPretrain, get_tokenizer
 from fvlp_core.models.factory import encode_image_tokens, encode_text_tokens, image_size
 from fvlp_core.transforms import image_bytes_tensor
 from fvlp_train.data import is_held_out
 from storage.clean import face_shards, read_face_pairs
-from storage.episodes import episode_photos, iter_sketches, read_episodes_reference
+from storage.episodes import episode_lengths, episode_photos, iter_sketches, read_episodes_reference
 
 EVAL_BATCH = 128
 MAX_HELD_OUT_PAIRS = 1000
@@ -86,13 +88,38 @@ def _match_probability(model: FVLPPretrain, text: torch.Tensor, image_tokens: to
     return torch.softmax(model.grounded(model.backbone, text, image_tokens).float(), dim=-1)[:, 1].cpu()
 
 
+def selection_episodes(config: FinetuneConfig) -> tuple[str, float | None]:
+    """The split and held-out share whose episodes choose the kept epoch (``config.select_on``)."""
+    return ("train", config.validation_fraction) if config.select_on == "validation" else ("test", None)
+
+
 def validate_finetune(
-    model: FVLPFusion, config: FinetuneConfig, device: torch.device, split: str = "test"
+    model: FVLPFusion,
+    config: FinetuneConfig,
+    device: torch.device,
+    split: str = "test",
+    held_out_fraction: float | None = None,
 ) -> dict[str, float]:
+    """Sketch(+caption) -> photo retrieval over one split's episodes, at T steps each.
+
+    With ``held_out_fraction`` only the photos :func:`is_held_out` picks take part (gallery
+    and queries): the validation split carved from the train photos. Episodes recording more
+    steps than T (FS2K-SDE's train split keeps all 70) are read at T evenly chosen steps.
+    """
     tokenizer = get_tokenizer(config.model)
     size = image_size(model.backbone)
     photos = episode_photos(config.episodes_dir, split)
+    keep = [
+        i for i, p in enumerate(photos.column("photo_id").to_pylist())
+        if held_out_fraction is None or is_held_out(p, held_out_fraction)
+    ]  # fmt: skip
+    photos = photos.take(keep)
     photo_ids = photos.column("photo_id").to_pylist()
+    if len(photo_ids) < 2:
+        raise ValueError(
+            f"{config.episodes_dir}: {len(photo_ids)} {split} photo(s) to validate on; retrieval needs 2 or more "
+            "(raise --validation-fraction, or --select-on test)"
+        )
     row = {p: i for i, p in enumerate(photo_ids)}
     captions = photos.column("caption").to_pylist()
     gallery = torch.cat(
@@ -110,25 +137,31 @@ def validate_finetune(
     text_emb = F.normalize(text_raw, dim=-1)
 
     steps = read_episodes_reference(config.episodes_dir)["steps"]
+    recorded = episode_lengths(config.episodes_dir, split)
+    # recorded step -> the evaluation steps t it stands for (several when fewer than T were recorded)
+    slots: dict[str, dict[int, list[int]]] = {}
+    for photo_id in photo_ids:
+        for t, index in enumerate(select_steps(recorded.get(photo_id, steps), steps).tolist()):
+            slots.setdefault(photo_id, {}).setdefault(index, []).append(t)
     fused = torch.zeros(len(photo_ids), steps, gallery.shape[1])
     sketch_only = torch.zeros_like(fused)
     filled = torch.zeros(len(photo_ids), steps, dtype=torch.bool)
-    pending: list[tuple[int, int, bytes]] = []
+    pending: list[tuple[int, list[int], bytes]] = []
 
     def flush() -> None:
-        pixels = torch.stack([image_bytes_tensor(b, size, f"photo {photo_ids[r]} step {s}") for r, s, b in pending]).to(
-            device
-        )
-        index = ([r for r, _, _ in pending], [s for _, s, _ in pending])
+        pixels = torch.stack(
+            [image_bytes_tensor(b, size, f"photo {photo_ids[r]} step {ts[0]}") for r, ts, b in pending]
+        ).to(device)
         sketch_raw = model._image_forward(pixels)[0].float().cpu()
-        fused[index] = F.normalize(sketch_raw + text_raw[index[0]], dim=-1)  # = encode_sketches(pixels, text)
-        sketch_only[index] = F.normalize(sketch_raw, dim=-1)
-        filled[index] = True
+        for k, (r, ts, _) in enumerate(pending):
+            fused[r, ts] = F.normalize(sketch_raw[k] + text_raw[r], dim=-1)  # = encode_sketches(pixels, text)
+            sketch_only[r, ts] = F.normalize(sketch_raw[k], dim=-1)
+            filled[r, ts] = True
         pending.clear()
 
     for photo_id, step, image in iter_sketches(config.episodes_dir, split):
-        if photo_id in row and step < steps:
-            pending.append((row[photo_id], step, image))
+        if photo_id in row and step in slots[photo_id]:
+            pending.append((row[photo_id], slots[photo_id][step], image))
             if len(pending) == EVAL_BATCH:
                 flush()
     if pending:
@@ -143,7 +176,7 @@ def validate_finetune(
     without_text = sketch_retrieval_metrics(rank_true_items(sketch_only[complete], gallery, targets), gallery_size)
     recall = text_image_recall(text_emb, gallery, np.arange(gallery_size))
     return {
-        "test_episodes": float(complete.sum()),
+        "episodes": float(complete.sum()),
         "gallery_size": float(gallery_size),
         "m_at_B": with_text["m_at_B"],
         "m_at_A": with_text["m_at_A"],

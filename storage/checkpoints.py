@@ -1,8 +1,10 @@
 """Where training runs keep their files: the one owner of the checkpoint folder layout.
 
-``<checkpoints_dir>/<stage>/<run_id>/`` holds ``checkpoint.pt``, ``config.json`` (the
-resolved training config), ``launch-config.json`` (what the launcher handed the child)
-and ``metrics.json``; ``<checkpoints_dir>/<stage>/LATEST`` names the latest finished run.
+``<checkpoints_dir>/<stage>/<run_id>/`` holds ``checkpoint.pt`` (the last step, what a
+resumed run continues from), ``selected.pt`` (fine-tuning: the weights of the epoch model
+selection kept), ``config.json`` (the resolved training config), ``launch-config.json``
+(what the launcher handed the child) and ``metrics.json``; ``<checkpoints_dir>/<stage>/LATEST``
+names the latest finished run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from safetensors.torch import save as safetensors_bytes
 from storage.files import atomic_write, write_text_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
+SELECTED_NAME = "selected.pt"
 CONFIG_NAME = "config.json"
 LAUNCH_CONFIG_NAME = "launch-config.json"
 METRICS_NAME = "metrics.json"
@@ -33,13 +36,19 @@ def mark_latest(checkpoints_dir: Path, stage: str, run_id: str) -> None:
     write_text_atomic(Path(checkpoints_dir) / stage / LATEST_NAME, run_id + "\n")
 
 
+def handed_on(folder: Path) -> Path:
+    """The checkpoint a finished run hands to later stages: its selected epoch, else its last step."""
+    selected = Path(folder) / SELECTED_NAME
+    return selected if selected.is_file() else Path(folder) / CHECKPOINT_NAME
+
+
 def latest_checkpoint(checkpoints_dir: Path, stage: str) -> Path | None:
-    """The checkpoint of the latest finished ``stage`` run, or None when no run finished."""
+    """What the latest finished ``stage`` run hands on (:func:`handed_on`), or None when no run finished."""
     latest = Path(checkpoints_dir) / stage / LATEST_NAME
     if not latest.is_file():
         return None
     run_id = latest.read_text().strip()
-    path = checkpoint_path(checkpoints_dir, stage, run_id)
+    path = handed_on(run_dir(checkpoints_dir, stage, run_id))
     if not path.is_file():
         raise FileNotFoundError(f"{latest} names run {run_id!r} but {path} is missing")
     return path

@@ -164,7 +164,7 @@ TINY = {
     "clean": {"workers": 1, "crop_margin": 0.15},
     "pretrain": {"epochs": 1, "batch_size": 8},
     "episodes": {"steps_per_episode": 5},
-    "finetune": {"epochs": 1, "batch_size": 4},
+    "finetune": {"epochs": 1, "batch_size": 4, "select_on": "test"},  # too few train photos to carve a validation split
 }
 RUNS_SQL = "SELECT flow, run_id, status FROM runs ORDER BY started_at"
 ROWS_SQL = """

@@ -213,12 +213,55 @@ def test_pretrain_then_finetune_in_process_write_safe_checkpoints(data_root):
         device="cpu",
         warmup_steps=1,
         pretrained_checkpoint=Path(result["checkpoint"]),
+        select_on="test",
     )
     tuned = train("finetune", config)
     metrics = tuned["metrics"]
-    assert metrics["test_episodes"] == 8 and metrics["gallery_size"] == 8
+    assert metrics["episodes"] == 8 and metrics["gallery_size"] == 8 and metrics["selected_epoch"] == 0
     assert 0 < metrics["m_at_B"] <= 100 and metrics["chance_m_at_B"] == pytest.approx(100 * 2.717857 / 8)
     assert torch.isfinite(torch.tensor(list(metrics.values()))).all()
+
+
+# Holds out 4 of the 16 train photos p000..p015 (none at the default 0.1: too few photos).
+VALIDATION_FRACTION = 0.45
+
+
+def test_finetune_keeps_the_epoch_best_on_validation_photos_it_never_trains_on(data_root):
+    """Selection without peeking at the test set: each epoch is scored on held-out train photos,
+    the best epoch's weights are handed on as selected.pt, and the training stream never sees them."""
+    from fvlp_core.embed import FVLPEncoder
+    from fvlp_train.data import is_held_out
+
+    pre = train("pretrain", pretrain_config(data_root, epochs=1))
+    config = FinetuneConfig(
+        paths=Paths(data_root=data_root),
+        run_id="selecting",
+        epochs=3,
+        batch_size=4,
+        device="cpu",
+        warmup_steps=1,
+        pretrained_checkpoint=Path(pre["checkpoint"]),
+        validation_fraction=VALIDATION_FRACTION,
+    )
+    held_out = [f"p{i:03d}" for i in range(16) if is_held_out(f"p{i:03d}", VALIDATION_FRACTION)]
+    stream = SketchEpisodeStream(
+        config.episodes_dir, get_tokenizer("fvlp-vit-tiny"), 32, 0, StreamPlan(4), held_out_fraction=VALIDATION_FRACTION
+    )
+    assert (
+        len(held_out) >= 2 and not set(held_out) & set(stream.photo_ids) and len(stream.photo_ids) == 16 - len(held_out)
+    )
+
+    tuned = train("finetune", config)
+    metrics = tuned["metrics"]
+    assert Path(tuned["checkpoint"]).name == "selected.pt"
+    assert metrics["gallery_size"] == len(held_out) and metrics["validated_epochs"] == 3
+    history = load_checkpoint(Path(tuned["checkpoint"]).with_name("checkpoint.pt"))["selection"]["m_at_B"]
+    assert metrics["m_at_B"] == max(history.values()) == history[str(int(metrics["selected_epoch"]))]
+    assert metrics["last_epoch_m_at_B"] == history["2"]
+    selected = load_checkpoint(tuned["checkpoint"])
+    assert selected["metrics"]["selected_epoch"] == metrics["selected_epoch"] and selected["optimizer"] == {}
+    FVLPEncoder.load(tuned["checkpoint"], device="cpu")  # hands on a loadable model
+    assert latest_checkpoint(Paths(data_root=data_root).checkpoints_dir, "finetune") == Path(tuned["checkpoint"])
 
 
 def test_resume_refuses_a_changed_config(data_root):
@@ -278,6 +321,7 @@ def test_checkpoint_loads_into_a_fresh_process(data_root, tmp_path):
         batch_size=4,
         device="cpu",
         pretrained_checkpoint=Path(result["checkpoint"]),
+        validation_fraction=VALIDATION_FRACTION,
     )
     checkpoint = train("finetune", config)["checkpoint"]
     script = (
@@ -332,14 +376,16 @@ def test_pretrain_and_finetune_flows_tie_run_ids_checkpoints_and_results(tmp_pat
     assert (paths.checkpoints_dir / "pretrain" / "LATEST").read_text().strip() == pre["run_id"]
 
     episodes_flow(EpisodesConfig(paths=paths, steps_per_episode=3, fs2k_sde=tmp_path / "fs2k"))
-    fine = finetune_flow(FinetuneConfig(paths=paths, epochs=1, batch_size=4, device="cpu"))
+    fine = finetune_flow(
+        FinetuneConfig(paths=paths, epochs=1, batch_size=4, device="cpu", validation_fraction=VALIDATION_FRACTION)
+    )
     config = json.loads((paths.checkpoints_dir / "finetune" / fine["run_id"] / "config.json").read_text())
     assert config["pretrained_checkpoint"] == pre["checkpoint"]
     store = ResultsStore(paths.results_store)
     runs = dict(store.query("SELECT run_id, status FROM runs"))
     assert runs[pre["run_id"]] == runs[fine["run_id"]] == "finished"
-    names = {row[0] for row in store.query("SELECT name FROM metrics WHERE run_id = ?", [fine["run_id"]])}
-    assert {"m_at_B", "chance_m_at_B", "final_itsc"} <= names
+    rows = store.query("SELECT split, name FROM metrics WHERE run_id = ?", [fine["run_id"]])
+    assert {("validation", name) for name in ("m_at_B", "chance_m_at_B", "final_itsc", "selected_epoch")} <= set(rows)
 
 
 def test_a_failed_training_child_names_its_error_in_the_task_failure(tmp_path, prefect_harness):
