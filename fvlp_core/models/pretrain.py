@@ -96,24 +96,26 @@ class FVLPPretrain(nn.Module):
         # aligning to it stalls learning.)
         image_all, text_all = gather_with_grad(image_feat), gather_with_grad(text_feat)
         with torch.no_grad():
-            self._momentum_update()
-            image_m = F.normalize(encode_image_tokens(self.momentum_backbone, images)[0].float(), dim=-1)
-            text_m = F.normalize(encode_text_tokens(self.momentum_backbone, text)[0].float(), dim=-1)
-            image_m_all, text_m_all = gather_no_grad(image_m), gather_no_grad(text_m)
             groups_all = gather_no_grad(groups)
-            bank_groups = torch.cat([groups_all, self.group_queue])
-            targets = positive_targets(groups, bank_groups)
-            image_m_bank = torch.cat([image_m_all.T, self.image_queue.float()], dim=1)
-            text_m_bank = torch.cat([text_m_all.T, self.text_queue.float()], dim=1)
-            i2t_targets = alpha * F.softmax(logit_scale * image_m @ text_m_bank, dim=1) + (1 - alpha) * targets
-            t2i_targets = alpha * F.softmax(logit_scale * text_m @ image_m_bank, dim=1) + (1 - alpha) * targets
+            targets = positive_targets(groups, torch.cat([groups_all, self.group_queue]))
+            i2t_targets = t2i_targets = targets
+            # Without soft targets and queue the momentum model feeds nothing: skip its forward pass.
+            if alpha > 0 or self.image_queue.shape[1] > 0:
+                self._momentum_update()
+                image_m = F.normalize(encode_image_tokens(self.momentum_backbone, images)[0].float(), dim=-1)
+                text_m = F.normalize(encode_text_tokens(self.momentum_backbone, text)[0].float(), dim=-1)
+                image_m_all, text_m_all = gather_no_grad(image_m), gather_no_grad(text_m)
+                image_m_bank = torch.cat([image_m_all.T, self.image_queue.float()], dim=1)
+                text_m_bank = torch.cat([text_m_all.T, self.text_queue.float()], dim=1)
+                i2t_targets = alpha * F.softmax(logit_scale * image_m @ text_m_bank, dim=1) + (1 - alpha) * targets
+                t2i_targets = alpha * F.softmax(logit_scale * text_m @ image_m_bank, dim=1) + (1 - alpha) * targets
+                self._enqueue(image_m_all, text_m_all, groups_all)
         text_bank = torch.cat([text_all.T, self.text_queue.float()], dim=1)
         image_bank = torch.cat([image_all.T, self.image_queue.float()], dim=1)
         itc = 0.5 * (
             soft_cross_entropy(logit_scale * image_feat @ text_bank, i2t_targets)
             + soft_cross_entropy(logit_scale * text_feat @ image_bank, t2i_targets)
         )
-        self._enqueue(image_m_all, text_m_all, groups_all)
 
         itm = self._itm_loss(text, image_tokens, image_feat, text_feat, groups, logit_scale, seed)
         return {"loss": itc + itm, "itc": itc.detach(), "itm": itm.detach()}
