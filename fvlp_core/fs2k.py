@@ -55,7 +55,7 @@ class FS2KEpisode:
 
 
 @dataclass(frozen=True)
-class _Source:
+class FS2KSource:
     """Where one layout keeps its splits: an annotation file (or folder) and an image root per split."""
 
     layout: str
@@ -63,27 +63,27 @@ class _Source:
     image_root: Path
 
 
-def _reference_source(root: Path) -> _Source | None:
+def _reference_source(root: Path) -> FS2KSource | None:
     for train, test in REFERENCE_ANNOTATIONS:
         files = {"train": root / "annotation" / train, "test": root / "annotation" / test}
         if any(path.is_file() for path in files.values()):
-            return _Source("fvlp-reference", files, root / "images")
+            return FS2KSource("fvlp-reference", files, root / "images")
     return None
 
 
-def _fvlp_source(root: Path) -> _Source | None:
+def _fvlp_source(root: Path) -> FS2KSource | None:
     files = {}
     for split in SPLITS:
         found = [p for p in (root / f"{split}.json", root / "annotations" / f"{split}.json") if p.is_file()]
         if found:
             files[split] = found[0]
-    return _Source("fvlp", files, root) if files else None
+    return FS2KSource("fvlp", files, root) if files else None
 
 
-def _slfir_source(root: Path) -> _Source | None:
+def _slfir_source(root: Path) -> FS2KSource | None:
     files = {split: root / "comp" / split / "photo" for split in SPLITS}
     if any(path.is_dir() for path in files.values()) and (root / "sketch-seq").is_dir():
-        return _Source("slfir", files, root)
+        return FS2KSource("slfir", files, root)
     return None
 
 
@@ -97,7 +97,7 @@ def places_looked(root: Path) -> list[str]:
     return reference + fvlp + slfir
 
 
-def detect_layout(root: Path, layout: str = "auto") -> _Source:
+def detect_layout(root: Path, layout: str = "auto") -> FS2KSource:
     """The layout ``root`` holds (or the one forced by ``layout``), with its files."""
     root = Path(root)
     if layout != "auto" and layout not in FINDERS:
@@ -164,7 +164,7 @@ def _check_files(episode: FS2KEpisode, where: str) -> None:
         raise FS2KFormatError(f"{where}: file not found: {absent[0]}{more}")
 
 
-def _annotated_split(source: _Source, split: str, check_files: bool) -> list[FS2KEpisode]:
+def _annotated_split(source: FS2KSource, split: str, check_files: bool) -> list[FS2KEpisode]:
     """One split's rows; rows repeating a photo (one per caption) become one episode with every caption."""
     path = source.files[split]
     try:
@@ -199,7 +199,7 @@ def _images(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
 
 
-def _slfir_split(source: _Source, split: str) -> list[FS2KEpisode]:
+def _slfir_split(source: FS2KSource, split: str) -> list[FS2KEpisode]:
     photo_dir, sketch_dir = source.files[split], source.image_root / "sketch-seq" / split
     if not photo_dir.is_dir():
         raise FS2KFormatError(f"{photo_dir}: missing (the SLFIR layout keeps each split's photos there)")
@@ -221,7 +221,7 @@ def _slfir_split(source: _Source, split: str) -> list[FS2KEpisode]:
     return episodes
 
 
-def input_files(source: _Source) -> list[Path]:
+def input_files(source: FS2KSource) -> list[Path]:
     """The files whose change means the episodes must be rebuilt: the annotations, or (SLFIR,
     which has none) every photo and step image."""
     if source.layout != "slfir":
