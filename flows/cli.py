@@ -151,10 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Prefect gives its temporary server 20 s to answer; a first start (database migrations) on a
+# busy 2-core machine takes longer, and the run died before doing anything. Seconds of waiting.
+EPHEMERAL_STARTUP_BUDGET_S = 300
+
+
 def _quiet_prefect() -> None:
+    """Set before Prefect is imported; values the user exported win."""
     # Offline machines: no telemetry, and no attempt to phone home.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_BUDGET_S))
 
 
 def main(argv: list[str] | None = None) -> int:
