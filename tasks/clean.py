@@ -10,6 +10,7 @@ runs every time from stored measurements: it is vectorised and cheap.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,6 +89,10 @@ def dask_client(config: CleanConfig) -> Iterator[Any]:
     chatter = logging.getLogger("distributed")
     level = chatter.level
     chatter.setLevel(logging.WARNING)
+    # Dask's nannies write OMP_NUM_THREADS=1 (and MKL/OpenBLAS) into THIS process's environment
+    # before spawning workers; left there, every training child launched later in the same
+    # process (fvlp run) would compute on one thread. The stage leaves the environment as it found it.
+    environment = dict(os.environ)
     try:
         if config.dask_address:
             with Client(config.dask_address) as client:
@@ -102,6 +107,8 @@ def dask_client(config: CleanConfig) -> Iterator[Any]:
             yield client
     finally:
         chatter.setLevel(level)
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 @task(name="measure-shards", cache_policy=NO_CACHE)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +80,17 @@ def test_no_checkpoint_records_no_agreement(shard, tmp_path):
 def test_insightface_without_a_model_file_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--insightface-model"):
         clean_tasks.measure_settings(CleanConfig(paths=Paths(data_root=tmp_path), detector="insightface"))
+
+
+@pytest.mark.slow  # starts a LocalCluster with a worker process
+def test_the_dask_cluster_leaves_the_process_environment_as_it_found_it(tmp_path, monkeypatch):
+    """Dask's nannies set OMP_NUM_THREADS=1 in the parent process; a training child that
+    `fvlp run` launches after the clean stage would inherit it and compute on one thread."""
+    from tasks.clean import dask_client
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    with dask_client(CleanConfig(paths=Paths(data_root=tmp_path), workers=1)) as client:
+        assert client.run(lambda: os.environ.get("OMP_NUM_THREADS"))  # the workers do get their setting
+    assert dict(os.environ) == before
