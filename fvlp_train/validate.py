@@ -110,9 +110,10 @@ def validate_finetune(
     size = image_size(model.backbone)
     photos = episode_photos(config.episodes_dir, split)
     keep = [
-        i for i, p in enumerate(photos.column("photo_id").to_pylist())
+        i
+        for i, p in enumerate(photos.column("photo_id").to_pylist())
         if held_out_fraction is None or is_held_out(p, held_out_fraction)
-    ]  # fmt: skip
+    ]
     photos = photos.take(keep)
     photo_ids = photos.column("photo_id").to_pylist()
     if len(photo_ids) < 2:

@@ -142,6 +142,24 @@ def pretrain_config(data_root: Path, **overrides) -> PretrainConfig:
     return PretrainConfig.model_validate({**values, **overrides})
 
 
+# Holds out 4 of the 16 train photos p000..p015 (none at the default 0.1: too few photos).
+VALIDATION_FRACTION = 0.45
+
+
+def finetune_config(data_root: Path, pretrained: str, **overrides) -> FinetuneConfig:
+    values = dict(
+        paths={"data_root": data_root},
+        run_id="fine",
+        epochs=1,
+        batch_size=4,
+        device="cpu",
+        warmup_steps=1,
+        pretrained_checkpoint=pretrained,
+        validation_fraction=VALIDATION_FRACTION,
+    )
+    return FinetuneConfig.model_validate({**values, **overrides})
+
+
 def test_face_stream_is_seeded_and_skips_exactly(data_root):
     tokenizer = get_tokenizer("fvlp-vit-tiny")
     stream = FacePairStream(
@@ -205,25 +223,11 @@ def test_pretrain_then_finetune_in_process_write_safe_checkpoints(data_root):
     assert {"heldout_t2i_r_at_1", "chance_r_at_1"} <= set(result["metrics"])
     assert latest_checkpoint(Paths(data_root=data_root).checkpoints_dir, "pretrain") == Path(result["checkpoint"])
 
-    config = FinetuneConfig(
-        paths=Paths(data_root=data_root),
-        run_id="fine",
-        epochs=1,
-        batch_size=4,
-        device="cpu",
-        warmup_steps=1,
-        pretrained_checkpoint=Path(result["checkpoint"]),
-        select_on="test",
-    )
-    tuned = train("finetune", config)
+    tuned = train("finetune", finetune_config(data_root, result["checkpoint"], select_on="test"))
     metrics = tuned["metrics"]
     assert metrics["episodes"] == 8 and metrics["gallery_size"] == 8 and metrics["selected_epoch"] == 0
     assert 0 < metrics["m_at_B"] <= 100 and metrics["chance_m_at_B"] == pytest.approx(100 * 2.717857 / 8)
     assert torch.isfinite(torch.tensor(list(metrics.values()))).all()
-
-
-# Holds out 4 of the 16 train photos p000..p015 (none at the default 0.1: too few photos).
-VALIDATION_FRACTION = 0.45
 
 
 def test_finetune_keeps_the_epoch_best_on_validation_photos_it_never_trains_on(data_root):
@@ -233,16 +237,7 @@ def test_finetune_keeps_the_epoch_best_on_validation_photos_it_never_trains_on(d
     from fvlp_train.data import is_held_out
 
     pre = train("pretrain", pretrain_config(data_root, epochs=1))
-    config = FinetuneConfig(
-        paths=Paths(data_root=data_root),
-        run_id="selecting",
-        epochs=3,
-        batch_size=4,
-        device="cpu",
-        warmup_steps=1,
-        pretrained_checkpoint=Path(pre["checkpoint"]),
-        validation_fraction=VALIDATION_FRACTION,
-    )
+    config = finetune_config(data_root, pre["checkpoint"], run_id="selecting", epochs=3)
     held_out = [f"p{i:03d}" for i in range(16) if is_held_out(f"p{i:03d}", VALIDATION_FRACTION)]
     stream = SketchEpisodeStream(
         config.episodes_dir, get_tokenizer("fvlp-vit-tiny"), 32, 0, StreamPlan(4), held_out_fraction=VALIDATION_FRACTION
@@ -314,16 +309,7 @@ def test_kill_and_resume_reproduces_an_uninterrupted_run(data_root, tmp_path):
 @pytest.mark.slow
 def test_checkpoint_loads_into_a_fresh_process(data_root, tmp_path):
     result = train("pretrain", pretrain_config(data_root, epochs=1))
-    config = FinetuneConfig(
-        paths=Paths(data_root=data_root),
-        run_id="fine",
-        epochs=1,
-        batch_size=4,
-        device="cpu",
-        pretrained_checkpoint=Path(result["checkpoint"]),
-        validation_fraction=VALIDATION_FRACTION,
-    )
-    checkpoint = train("finetune", config)["checkpoint"]
+    checkpoint = train("finetune", finetune_config(data_root, result["checkpoint"]))["checkpoint"]
     script = (
         "import sys, torch\n"
         "from fvlp_core.embed import FVLPEncoder\n"
