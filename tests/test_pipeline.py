@@ -187,8 +187,8 @@ def test_real_stages_end_to_end_then_a_rerun_that_reuses_them(prefect_harness, t
     assert first["ingest"]["rows"] == 60
     assert first["clean"]["kept"] + first["clean"]["rejected"] == 60
     assert first["finetune"]["checkpoint"] == str(
-        config.evaluate.paths.checkpoints_dir / "finetune" / first["finetune"]["run_id"] / "checkpoint.pt"
-    )
+        config.evaluate.paths.checkpoints_dir / "finetune" / first["finetune"]["run_id"] / "selected.pt"
+    )  # the selected epoch's weights, what evaluate scores
 
     store = ResultsStore(config.evaluate.paths.results_store)
     runs = store.query(RUNS_SQL)

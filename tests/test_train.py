@@ -262,7 +262,7 @@ def test_finetune_keeps_the_epoch_best_on_validation_photos_it_never_trains_on(d
 def test_resume_refuses_a_changed_config(data_root):
     train("pretrain", pretrain_config(data_root, epochs=1))
     with pytest.raises(ValueError, match="different config"):
-        train("pretrain", pretrain_config(data_root, epochs=1, lr=1e-3))
+        train("pretrain", pretrain_config(data_root, epochs=1, lr=3e-3))
 
 
 def _launch(config: PretrainConfig, path: Path) -> subprocess.Popen:
