@@ -175,20 +175,21 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
             broadcast_buffers=False,
         )
 
-    def save(at_step: int, metrics: dict[str, float] | None = None) -> None:
+    def save(at_step: int, metrics: dict[str, float] | None = None, selected: bool = False) -> None:
+        """The resumable checkpoint, or (``selected``) the kept epoch's weights without optimizer state."""
         if runtime.is_main:
             save_checkpoint(
-                checkpoint_path,
+                folder / SELECTED_NAME if selected else checkpoint_path,
                 stage=stage,
                 architecture=config.architecture(),
                 config_json=config_json,
                 model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
+                optimizer={} if selected else optimizer.state_dict(),
+                scheduler={} if selected else scheduler.state_dict(),
                 step=at_step,
                 total_steps=total_steps,
                 metrics=metrics,
-                selection=selection,
+                selection=None if selected else selection,
             )
 
     def validate_epoch(epoch: int, at_step: int) -> None:
@@ -202,18 +203,7 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
             selection["m_at_B"][str(epoch)] = found["m_at_B"]
             if selection["best"] is None or found["m_at_B"] > selection["best"]["m_at_B"]:
                 selection.update(best_epoch=epoch, best=found)
-                save_checkpoint(
-                    folder / SELECTED_NAME,
-                    stage=stage,
-                    architecture=config.architecture(),
-                    config_json=config_json,
-                    model=model.state_dict(),
-                    optimizer={},
-                    scheduler={},
-                    step=at_step,
-                    total_steps=total_steps,
-                    metrics={**found, "selected_epoch": float(epoch)},
-                )
+                save(at_step, {**found, "selected_epoch": float(epoch)}, selected=True)
             event = {"event": "validation", "stage": stage, "epoch": epoch, "step": at_step, "on": config.select_on}
             print(json.dumps({**event, "m_at_B": found["m_at_B"], "best_epoch": selection["best_epoch"]}), flush=True)
         if runtime.world_size > 1:

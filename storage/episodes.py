@@ -125,10 +125,16 @@ def read_photos(episodes_dir: Path, split: str | None = None, columns: list[str]
     return table if columns is None else table.select(columns)
 
 
-def iter_sketch_chunks(episodes_dir: Path, split: str | None = None) -> Iterator[pa.Table]:
-    """Sketch rows chunk by chunk (one shard in memory at a time), sorted by photo then step."""
+def iter_sketch_chunks(
+    episodes_dir: Path, split: str | None = None, columns: list[str] | None = None
+) -> Iterator[pa.Table]:
+    """Sketch rows chunk by chunk (one shard in memory at a time), sorted by photo then step.
+
+    ``columns`` (besides photo_id, split and step, always read) limits what is read: counting
+    steps needs no image bytes."""
+    wanted = None if columns is None else sorted({"photo_id", "split", "step", *columns}, key=SKETCH_SCHEMA.names.index)
     for path in list_shards(sketches_dir(episodes_dir)):
-        table = _split_filter(pq.read_table(path), split)
+        table = _split_filter(pq.read_table(path, columns=wanted), split)
         if table.num_rows:
             yield table.sort_by([("photo_id", "ascending"), ("step", "ascending")])
 
@@ -175,7 +181,7 @@ def iter_sketches(episodes_dir: Path, split: str) -> Iterator[tuple[str, int, by
 def episode_lengths(episodes_dir: Path, split: str) -> dict[str, int]:
     """Number of sketch steps per photo of ``split`` (steps must be 0..T-1 without gaps)."""
     steps: dict[str, list[int]] = {}
-    for chunk in iter_sketch_chunks(episodes_dir, split):
+    for chunk in iter_sketch_chunks(episodes_dir, split, columns=[]):
         for photo_id, step in zip(chunk.column("photo_id").to_pylist(), chunk.column("step").to_pylist()):
             steps.setdefault(photo_id, []).append(step)
     lengths = {}
