@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fvlp_core.checkpoint import checkpoint_architecture, load_checkpoint
-from fvlp_core.models import create_model, get_tokenizer
+from fvlp_core.models import FVLPFusion, create_model, get_tokenizer
 from fvlp_core.models.factory import encode_image_tokens, encode_text_tokens, image_size
 from fvlp_core.png import open_image
 from fvlp_core.transforms import image_tensor
@@ -30,8 +30,17 @@ ImageInput = Sequence[Image.Image] | Sequence[bytes] | torch.Tensor
 
 
 class FVLPEncoder:
-    def __init__(self, model: torch.nn.Module, model_name: str, stage: str, device: torch.device, batch_size: int = 64):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        model_name: str,
+        stage: str,
+        device: torch.device,
+        batch_size: int = 64,
+        grounded: torch.nn.Module | None = None,
+    ):
         self.model: Any = model.to(device).eval()  # FVLPFusion, or an open_clip CLIP for a pretraining checkpoint
+        self.grounded = None if grounded is None else grounded.to(device).eval()  # the ITM encoder
         self.model_name = model_name
         self.stage = stage
         self.device = device
@@ -49,11 +58,16 @@ class FVLPEncoder:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         state = load_checkpoint(Path(checkpoint_path))
         architecture = checkpoint_architecture(state)
-        trained = create_model(state["stage"], architecture)
-        trained.load_state_dict(state["model"])
+        trained: torch.nn.Module
+        if state["stage"] == "finetune":
+            trained = FVLPFusion.for_inference(architecture, state["model"])
+        else:
+            trained = create_model(state["stage"], architecture)
+            trained.load_state_dict(state["model"])
         # A pretraining checkpoint embeds with the CLIP projections; its ITM and momentum parts stay behind.
         model = cast(torch.nn.Module, trained.backbone) if state["stage"] == "pretrain" else trained
-        return cls(model, architecture["model_name"], state["stage"], torch.device(device), batch_size)
+        grounded = cast(torch.nn.Module, trained.grounded)
+        return cls(model, architecture["model_name"], state["stage"], torch.device(device), batch_size, grounded)
 
     @property
     def embed_dim(self) -> int:
@@ -93,6 +107,28 @@ class FVLPEncoder:
     def encode_sketches(self, sketches: ImageInput, captions: Sequence[str] | None = None) -> torch.Tensor:
         """Partial sketches -> [N, D]; with ``captions`` (one per sketch) the fused sketch+text query."""
         return self._image_embeddings(sketches, captions)
+
+    @torch.no_grad()
+    def encode_image_tokens(self, images: ImageInput) -> torch.Tensor:
+        """Photos -> the final-block patch tokens [N, P, W] the ITM head attends to (on the CPU)."""
+        pixels = self._pixels(images)
+        parts = [
+            encode_image_tokens(self.backbone, pixels[c].to(self.device))[1].cpu() for c in self._chunks(len(pixels))
+        ]
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def match_logits(self, captions: Sequence[str], image_tokens: torch.Tensor) -> torch.Tensor:
+        """The ITM head's match logit for each (caption, image tokens) pair, as the reference
+        adds it to the similarity when re-ranking."""
+        if self.grounded is None:
+            raise ValueError("this encoder has no image-text matching head")
+        parts = []
+        for chunk in self._chunks(len(captions)):
+            text = self.tokenizer(list(captions[chunk])).to(self.device)
+            logits = self.grounded(self.backbone, text, image_tokens[chunk].to(self.device))
+            parts.append(logits[:, 1].float().cpu())
+        return torch.cat(parts)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:

@@ -17,8 +17,11 @@ from fvlp_core.models import (
     fusion_layer_indices,
     get_tokenizer,
 )
+from fvlp_core.models import losses as losses_module
+from fvlp_core.models import pretrain as pretrain_module
 from fvlp_core.models.factory import CheckpointError, encode_image_tokens, read_weights
 from fvlp_core.models.fusion import default_fusion_widths
+from fvlp_core.models.losses import enqueue, positive_targets
 
 TINY = "fvlp-vit-tiny"
 CAPTIONS = [
@@ -77,8 +80,9 @@ def _train_steps(model, inputs, steps: int, lr: float = 3e-4) -> list[float]:
     for step in range(steps):
         out = model(*inputs, seed=step)
         assert all(torch.isfinite(v) for v in out.values()), out
-        losses.append(out["loss"].item())
-        out["loss"].backward()
+        loss = sum(out.values())
+        losses.append(loss.item())
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     return losses
@@ -95,13 +99,86 @@ def test_pretraining_losses_are_finite_and_decrease_on_a_fixed_batch():
 
 
 def test_feature_queue_wraps_around_and_keeps_groups():
-    model = FVLPPretrain(TINY, queue_size=6)
-    features = torch.nn.functional.normalize(torch.randn(4, model.image_queue.shape[0]), dim=-1)
-    model._enqueue(features, features, torch.tensor([1, 2, 3, 4]))
-    model._enqueue(features, features, torch.tensor([5, 6, 7, 8]))
-    assert model.group_queue.tolist() == [7, 8, 3, 4, 5, 6]
-    assert int(model.queue_ptr) == 2
-    assert torch.equal(model.text_queue[:, 0], features[2])
+    features = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    feature_queue = torch.zeros(16, 6)
+    group_queue = torch.zeros(6, dtype=torch.long)
+    pointer = torch.zeros((), dtype=torch.long)
+    enqueue([feature_queue, group_queue], [features, torch.tensor([1, 2, 3, 4])], pointer)
+    enqueue([feature_queue, group_queue], [features, torch.tensor([5, 6, 7, 8])], pointer)
+    assert group_queue.tolist() == [7, 8, 3, 4, 5, 6]
+    assert int(pointer) == 2
+    assert torch.equal(feature_queue[:, 0], features[2])
+
+
+def test_a_batch_is_not_its_own_queued_negative():
+    """The queue the loss reads is the one from before this batch: its momentum features
+    arrive only after the loss, so the batch's pairs are never scored as negatives of themselves."""
+    torch.manual_seed(0)
+    model = FVLPPretrain(TINY, queue_size=16, alpha=0.0)
+    images, text, groups = _fixed_batch()
+    before = model.image_queue.clone()
+    seen = []
+    original = losses_module.queued_contrastive
+
+    def spy(rows, columns, queue, logit_scale, targets):
+        seen.append(queue.clone())
+        return original(rows, columns, queue, logit_scale, targets)
+
+    pretrain_module.queued_contrastive = spy
+    try:
+        model(images, text, groups, seed=0)
+    finally:
+        pretrain_module.queued_contrastive = original
+    assert torch.equal(seen[1], before)
+    assert not torch.equal(model.image_queue, before)
+    assert model.group_queue[:8].tolist() == groups.tolist()
+
+
+def test_fusion_momentum_queues_fill_with_photo_keys_and_count_queued_copies_as_positives():
+    torch.manual_seed(0)
+    model = FVLPFusion(TINY, embed_dim=32, queue_size=12, alpha=0.4)
+    images, text, groups = _fixed_batch()
+    keys = torch.arange(100, 108)
+    out = model(images, images.flip(-1), text, groups, keys, seed=0)
+    assert set(out) == {"itc", "itsc", "itm"} and all(torch.isfinite(v) for v in out.values())
+    assert model.photo_key_queue[:8].tolist() == keys.tolist()
+    assert model.caption_group_queue[:8].tolist() == groups.tolist()
+    assert int(model.queue_ptr) == 8
+    assert not any(p.requires_grad for p in model.momentum_encoders.parameters())
+    # The same photos again: their queued copies are positives, so the hard targets split
+    # between the batch column and the queue slot of each photo.
+    targets = positive_targets(keys, torch.cat([keys, model.photo_key_queue]))
+    assert torch.allclose(targets[0, [0, 8]], torch.tensor([0.5, 0.5]))
+    # A fine-tuned checkpoint embeds without its momentum half.
+    state = model.state_dict()
+    inference = FVLPFusion.for_inference(
+        {"model_name": TINY, "embed_dim": 32, "queue_size": 12, "alpha": 0.4}, state
+    ).eval()
+    assert inference.momentum_encoders is None
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(inference.encode_images(images), model.encode_images(images))
+
+
+def test_matching_loss_leaves_the_shared_text_tower_to_the_contrastive_loss():
+    torch.manual_seed(0)
+    model = FVLPPretrain(TINY, queue_size=0, alpha=0.0)
+    images, text, groups = _fixed_batch()
+    model(images, text, groups, seed=0)["itm"].backward()
+    text_tower = [model.backbone.token_embedding.weight, *model.backbone.transformer.parameters()]
+    assert all(p.grad is None or not p.grad.any() for p in text_tower)
+    assert model.grounded.head.weight.grad.abs().sum() > 0
+    assert model.backbone.visual.conv1.weight.grad.abs().sum() > 0
+
+
+def test_temperature_is_clamped_into_its_range():
+    torch.manual_seed(0)
+    model = FVLPFusion(TINY, embed_dim=32, temperature_range=(0.001, 0.5))
+    with torch.no_grad():
+        model.backbone.logit_scale.fill_(10.0)  # temperature 4.5e-5
+    images, text, groups = _fixed_batch()
+    model(images, images, text, groups, torch.arange(8), seed=0)
+    assert float(model.backbone.logit_scale.detach().exp()) == pytest.approx(1000.0, rel=1e-4)
 
 
 def test_fusion_losses_are_finite_and_decrease_on_a_fixed_batch():
@@ -109,7 +186,7 @@ def test_fusion_losses_are_finite_and_decrease_on_a_fixed_batch():
     model = FVLPFusion(TINY)
     images, text, groups = _fixed_batch()
     sketches = images.flip(-1)
-    losses = _train_steps(model, (images, sketches, text, groups), steps=10)
+    losses = _train_steps(model, (images, sketches, text, groups, torch.arange(8)), steps=10)
     assert losses[-1] < 0.7 * losses[0], losses
 
 

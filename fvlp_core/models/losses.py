@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
+from torch import nn
 
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def rank() -> int:
-    return dist.get_rank() if _distributed() else 0
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -42,34 +41,74 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(F.log_softmax(logits.float(), dim=1) * targets).sum(dim=1).mean()
 
 
-def contrastive_loss(
-    a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, groups_a: torch.Tensor, groups_b: torch.Tensor
+def queued_contrastive(
+    rows: torch.Tensor, columns: torch.Tensor, queue: torch.Tensor, logit_scale: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
-    """Symmetric InfoNCE between L2-normalised ``a`` and ``b``, negatives gathered from all ranks."""
-    all_a, all_b = gather_with_grad(a), gather_with_grad(b)
-    all_groups_a, all_groups_b = gather_no_grad(groups_a), gather_no_grad(groups_b)
-    a_to_b = logit_scale * a @ all_b.T
-    b_to_a = logit_scale * b @ all_a.T
-    return 0.5 * (
-        soft_cross_entropy(a_to_b, positive_targets(groups_a, all_groups_b))
-        + soft_cross_entropy(b_to_a, positive_targets(groups_b, all_groups_a))
-    )
+    """InfoNCE of ``rows`` [B, D] against every rank's ``columns`` [N, D] plus the momentum
+    ``queue`` [D, Q] (Q may be 0), with ``targets`` [B, N + Q] (hard or soft)."""
+    bank = torch.cat([columns.T, queue.to(columns.dtype)], dim=1)
+    return soft_cross_entropy(logit_scale * rows @ bank, targets)
+
+
+def soft_targets(
+    momentum_rows: torch.Tensor,
+    momentum_bank: torch.Tensor,
+    logit_scale: torch.Tensor,
+    hard: torch.Tensor,
+    alpha: float,
+) -> torch.Tensor:
+    """ALBEF's distillation targets: the momentum model's similarities (weight ``alpha``) mixed
+    with the hard positives."""
+    if alpha == 0:
+        return hard
+    return alpha * F.softmax(logit_scale * momentum_rows @ momentum_bank, dim=1) + (1 - alpha) * hard
+
+
+def clamped_logit_scale(logit_scale: nn.Parameter, temperature_range: tuple[float, float]) -> torch.Tensor:
+    """exp(logit_scale) after clamping the learnable temperature into ``temperature_range``."""
+    low, high = temperature_range
+    with torch.no_grad():
+        logit_scale.clamp_(math.log(1 / high), math.log(1 / low))
+    return logit_scale.exp()
+
+
+@torch.no_grad()
+def ema_update(online: nn.Module, ema: nn.Module, momentum: float) -> None:
+    for online_param, ema_param in zip(online.parameters(), ema.parameters()):
+        ema_param.mul_(momentum).add_(online_param.detach(), alpha=1.0 - momentum)
+
+
+@torch.no_grad()
+def enqueue(queues: list[torch.Tensor], values: list[torch.Tensor], pointer: torch.Tensor) -> None:
+    """Write each of ``values`` (one row per example) into its ring buffer in ``queues`` (slots
+    along the last dimension) at ``pointer``, then advance the pointer."""
+    size = queues[0].shape[-1]
+    if size == 0:
+        return
+    count = values[0].shape[0]
+    slots = (pointer + torch.arange(count, device=pointer.device)) % size
+    for queue, value in zip(queues, values):
+        queue[..., slots] = value.movedim(0, -1).to(queue.dtype)
+    pointer.fill_(int((pointer + count) % size))
 
 
 @torch.no_grad()
 def sample_hard_negatives(
-    similarity: torch.Tensor, same_group: torch.Tensor, generator: torch.Generator
+    similarity: torch.Tensor, same_group: torch.Tensor, generator: torch.Generator, hardness: float = 1.0
 ) -> torch.Tensor:
-    """For each row, one column drawn with probability softmax(similarity), never a positive.
+    """For each row, one column drawn with probability ``hardness`` * softmax(similarity) +
+    (1 - ``hardness``) * uniform, never a positive.
 
     Rows whose every other column is a positive (all captions identical) fall back to
     uniform sampling over the other columns.
     """
-    weights = F.softmax(similarity.float(), dim=1).masked_fill(same_group, 0.0).cpu()
+    others = (~same_group).float()
+    uniform = others / others.sum(dim=1, keepdim=True).clamp_min(1.0)
+    weights = hardness * F.softmax(similarity.float(), dim=1).masked_fill(same_group, 0.0) + (1 - hardness) * uniform
+    weights = weights.cpu()
     empty = weights.sum(dim=1) <= 0
     if empty.any():
-        others = ~torch.eye(*weights.shape, dtype=torch.bool)
-        weights[empty] = others[empty].float()
+        weights[empty] = (~torch.eye(*weights.shape, dtype=torch.bool))[empty].float()
     return torch.multinomial(weights, 1, generator=generator).squeeze(1).to(similarity.device)
 
 

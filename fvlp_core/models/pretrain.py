@@ -12,15 +12,18 @@ from torch import nn
 from fvlp_core.models.factory import create_backbone, encode_image_tokens, encode_text_tokens
 from fvlp_core.models.grounded import ImageGroundedTextEncoder
 from fvlp_core.models.losses import (
+    clamped_logit_scale,
+    ema_update,
+    enqueue,
     gather_no_grad,
     gather_with_grad,
-    matching_loss,
     positive_targets,
-    sample_hard_negatives,
-    soft_cross_entropy,
+    queued_contrastive,
+    soft_targets,
 )
 
-MAX_LOGIT_SCALE = 100.0
+# open_clip's temperature bounds (logit scale <= 100); the reference recipe uses (0.001, 0.5).
+DEFAULT_TEMPERATURE_RANGE = (0.01, 1.0)
 # Group id that never matches a real one: marks queue slots not filled yet.
 EMPTY_GROUP = -(2**62)
 
@@ -40,11 +43,13 @@ class FVLPPretrain(nn.Module):
         queue_size: int = 1024,
         momentum: float = 0.995,
         alpha: float = 0.4,
+        temperature_range: tuple[float, float] = DEFAULT_TEMPERATURE_RANGE,
     ):
         super().__init__()
         self.model_name = model_name
         self.momentum = momentum
         self.alpha = alpha
+        self.temperature_range = (float(temperature_range[0]), float(temperature_range[1]))
         self.backbone = create_backbone(model_name, init_checkpoint)
         self.grounded = ImageGroundedTextEncoder.for_backbone(self.backbone)
         self.momentum_backbone = copy.deepcopy(self.backbone)
@@ -56,25 +61,14 @@ class FVLPPretrain(nn.Module):
         self.register_buffer("group_queue", torch.full((queue_size,), EMPTY_GROUP, dtype=torch.long))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
-    @torch.no_grad()
-    def _momentum_update(self) -> None:
-        for online, ema in zip(self.backbone.parameters(), self.momentum_backbone.parameters()):
-            ema.mul_(self.momentum).add_(online.detach(), alpha=1.0 - self.momentum)
-
-    @torch.no_grad()
-    def _enqueue(self, image_feat: torch.Tensor, text_feat: torch.Tensor, groups: torch.Tensor) -> None:
-        size = self.image_queue.shape[1]
-        if size == 0:
-            return
-        n = image_feat.shape[0]
-        slots = (self.queue_ptr + torch.arange(n, device=groups.device)) % size
-        self.image_queue[:, slots] = image_feat.T.to(self.image_queue.dtype)
-        self.text_queue[:, slots] = text_feat.T.to(self.text_queue.dtype)
-        self.group_queue[slots] = groups
-        self.queue_ptr.fill_(int((self.queue_ptr + n) % size))
-
     def forward(
-        self, images: torch.Tensor, text: torch.Tensor, groups: torch.Tensor, seed: int, alpha: float | None = None
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        groups: torch.Tensor,
+        seed: int,
+        alpha: float | None = None,
+        hardness: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """Losses for one batch. ``groups``: equal ids mark pairs with the same caption; ``seed`` drives
         the hard-negative draw so a resumed run samples exactly what an uninterrupted one did;
@@ -84,9 +78,7 @@ class FVLPPretrain(nn.Module):
         text_emb, _ = encode_text_tokens(self.backbone, text)
         image_feat = F.normalize(image_emb.float(), dim=-1)
         text_feat = F.normalize(text_emb.float(), dim=-1)
-        with torch.no_grad():
-            self.backbone.logit_scale.clamp_(0, torch.log(torch.tensor(MAX_LOGIT_SCALE)).item())
-        logit_scale = self.backbone.logit_scale.exp()
+        logit_scale = clamped_logit_scale(self.backbone.logit_scale, self.temperature_range)
 
         # ITC: this batch's columns (all ranks) are the ONLINE features, so both towers get
         # gradients from the start as in CLIP; the queue adds older momentum features as extra
@@ -101,36 +93,30 @@ class FVLPPretrain(nn.Module):
             i2t_targets = t2i_targets = targets
             # Without soft targets and queue the momentum model feeds nothing: skip its forward pass.
             if alpha > 0 or self.image_queue.shape[1] > 0:
-                self._momentum_update()
+                ema_update(self.backbone, self.momentum_backbone, self.momentum)
                 image_m = F.normalize(encode_image_tokens(self.momentum_backbone, images)[0].float(), dim=-1)
                 text_m = F.normalize(encode_text_tokens(self.momentum_backbone, text)[0].float(), dim=-1)
                 image_m_all, text_m_all = gather_no_grad(image_m), gather_no_grad(text_m)
                 image_m_bank = torch.cat([image_m_all.T, self.image_queue.float()], dim=1)
                 text_m_bank = torch.cat([text_m_all.T, self.text_queue.float()], dim=1)
-                i2t_targets = alpha * F.softmax(logit_scale * image_m @ text_m_bank, dim=1) + (1 - alpha) * targets
-                t2i_targets = alpha * F.softmax(logit_scale * text_m @ image_m_bank, dim=1) + (1 - alpha) * targets
-                self._enqueue(image_m_all, text_m_all, groups_all)
-        text_bank = torch.cat([text_all.T, self.text_queue.float()], dim=1)
-        image_bank = torch.cat([image_all.T, self.image_queue.float()], dim=1)
+                i2t_targets = soft_targets(image_m, text_m_bank, logit_scale, targets, alpha)
+                t2i_targets = soft_targets(text_m, image_m_bank, logit_scale, targets, alpha)
         itc = 0.5 * (
-            soft_cross_entropy(logit_scale * image_feat @ text_bank, i2t_targets)
-            + soft_cross_entropy(logit_scale * text_feat @ image_bank, t2i_targets)
+            queued_contrastive(image_feat, text_all, self.text_queue, logit_scale, i2t_targets)
+            + queued_contrastive(text_feat, image_all, self.image_queue, logit_scale, t2i_targets)
         )
+        if alpha > 0 or self.image_queue.shape[1] > 0:
+            # After the loss read the queues: this batch must not be its own queued negative.
+            enqueue(
+                [self.image_queue, self.text_queue, self.group_queue],
+                [image_m_all, text_m_all, groups_all],
+                self.queue_ptr,
+            )
 
-        itm = self._itm_loss(text, image_tokens, image_feat, text_feat, groups, logit_scale, seed)
-        return {"loss": itc + itm, "itc": itc.detach(), "itm": itm.detach()}
-
-    def _itm_loss(self, text, image_tokens, image_feat, text_feat, groups, logit_scale, seed) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(seed)
-        same = groups[:, None] == groups[None, :]
         with torch.no_grad():
             similarity = logit_scale * image_feat @ text_feat.T
-        negative_text = sample_hard_negatives(similarity, same, generator)
-        negative_image = sample_hard_negatives(similarity.T, same, generator)
-        all_text = torch.cat([text, text[negative_text], text])
-        all_tokens = torch.cat([image_tokens, image_tokens, image_tokens[negative_image]])
-        logits = self.grounded(self.backbone, all_text, all_tokens)
-        return matching_loss(logits, positives=text.shape[0])
+        itm = self.grounded.hard_negative_loss(self.backbone, text, image_tokens, similarity, groups, seed, hardness)
+        return {"itc": itc, "itm": itm}
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameter groups for the optimizer (no separate head learning rate in pretraining)."""
