@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import typing
@@ -83,6 +84,10 @@ def _flag_kwargs(annotation: Any) -> dict[str, Any]:
     if origin is list:
         item = args[0] if args and args[0] in METAVARS else str
         return {"nargs": "+", "type": item, "metavar": METAVARS[item]}
+    if origin is tuple and args:
+        return {"nargs": len(args), "type": args[0], "metavar": METAVARS.get(args[0], "VALUE")}
+    if origin is dict:
+        return {"type": json.loads, "metavar": "JSON"}
     if origin is typing.Literal:
         return {"choices": [str(a) for a in args]}
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:

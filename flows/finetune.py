@@ -23,7 +23,7 @@ STAGE = "finetune"
 
 def resolve_start(config: FinetuneConfig) -> FinetuneConfig:
     """Fix the starting weights in the config, so the run's config.json says what it started from."""
-    if config.pretrained_checkpoint or config.init_checkpoint:
+    if config.pretrained_checkpoint or config.init_checkpoint or config.from_scratch:
         return config
     latest = latest_checkpoint(config.paths.checkpoints_dir, "pretrain")
     if latest is None:
@@ -43,7 +43,7 @@ def finetune_flow(config: FinetuneConfig = FinetuneConfig()) -> dict[str, Any]:
         STAGE,
         config,
         dataset_fingerprint=episodes["fingerprint"],
-        model_fingerprint=str(config.pretrained_checkpoint or config.init_checkpoint),
+        model_fingerprint=str(config.pretrained_checkpoint or config.init_checkpoint or "random-init"),
         metrics_split=config.select_on,
     )
     get_run_logger().info("finetune run %s on %s episodes: %s", config.run_id, episodes["source"], done["metrics"])

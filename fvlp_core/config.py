@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -174,6 +174,8 @@ class CleanConfig(StrictModel):
 class TrainConfig(StrictModel):
     """Shared by pretraining and fine-tuning."""
 
+    stage_name: ClassVar[str] = ""
+
     paths: Paths = Paths()
     model: str = Field("fvlp-vit-tiny", description="open_clip model config name (ViT-B-16 on GPU)")
     init_checkpoint: Path | None = Field(
@@ -193,6 +195,61 @@ class TrainConfig(StrictModel):
     nnodes: int = Field(1, ge=1, description="torchrun nodes")
     rdzv_endpoint: str | None = Field(None, description="torchrun rendezvous host:port when nnodes > 1")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints")
+    recipe: Literal["default", "fvlp-paper"] = Field(
+        "default",
+        description="Preset of training settings: default (sized for the embedded corpus on a CPU) or fvlp-paper "
+        "(the reference recipe: ViT-B-16 at 224 px, queues, soft targets; see README); explicit values win",
+    )
+    momentum: float = Field(0.995, gt=0, lt=1, description="Momentum encoder EMA")
+    queue_size: int = Field(
+        0, ge=0, description="Contrastive feature queue length (0: in-batch negatives only); capped at the train rows"
+    )
+    alpha: float = Field(0.0, ge=0, le=1, description="Soft-target weight of the momentum model (0: hard targets)")
+    alpha_ramp_epochs: float = Field(1.0, ge=0, description="Epochs over which alpha ramps up from 0")
+    hard_negative_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="ITM negatives: weight of the similarity-weighted (hard) draw against a uniform one; the "
+        "reference uses 1, but an ITM head trained from random weights learns only from easier negatives",
+    )
+    temperature_range: tuple[float, float] = Field(
+        (0.01, 1.0), description="Bounds of the learnable contrastive temperature (initialised at 0.07)"
+    )
+    lr_schedule: Literal["cosine", "fvlp-reference"] = Field(
+        "cosine",
+        description="cosine: linear warm-up then cosine decay per step; fvlp-reference: warm-up from warmup_lr "
+        "within the first epoch only, then cosine decay per epoch (as the reference code)",
+    )
+    warmup_lr: float = Field(1e-6, ge=0, description="Learning rate the fvlp-reference warm-up starts from")
+    loss_weights: dict[str, float] = Field(
+        default_factory=dict, description="Weight of each loss in the optimised sum (every loss of the stage named)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_recipe(cls, values: Any) -> Any:
+        """Fill the recipe's settings into every field the caller did not set."""
+        if not isinstance(values, dict):
+            return values
+        preset = RECIPES.get(values.get("recipe", "default"), {}).get(cls.stage_name, {})
+        return {**preset, **values}
+
+    @model_validator(mode="after")
+    def _temperature_range(self) -> TrainConfig:
+        low, high = self.temperature_range
+        if not 0 < low < 0.07 < high:
+            raise ValueError(
+                f"temperature_range must satisfy 0 < low < 0.07 (the initial temperature) < high, got {low, high}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _loss_weights(self) -> TrainConfig:
+        expected = set(type(self).model_fields["loss_weights"].default)
+        if set(self.loss_weights) != expected:
+            raise ValueError(f"loss_weights must name exactly {sorted(expected)}, got {sorted(self.loss_weights)}")
+        return self
 
     @model_validator(mode="after")
     def _multi_node(self) -> TrainConfig:
@@ -206,22 +263,31 @@ class TrainConfig(StrictModel):
         """What :func:`fvlp_core.models.create_model` needs to rebuild this stage's model."""
         raise NotImplementedError(f"{type(self).__name__} names no model architecture")
 
+    def _contrastive_settings(self) -> dict[str, Any]:
+        return {
+            "queue_size": self.queue_size,
+            "momentum": self.momentum,
+            "alpha": self.alpha,
+            "temperature_range": list(self.temperature_range),
+        }
+
 
 class PretrainConfig(TrainConfig):
     """Defaults sized for the embedded corpus on a CPU, where a short run from random weights learns fastest with
     in-batch negatives and hard targets (measured in the README); queues and soft targets pay off on long runs."""
 
+    stage_name: ClassVar[str] = "pretrain"
     epochs: int = Field(6, ge=1, description="Passes over the cleaned pairs")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate of the encoders")
-    momentum: float = Field(0.995, gt=0, lt=1, description="Momentum encoder EMA")
-    queue_size: int = Field(0, ge=0, description="ITC feature queue length (0: in-batch negatives only)")
-    alpha: float = Field(0.0, ge=0, le=1, description="Soft-target weight for ITC distillation (0: hard targets)")
+    loss_weights: dict[str, float] = Field(
+        {"itc": 1.0, "itm": 1.0}, description="Weight of each loss in the optimised sum"
+    )
     holdout_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of cleaned pairs (stable hash of SAMPLE_ID) kept out for validation"
     )
 
     def architecture(self) -> dict[str, Any]:
-        return {"model_name": self.model, "queue_size": self.queue_size, "momentum": self.momentum, "alpha": self.alpha}
+        return {"model_name": self.model, **self._contrastive_settings()}
 
 
 class EpisodesInput(StrictModel):
@@ -250,12 +316,17 @@ class EpisodesConfig(EpisodesInput):
 
 
 class FinetuneConfig(TrainConfig, EpisodesInput):
+    stage_name: ClassVar[str] = "finetune"
     epochs: int = Field(10, ge=1, description="Passes over the training photos (one random sketch step each)")
     batch_size: int = Field(16, ge=2, description="Examples per process per micro-batch")
     lr: float = Field(1e-4, gt=0, description="Peak AdamW learning rate of the encoders")
     fusion_lr: float = Field(1e-3, gt=0, description="Learning rate of the fusion conv/attention head")
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps before the cosine decay")
     pretrained_checkpoint: Path | None = Field(None, description="FVLP pretraining checkpoint (default: latest)")
+    from_scratch: bool = Field(
+        False,
+        description="Fine-tune from random weights, no pretraining: the baseline that shows what pretraining adds",
+    )
     fusion_layers: list[int] | None = Field(
         None, description="ViT blocks (0-based) for multi-scale features; default 3/5/7/11 scaled to the depth"
     )
@@ -271,6 +342,18 @@ class FinetuneConfig(TrainConfig, EpisodesInput):
         0.1, gt=0, lt=1, description="Share of train photos (stable hash of photo_id) held out for select_on=validation"
     )
     validate_every: int = Field(1, ge=1, description="Epochs between validations (the last epoch is always validated)")
+    augment: bool = Field(
+        False, description="Random horizontal flip + RandAugment (2 ops, magnitude 5) on photos and sketches"
+    )
+    loss_weights: dict[str, float] = Field(
+        {"itc": 1.0, "itsc": 1.0, "itm": 1.0}, description="Weight of each loss in the optimised sum"
+    )
+
+    @model_validator(mode="after")
+    def _one_start(self) -> FinetuneConfig:
+        if self.from_scratch and (self.init_checkpoint or self.pretrained_checkpoint):
+            raise ValueError("from_scratch excludes init_checkpoint and pretrained_checkpoint")
+        return self
 
     def architecture(self) -> dict[str, Any]:
         return {
@@ -279,7 +362,43 @@ class FinetuneConfig(TrainConfig, EpisodesInput):
             "conv_channels": self.fusion_channels,
             "attention_channels": self.fusion_attention_channels,
             "embed_dim": self.fusion_embed_dim,
+            **self._contrastive_settings(),
         }
+
+
+# The reference recipe (FVLP code: models/model.py, train.py, configs/refine_pretrain.yaml); the
+# README's "Reproducing the paper" lists what still differs and why.
+_PAPER_COMMON: dict[str, Any] = {
+    # OpenAI's ViT-B/16 weights (the reference loads openai/clip-vit-base-patch16) use QuickGELU.
+    "model": "ViT-B-16-quickgelu",
+    "batch_size": 16,
+    "weight_decay": 0.05,
+    "queue_size": 57600,
+    "momentum": 0.995,
+    "alpha": 0.4,
+    "temperature_range": (0.001, 0.5),
+    "lr_schedule": "fvlp-reference",
+    "warmup_lr": 1e-6,
+    "warmup_steps": 20000,
+    "hard_negative_weight": 1.0,
+}
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {},
+    "fvlp-paper": {
+        # FLIP's pretraining (configs/pretrain.yaml), which FVLP starts from.
+        "pretrain": {**_PAPER_COMMON, "lr": 3e-5, "epochs": 15, "batch_size": 80, "queue_size": 61440},
+        "finetune": {
+            **_PAPER_COMMON,
+            "lr": 3e-5,
+            "fusion_lr": 1e-3,
+            "epochs": 100,
+            "alpha_ramp_epochs": 2.0,
+            "augment": True,
+            # (i2t + t2i + ts2i + i2ts) / 4 + 10 * itm, as ITC and ITSC are each a mean of two.
+            "loss_weights": {"itc": 0.5, "itsc": 0.5, "itm": 10.0},
+        },
+    },
+}
 
 
 class EvaluateConfig(EpisodesInput):
@@ -287,6 +406,9 @@ class EvaluateConfig(EpisodesInput):
     split: str = Field("test", description="Episode split to evaluate (gallery = every photo of the split)")
     batch_size: int = Field(128, ge=1, description="Images per encoder batch")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    itm_rerank_k: int = Field(
+        128, ge=0, description="Text<->photo recall re-ranks each query's top k by ITM + similarity (0: skip)"
+    )
 
 
 PIPELINE_STAGES = ("ingest", "clean", "pretrain", "episodes", "finetune", "evaluate")

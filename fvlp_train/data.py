@@ -23,9 +23,14 @@ from storage.episodes import episode_lengths, episode_photos, read_sketch_steps
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
 
+def stable_key(value: str) -> int:
+    """A signed 64-bit id of ``value``, the same in every process and run."""
+    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little", signed=True)
+
+
 def caption_group(caption: str) -> int:
     """Stable id shared by identical captions (they are positives of each other, not negatives)."""
-    return int.from_bytes(hashlib.blake2b(caption.encode(), digest_size=8).digest(), "little", signed=True)
+    return stable_key(caption)
 
 
 def is_held_out(key: int | str, fraction: float) -> bool:
@@ -71,14 +76,14 @@ class FacePairStream:
         self.train_ids = {
             shard: [s for s in face_sample_ids(shard) if not is_held_out(s, holdout_fraction)] for shard in self.shards
         }
-        self.train_rows = sum(len(ids) for ids in self.train_ids.values())
-        if self.train_rows < plan.global_batch:
+        self.rows = sum(len(ids) for ids in self.train_ids.values())
+        if self.rows < plan.global_batch:
             raise ValueError(
-                f"{self.clean_dir}: {self.train_rows} training pairs, fewer than one batch ({plan.global_batch})"
+                f"{self.clean_dir}: {self.rows} training pairs, fewer than one batch ({plan.global_batch})"
             )
 
     def batches_per_epoch(self) -> int:
-        return self.train_rows // self.plan.global_batch
+        return self.rows // self.plan.global_batch
 
     def _order(self, epoch: int) -> Iterator[tuple[Path, int]]:
         rng = random.Random(f"{self.seed}-{epoch}")
@@ -132,8 +137,10 @@ class SketchEpisodeStream:
         plan: StreamPlan,
         split: str = "train",
         held_out_fraction: float = 0.0,
+        augment: bool = False,
     ):
         self.episodes_dir = Path(episodes_dir)
+        self.augment = augment
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.seed = seed
@@ -151,6 +158,7 @@ class SketchEpisodeStream:
                 f"{episodes_dir}: photo_id {without[0]} ({split}) has no sketches ({len(without)} such photos)"
             )
         self.lengths = {p: lengths[p] for p in self.photo_ids}
+        self.rows = len(self.photo_ids)
         if len(self.photo_ids) < plan.global_batch:
             raise ValueError(
                 f"{episodes_dir}: {len(self.photo_ids)} {split} photos, fewer than one batch ({plan.global_batch})"
@@ -175,12 +183,16 @@ class SketchEpisodeStream:
         for rows in mine:
             captions = [self.captions[p] for p in rows]
             yield {
-                "photos": torch.stack(
-                    [image_bytes_tensor(self.photos[p], self.image_size, f"photo_id {p}") for p in rows]
-                ),
+                "photos": torch.stack([self._tensor(self.photos[p], f"photo_id {p}", epoch) for p in rows]),
                 "sketches": torch.stack(
-                    [image_bytes_tensor(sketches[p], self.image_size, f"photo_id {p} step {steps[p]}") for p in rows]
+                    [self._tensor(sketches[p], f"photo_id {p} step {steps[p]}", epoch) for p in rows]
                 ),
                 "text": self.tokenizer(captions),
                 "groups": torch.tensor([caption_group(c) for c in captions]),
+                "photo_keys": torch.tensor([stable_key(str(p)) for p in rows]),
             }
+
+    def _tensor(self, data: bytes, record: str, epoch: int) -> torch.Tensor:
+        # Augmentation draws are seeded by (seed, epoch, record): a resumed run replays them.
+        rng = random.Random(f"{self.seed}-{epoch}-{record}") if self.augment else None
+        return image_bytes_tensor(data, self.image_size, record, rng)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from fvlp_core.checkpoint import checkpoint_config, load_checkpoint
 from fvlp_core.config import FinetuneConfig, TrainConfig
 from fvlp_core.models import create_model, get_tokenizer
-from fvlp_core.models.factory import image_size
+from fvlp_core.models.factory import configured_image_size
 from fvlp_train.checkpoint import save_checkpoint, write_run_config
 from fvlp_train.data import FacePairStream, SketchEpisodeStream, StreamPlan
 from fvlp_train.validate import selection_episodes, validate_finetune, validate_pretrain
@@ -86,6 +86,31 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
     return factor
 
 
+def reference_schedule(config: TrainConfig, peak_lr: float, steps_per_epoch: int):
+    """The FVLP code's schedule as a factor of ``peak_lr``: in the first epoch every group rises
+    linearly from ``warmup_lr`` toward the encoder lr over ``warmup_steps`` (cut off where the
+    epoch ends); from the second epoch each group follows a per-epoch cosine from its own lr."""
+
+    def factor(step: int) -> float:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        if epoch == 0 and config.warmup_steps > 0:
+            warm = config.warmup_lr + (config.lr - config.warmup_lr) * in_epoch / config.warmup_steps
+            return min(config.lr, warm) / peak_lr
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    total_steps = steps_per_epoch * config.epochs
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, total_steps))
+    factors = [reference_schedule(config, group["lr"], steps_per_epoch) for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on 1-d parameters (norms, biases, logit scale); head lr for fusion."""
     learning_rates = {"backbone": config.lr, "head": getattr(config, "fusion_lr", config.lr)}
@@ -98,20 +123,36 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.98), eps=1e-6)
 
 
-def build_model(stage: str, config: TrainConfig) -> nn.Module:
+def build_architecture(config: TrainConfig, train_rows: int) -> dict[str, Any]:
+    """The model's architecture, its queue no longer than the data it trains on (a longer one
+    would hold every example several times over)."""
+    architecture = config.architecture()
+    architecture["queue_size"] = min(config.queue_size, train_rows)
+    return architecture
+
+
+def build_model(stage: str, config: TrainConfig, architecture: dict[str, Any]) -> nn.Module:
     start = config.pretrained_checkpoint if isinstance(config, FinetuneConfig) else None
-    return create_model(stage, config.architecture(), start or config.init_checkpoint)
+    return create_model(stage, architecture, start or config.init_checkpoint)
 
 
-def build_stream(stage: str, config: TrainConfig, model: nn.Module, runtime: Runtime):
+def build_stream(stage: str, config: TrainConfig, runtime: Runtime) -> FacePairStream | SketchEpisodeStream:
     tokenizer = get_tokenizer(config.model)
-    size = image_size(model.backbone)
+    size = configured_image_size(config.model)
     plan = StreamPlan(config.batch_size, runtime.world_size, runtime.rank)
     if stage == "pretrain":
         return FacePairStream(config.paths.clean_dir, tokenizer, size, config.seed, config.holdout_fraction, plan)
     assert isinstance(config, FinetuneConfig)
     held_out = config.validation_fraction if config.select_on == "validation" else 0.0
-    return SketchEpisodeStream(config.episodes_dir, tokenizer, size, config.seed, plan, held_out_fraction=held_out)
+    return SketchEpisodeStream(
+        config.episodes_dir, tokenizer, size, config.seed, plan, held_out_fraction=held_out, augment=config.augment
+    )
+
+
+def ramp(step: int, epochs: float, steps_per_epoch: int) -> float:
+    """Linear 0 -> 1 over the first ``epochs`` epochs (1 throughout when ``epochs`` is 0)."""
+    length = epochs * steps_per_epoch
+    return min(1.0, (step + 1) / length) if length > 0 else 1.0
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
@@ -137,15 +178,16 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
     checkpoint_path = folder / CHECKPOINT_NAME
     config_json = config.model_dump_json()
 
-    model = build_model(stage, config).to(runtime.device)
-    stream = build_stream(stage, config, model, runtime)
+    stream = build_stream(stage, config, runtime)
+    architecture = build_architecture(config, stream.rows)
+    model = build_model(stage, config, architecture).to(runtime.device)
     micro_per_epoch = stream.batches_per_epoch()
     steps_per_epoch = micro_per_epoch // config.grad_accum
     if steps_per_epoch == 0:
         raise ValueError(f"{micro_per_epoch} batches per epoch cannot fill grad_accum={config.grad_accum}")
     total_steps = steps_per_epoch * config.epochs
     optimizer = build_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, total_steps))
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
 
     step = 0
     # Fine-tuning keeps the epoch with the best m@B on the selection episodes (config.select_on).
@@ -181,7 +223,7 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
             save_checkpoint(
                 folder / SELECTED_NAME if selected else checkpoint_path,
                 stage=stage,
-                architecture=config.architecture(),
+                architecture=architecture,
                 config_json=config_json,
                 model=model.state_dict(),
                 optimizer={} if selected else optimizer.state_dict(),
@@ -234,14 +276,15 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
             for micro in range(config.grad_accum):
                 batch = {k: v.to(runtime.device, non_blocking=True) for k, v in next(batches).items()}
                 sync = micro == config.grad_accum - 1 or runtime.world_size == 1
-                if stage == "pretrain":
-                    # Soft targets come from a momentum model that starts untrained: ramp their
-                    # weight up over the first epoch (as ALBEF/BLIP do).
-                    batch["alpha"] = config.alpha * min(1.0, (step + 1) / steps_per_epoch)
+                # Soft targets come from a momentum model that starts untrained: ramp their
+                # weight up (as ALBEF/BLIP do).
+                batch["alpha"] = config.alpha * ramp(step, config.alpha_ramp_epochs, steps_per_epoch)
+                batch["hardness"] = config.hard_negative_weight
                 with nullcontext() if sync else wrapped.no_sync(), autocast:
-                    losses = wrapped(**batch, seed=step_seed(config.seed, step, micro, runtime.rank))
-                (losses["loss"] / config.grad_accum).backward()
-                for name, value in losses.items():
+                    parts = wrapped(**batch, seed=step_seed(config.seed, step, micro, runtime.rank))
+                    loss = sum(config.loss_weights[name] * value for name, value in parts.items())
+                (loss / config.grad_accum).backward()
+                for name, value in {"loss": loss, **parts}.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach()) / config.grad_accum
             if not all(math.isfinite(v) for v in sums.values()):
                 raise FloatingPointError(f"{stage} step {step}: non-finite loss {sums}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import random
 import signal
@@ -17,13 +18,14 @@ import torch
 from PIL import Image, ImageDraw
 from prefect import flow
 
-from fvlp_core.checkpoint import load_checkpoint
+from fvlp_core.checkpoint import checkpoint_architecture, load_checkpoint
 from fvlp_core.config import EpisodesConfig, FinetuneConfig, Paths, PretrainConfig
 from fvlp_core.models import get_tokenizer
+from fvlp_core.models.pretrain import EMPTY_GROUP
 from fvlp_train import train
 from fvlp_train.__main__ import main as train_main
 from fvlp_train.data import FacePairStream, SketchEpisodeStream, StreamPlan
-from fvlp_train.engine import warmup_cosine
+from fvlp_train.engine import build_scheduler, warmup_cosine
 from storage.checkpoints import latest_checkpoint
 from storage.episodes import write_episode_chunk, write_episodes_manifest
 from storage.shards import shard_path, write_shard
@@ -198,6 +200,43 @@ def test_warmup_then_cosine_schedule():
     assert factor(20) == pytest.approx(0.0)
 
 
+def test_reference_schedule_warms_up_within_the_first_epoch_then_decays_per_epoch():
+    config = FinetuneConfig(recipe="fvlp-paper", epochs=4, warmup_steps=10)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW([{"params": [model.weight], "lr": config.lr}, {"params": [model.bias], "lr": 1e-3}])
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch=5)
+    seen = []
+    for _ in range(20):
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    # Epoch 0: every group from warmup_lr up toward the encoder lr (cut off after 5 of 10 steps).
+    assert seen[0] == pytest.approx([1e-6, 1e-6])
+    assert seen[4][0] == pytest.approx(1e-6 + (3e-5 - 1e-6) * 4 / 10) == seen[4][1]
+    # Then a cosine per epoch from each group's own peak, constant within an epoch.
+    assert seen[5] == pytest.approx(
+        [3e-5 * 0.5 * (1 + math.cos(math.pi / 4)), 1e-3 * 0.5 * (1 + math.cos(math.pi / 4))]
+    )
+    assert seen[5] == seen[9] and seen[15][1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(3 * math.pi / 4)))
+
+
+def test_paper_recipe_fills_what_the_caller_left_unset():
+    paper = FinetuneConfig(recipe="fvlp-paper", epochs=2)
+    assert (paper.model, paper.batch_size, paper.lr, paper.fusion_lr, paper.epochs) == (
+        "ViT-B-16-quickgelu",
+        16,
+        3e-5,
+        1e-3,
+        2,
+    )
+    assert (paper.queue_size, paper.alpha, paper.temperature_range, paper.augment) == (57600, 0.4, (0.001, 0.5), True)
+    assert paper.loss_weights == {"itc": 0.5, "itsc": 0.5, "itm": 10.0}
+    assert json.loads(paper.model_dump_json())["recipe"] == "fvlp-paper"  # recorded with the run
+    assert FinetuneConfig().queue_size == 0 and PretrainConfig(recipe="fvlp-paper").batch_size == 80
+    with pytest.raises(ValueError, match="loss_weights must name exactly"):
+        FinetuneConfig(loss_weights={"itc": 1.0, "itm": 1.0})
+
+
 def test_unknown_config_keys_are_rejected(tmp_path, capsys):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"run_id": "x", "learning_rate": 0.1}))
@@ -228,6 +267,34 @@ def test_pretrain_then_finetune_in_process_write_safe_checkpoints(data_root):
     assert metrics["episodes"] == 8 and metrics["gallery_size"] == 8 and metrics["selected_epoch"] == 0
     assert 0 < metrics["m_at_B"] <= 100 and metrics["chance_m_at_B"] == pytest.approx(100 * 2.717857 / 8)
     assert torch.isfinite(torch.tensor(list(metrics.values()))).all()
+
+
+def test_finetune_with_momentum_queues_and_augmentation_hands_on_a_loadable_model(data_root):
+    from fvlp_core.embed import FVLPEncoder
+
+    pre = train("pretrain", pretrain_config(data_root, epochs=1))
+    config = finetune_config(
+        data_root, pre["checkpoint"], run_id="queued", select_on="test", queue_size=1000, alpha=0.4, augment=True
+    )
+    tuned = train("finetune", config)
+    state = load_checkpoint(Path(tuned["checkpoint"]).with_name("checkpoint.pt"))
+    # The queue is capped at the 16 train photos and holds the 4 x 4 photos seen, by photo key.
+    assert checkpoint_architecture(state)["queue_size"] == 16
+    assert int((state["model"]["photo_key_queue"] != EMPTY_GROUP).sum()) == 16
+    assert torch.isfinite(torch.tensor(list(tuned["metrics"].values()))).all()
+    encoder = FVLPEncoder.load(tuned["checkpoint"], device="cpu")
+    assert encoder.model.momentum_encoders is None
+
+
+def test_augmentation_is_seeded_per_record_and_epoch(data_root):
+    paths = Paths(data_root=data_root)
+    stream = SketchEpisodeStream(paths.episodes_dir, get_tokenizer("fvlp-vit-tiny"), 32, 0, StreamPlan(4), augment=True)
+    plain = SketchEpisodeStream(paths.episodes_dir, get_tokenizer("fvlp-vit-tiny"), 32, 0, StreamPlan(4))
+    first, again, other_epoch = (next(stream.epoch(e)) for e in (0, 0, 1))
+    assert torch.equal(first["photos"], again["photos"])
+    assert not torch.equal(first["photos"], next(plain.epoch(0))["photos"])
+    assert first["photo_keys"].dtype == torch.long and len(set(first["photo_keys"].tolist())) == 4
+    assert not torch.equal(first["photos"], other_epoch["photos"])
 
 
 def test_finetune_keeps_the_epoch_best_on_validation_photos_it_never_trains_on(data_root):

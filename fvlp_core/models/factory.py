@@ -165,6 +165,12 @@ def get_tokenizer(model_name: str):
     return open_clip.get_tokenizer(model_name)
 
 
+def configured_image_size(model_name: str) -> int:
+    """The input side of ``model_name``'s config (what a model built from it takes)."""
+    size = model_config(model_name)["vision_cfg"]["image_size"]
+    return size[0] if isinstance(size, (list, tuple)) else int(size)
+
+
 def image_size(model: open_clip.CLIP) -> int:
     size = model.visual.image_size
     return size[0] if isinstance(size, tuple) else int(size)
