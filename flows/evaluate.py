@@ -38,8 +38,8 @@ def evaluate_flow(config: EvaluateConfig = EvaluateConfig()) -> dict[str, Any]:
             dataset_fingerprint=f"{episodes['fingerprint']}:{config.split}",
             model_fingerprint=model["fingerprint"],
         )
-        gallery, embedded = embed_episodes(config, model["checkpoint"], episodes["steps"])
-        result = score_episodes(gallery, embedded)
+        gallery, embedded, matches = embed_episodes(config, model["checkpoint"], episodes["steps"])
+        result = score_episodes(gallery, embedded, matches)
         report = report_evaluation(result, run_id, config)
         metrics = result.metric_rows(config.split)
         store.record_results(

@@ -18,7 +18,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fvlp_core.metrics import ACC_KS, rank_true_items, sketch_retrieval_metrics, step_curves, text_image_recall
+from fvlp_core.metrics import (
+    ACC_KS,
+    rank_true_items,
+    reranked_text_image_recall,
+    sketch_retrieval_metrics,
+    step_curves,
+    text_image_recall,
+)
 
 VARIANTS = ("sketch", "sketch+text")
 EARLY_FRACTION = 0.2  # "acc@10 at 20 % of the episode"
@@ -30,6 +37,13 @@ class Encoder(Protocol):
     def encode_images(self, images: Sequence[Image.Image]) -> Any: ...
     def encode_sketches(self, sketches: Sequence[Image.Image], captions: Sequence[str] | None = None) -> Any: ...
     def encode_texts(self, texts: Sequence[str]) -> Any: ...
+
+
+class MatchingEncoder(Encoder, Protocol):
+    """An encoder with an image-text matching head (fine-tuned checkpoints have one)."""
+
+    def encode_image_tokens(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
+    def match_logits(self, captions: Sequence[str], image_tokens: torch.Tensor) -> Any: ...
 
 
 def _array(embeddings: Any) -> np.ndarray:
@@ -47,7 +61,17 @@ def _batched(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 class Gallery:
     photo_ids: list[str]
     images: np.ndarray  # (N, D) photo embeddings
-    texts: np.ndarray  # (N, D) caption embeddings (one caption per photo)
+    texts: np.ndarray  # (C, D) embeddings of every caption of every photo
+    text_photo: np.ndarray  # (C,) gallery row each caption describes
+    captions: list[str]  # (C,) the captions themselves
+
+
+@dataclass
+class MatchScores:
+    """ITM logits of each query's top-k candidates by embedding similarity, both directions."""
+
+    text_to_image: tuple[np.ndarray, np.ndarray]  # (candidate photo rows [C, k], logits [C, k])
+    image_to_text: tuple[np.ndarray, np.ndarray]  # (candidate caption rows [N, k], logits [N, k])
 
 
 @dataclass
@@ -59,15 +83,62 @@ class EpisodeEmbeddings:
 
 
 def embed_gallery(
-    encoder: Encoder, photo_ids: Sequence[str], images: Sequence[Image.Image], captions: Sequence[str], batch_size: int
+    encoder: Encoder,
+    photo_ids: Sequence[str],
+    images: Sequence[Image.Image],
+    captions: Sequence[Sequence[str]],
+    batch_size: int,
 ) -> Gallery:
+    """Photo embeddings and the embeddings of every caption of every photo (photos without a
+    caption, as SLFIR's, simply have none)."""
     if not (len(photo_ids) == len(images) == len(captions)):
         raise ValueError(
-            f"gallery parts disagree: {len(photo_ids)} ids, {len(images)} images, {len(captions)} captions"
+            f"gallery parts disagree: {len(photo_ids)} ids, {len(images)} images, {len(captions)} caption lists"
         )
     image_parts = [_array(encoder.encode_images(list(b))) for b in _batched(list(images), batch_size)]
-    text_parts = [_array(encoder.encode_texts(list(b))) for b in _batched(list(captions), batch_size)]
-    return Gallery(list(photo_ids), np.concatenate(image_parts), np.concatenate(text_parts))
+    every = [(row, caption) for row, texts in enumerate(captions) for caption in texts if caption.strip()]
+    texts = [caption for _, caption in every]
+    text_parts = [_array(encoder.encode_texts(list(b))) for b in _batched(texts, batch_size)]
+    dim = image_parts[0].shape[1] if image_parts else 0
+    return Gallery(
+        list(photo_ids),
+        np.concatenate(image_parts) if image_parts else np.zeros((0, dim), np.float32),
+        np.concatenate(text_parts) if text_parts else np.zeros((0, dim), np.float32),
+        np.asarray([row for row, _ in every], dtype=np.int64),
+        texts,
+    )
+
+
+def match_candidates(
+    encoder: MatchingEncoder, gallery: Gallery, images: Sequence[Image.Image], k: int, batch_size: int
+) -> MatchScores:
+    """The reference's re-ranking input: for every caption its top-``k`` photos and for every
+    photo its top-``k`` captions by embedding similarity, each pair scored by the ITM head.
+    Patch tokens are computed once per photo; pairs go through the head ``batch_size`` at a time."""
+    similarity = gallery.texts @ gallery.images.T
+    t2i_rows = np.argsort(-similarity, axis=1, kind="stable")[:, : min(k, similarity.shape[1])]
+    i2t_rows = np.argsort(-similarity.T, axis=1, kind="stable")[:, : min(k, similarity.shape[0])]
+    tokens = torch.cat([encoder.encode_image_tokens(list(b)) for b in _batched(list(images), batch_size)])
+
+    def logits(caption_rows: np.ndarray, photo_rows: np.ndarray) -> np.ndarray:
+        flat_captions, flat_photos = caption_rows.ravel(), photo_rows.ravel()
+        parts = [
+            _array(
+                encoder.match_logits(
+                    [gallery.captions[c] for c in flat_captions[start : start + batch_size]],
+                    tokens[flat_photos[start : start + batch_size]],
+                )
+            )
+            for start in range(0, len(flat_captions), batch_size)
+        ]
+        return np.concatenate(parts).reshape(caption_rows.shape) if parts else np.zeros(caption_rows.shape)
+
+    caption_index = np.arange(len(gallery.captions))[:, None]
+    photo_index = np.arange(len(gallery.photo_ids))[:, None]
+    return MatchScores(
+        (t2i_rows, logits(np.broadcast_to(caption_index, t2i_rows.shape), t2i_rows)),
+        (i2t_rows, logits(i2t_rows, np.broadcast_to(photo_index, i2t_rows.shape))),
+    )
 
 
 class EpisodeEmbedder:
@@ -123,7 +194,8 @@ class EvaluationResult:
     steps: int
     sketch: dict[str, dict[str, Any]]  # variant -> sketch_retrieval_metrics(...)
     curves: dict[str, dict[str, np.ndarray]]  # variant -> metric -> per-step values
-    text_image: dict[str, float]
+    text_image: dict[str, dict[str, float]]  # "text-image" (embeddings), "text-image-itm" (re-ranked) -> R@K
+    captions: int
 
     def metric_rows(self, split: str) -> list[dict[str, Any]]:
         rows = []
@@ -145,12 +217,14 @@ class EvaluationResult:
                     }
                 )
         rows += [
-            {"split": split, "variant": "text-image", "name": name, "value": value}
-            for name, value in self.text_image.items()
+            {"split": split, "variant": variant, "name": name, "value": value}
+            for variant, recall in self.text_image.items()
+            for name, value in recall.items()
         ]
+        dataset = {"gallery_size": self.gallery_size, "episodes": self.episodes, "steps": self.steps}
         rows += [
             {"split": split, "variant": "dataset", "name": name, "value": float(value)}
-            for name, value in (("gallery_size", self.gallery_size), ("episodes", self.episodes), ("steps", self.steps))
+            for name, value in {**dataset, "captions": self.captions}.items()
         ]
         return rows
 
@@ -177,8 +251,11 @@ class EvaluationResult:
         }
 
 
-def evaluate_embeddings(gallery: Gallery, episodes: EpisodeEmbeddings) -> EvaluationResult:
-    """All SLFIR metrics and curves for both variants, plus caption<->photo recall."""
+def evaluate_embeddings(
+    gallery: Gallery, episodes: EpisodeEmbeddings, matches: MatchScores | None = None
+) -> EvaluationResult:
+    """All SLFIR metrics and curves for both variants, plus caption<->photo recall over every
+    caption: by embedding similarity, and (with ``matches``) after top-k ITM re-ranking."""
     size = len(gallery.photo_ids)
     steps = next(iter(episodes.queries.values())).shape[1]
     sketch: dict[str, dict[str, Any]] = {}
@@ -191,8 +268,15 @@ def evaluate_embeddings(gallery: Gallery, episodes: EpisodeEmbeddings) -> Evalua
             **{f"acc_at_{k}": np.asarray(found[f"acc_at_{k}"]) for k in ACC_KS},
             **step_curves(ranks, size),
         }
-    text_image = text_image_recall(gallery.texts, gallery.images, np.arange(size))
-    return EvaluationResult(size, len(episodes.true_index), steps, sketch, curves, text_image)
+    text_image: dict[str, dict[str, float]] = {}
+    if len(gallery.captions):
+        text_image["text-image"] = text_image_recall(gallery.texts, gallery.images, gallery.text_photo)
+        if matches is not None:
+            similarity = gallery.texts @ gallery.images.T
+            text_image["text-image-itm"] = reranked_text_image_recall(
+                similarity, gallery.text_photo, matches.text_to_image, matches.image_to_text
+            )
+    return EvaluationResult(size, len(episodes.true_index), steps, sketch, curves, text_image, len(gallery.captions))
 
 
 def plot_curves(result: EvaluationResult, path: Path, title: str = "") -> Path:
@@ -245,14 +329,19 @@ def summary_markdown(result: EvaluationResult, run_id: str, split: str, plot_pat
             f"{found['wm_at_B']:.2f} | {found['acc_at_1'][-1]:.1f} | {found['acc_at_10'][-1]:.1f} | "
             f"{found['acc_at_10'][early - 1]:.1f} |"
         )
-    ti = result.text_image
-    lines += [
-        "",
-        "| retrieval | R@1 | R@5 | R@10 |",
-        "|---|---|---|---|",
-        f"| caption -> photo | {ti['t2i_r_at_1']:.1f} | {ti['t2i_r_at_5']:.1f} | {ti['t2i_r_at_10']:.1f} |",
-        f"| photo -> caption | {ti['i2t_r_at_1']:.1f} | {ti['i2t_r_at_5']:.1f} | {ti['i2t_r_at_10']:.1f} |",
-    ]
+    labels = {"text-image": "embedding similarity", "text-image-itm": "top-k re-ranked by ITM"}
+    if result.text_image:
+        lines += [
+            "",
+            f"Text <-> photo over all {result.captions} captions:",
+            "",
+            "| retrieval | ranked by | R@1 | R@5 | R@10 |",
+            "|---|---|---|---|---|",
+        ]
+    for variant, recall in result.text_image.items():
+        for direction, label in (("t2i", "caption -> photo"), ("i2t", "photo -> caption")):
+            values = " | ".join(f"{recall[f'{direction}_r_at_{k}']:.1f}" for k in (1, 5, 10))
+            lines.append(f"| {label} | {labels[variant]} | {values} |")
     if plot_path is not None:
         lines += ["", f"Curves: `{plot_path}`"]
     return "\n".join(lines) + "\n"

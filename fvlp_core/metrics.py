@@ -172,3 +172,47 @@ def matching_scores(positive: np.ndarray, negative: np.ndarray) -> dict[str, flo
     ranks = rankdata(np.concatenate([positive, negative]))  # ties get their average rank
     wins = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2  # Mann-Whitney U
     return {"accuracy": 100.0 * float(accuracy), "auc": 100.0 * float(wins / (len(positive) * len(negative)))}
+
+
+def reranked_text_image_recall(
+    similarity: np.ndarray,
+    text_to_image: np.ndarray | Sequence[int],
+    t2i_match: tuple[np.ndarray, np.ndarray],
+    i2t_match: tuple[np.ndarray, np.ndarray],
+    ks: Sequence[int] = RECALL_KS,
+) -> dict[str, float]:
+    """R@K after the reference's re-ranking: each query's top-k candidates by ``similarity``
+    (texts x images) are re-ordered by ITM logit + similarity; the rest keep their order below.
+
+    ``t2i_match`` = (candidate image rows [T, k], their ITM logits [T, k]) per text;
+    ``i2t_match`` = (candidate text rows [N, k], their logits [N, k]) per image. Ties rank the
+    true item last, as everywhere.
+    """
+    mapping = np.asarray(text_to_image, dtype=np.int64)
+    t2i_rows, t2i_logits = t2i_match
+    i2t_rows, i2t_logits = i2t_match
+    texts = np.arange(len(mapping))
+    # Text -> image: the true image's place among the re-scored candidates, else its plain rank.
+    plain_t2i = (similarity >= similarity[texts, mapping][:, None]).sum(axis=1)
+    rescored = t2i_logits + np.take_along_axis(similarity, t2i_rows, axis=1)
+    is_true = t2i_rows == mapping[:, None]
+    true_score = np.where(is_true, rescored, -np.inf).max(axis=1)
+    t2i = np.where(is_true.any(axis=1), (rescored >= true_score[:, None]).sum(axis=1), plain_t2i)
+
+    # Image -> text: the best-placed of the image's own texts, the same way.
+    columns = similarity.T  # images x texts
+    images = np.unique(mapping)
+    own = mapping[None, :] == images[:, None]  # images (with a text) x texts
+    best_plain = np.where(own, columns[images], -np.inf).max(axis=1)
+    plain_i2t = (columns[images] >= best_plain[:, None]).sum(axis=1)
+    rows, logits = i2t_rows[images], i2t_logits[images]
+    rescored_i2t = logits + np.take_along_axis(columns[images], rows, axis=1)
+    is_own = mapping[rows] == images[:, None]
+    best_own = np.where(is_own, rescored_i2t, -np.inf).max(axis=1)
+    i2t = np.where(is_own.any(axis=1), (rescored_i2t >= best_own[:, None]).sum(axis=1), plain_i2t)
+
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"t2i_r_at_{k}"] = 100.0 * float((t2i <= k).mean())
+        out[f"i2t_r_at_{k}"] = 100.0 * float((i2t <= k).mean())
+    return out

@@ -18,8 +18,10 @@ from fvlp_core.evaluation import (
     EpisodeEmbeddings,
     EvaluationResult,
     Gallery,
+    MatchScores,
     embed_gallery,
     evaluate_embeddings,
+    match_candidates,
     plot_curves,
     summary_markdown,
 )
@@ -52,21 +54,27 @@ def resolve_checkpoint(config: EvaluateConfig) -> dict[str, str]:
 
 
 @task(name="embed-episodes", cache_policy=NO_CACHE)
-def embed_episodes(config: EvaluateConfig, checkpoint: str, steps: int) -> tuple[Gallery, EpisodeEmbeddings]:
-    """Embed every gallery photo, caption and episode step of the split once, both variants."""
+def embed_episodes(
+    config: EvaluateConfig, checkpoint: str, steps: int
+) -> tuple[Gallery, EpisodeEmbeddings, MatchScores | None]:
+    """Embed every gallery photo, caption and episode step of the split once, both variants;
+    score the top-k caption/photo candidates with the ITM head (``config.itm_rerank_k``)."""
     logger = get_run_logger()
     encoder = load_encoder(Path(checkpoint), config.device)
-    photos = read_photos(config.episodes_dir, split=config.split, columns=["photo_id", "image", "caption"])
+    photos = read_photos(config.episodes_dir, split=config.split, columns=["photo_id", "image", "caption", "captions"])
     if photos.num_rows < 2:
         raise ValueError(
             f"{config.episodes_dir}: split {config.split!r} has {photos.num_rows} photo(s); retrieval needs at least 2"
         )
     photo_ids = photos["photo_id"].to_pylist()
     captions = photos["caption"].to_pylist()
-    gallery = embed_gallery(
-        encoder, photo_ids, [_decode(b) for b in photos["image"].to_pylist()], captions, config.batch_size
-    )
-    logger.info("embedded %d gallery photos and captions", len(photo_ids))
+    images = [_decode(b) for b in photos["image"].to_pylist()]
+    gallery = embed_gallery(encoder, photo_ids, images, photos["captions"].to_pylist(), config.batch_size)
+    logger.info("embedded %d gallery photos and their %d captions", len(photo_ids), len(gallery.captions))
+    matches = None
+    if config.itm_rerank_k and len(gallery.captions):
+        matches = match_candidates(encoder, gallery, images, config.itm_rerank_k, config.batch_size)
+        logger.info("scored each caption's and photo's top %d candidates with the ITM head", config.itm_rerank_k)
 
     embedder = EpisodeEmbedder(encoder, gallery, steps, dict(zip(photo_ids, captions)))
     done = 0
@@ -79,12 +87,12 @@ def embed_episodes(config: EvaluateConfig, checkpoint: str, steps: int) -> tuple
         logger.info("embedded %d of %d sketches (x2 variants)", done, len(photo_ids) * steps)
     episodes = embedder.finish()
     logger.info("embedded %d episodes x %d steps (sketch and sketch+text)", len(episodes.true_index), steps)
-    return gallery, episodes
+    return gallery, episodes, matches
 
 
 @task(name="score-episodes", cache_policy=NO_CACHE)
-def score_episodes(gallery: Gallery, episodes: EpisodeEmbeddings) -> EvaluationResult:
-    return evaluate_embeddings(gallery, episodes)
+def score_episodes(gallery: Gallery, episodes: EpisodeEmbeddings, matches: MatchScores | None) -> EvaluationResult:
+    return evaluate_embeddings(gallery, episodes, matches)
 
 
 @task(name="report-evaluation", cache_policy=NO_CACHE)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from PIL import Image
 
 from fvlp_core.config import CleanConfig, EpisodesConfig, EvaluateConfig, Paths
@@ -58,6 +59,13 @@ class ThumbnailEncoder:
             for t in texts
         ]
         return self._norm(np.stack(vectors).astype(np.float32))
+
+    def encode_image_tokens(self, images):
+        return torch.from_numpy(self.encode_images(images))[:, None, :]
+
+    def match_logits(self, captions, image_tokens):
+        """A stand-in ITM head: the caption vector's agreement with the photo, sharpened."""
+        return torch.from_numpy(5.0 * (self.encode_texts(captions) * image_tokens[:, 0].numpy()).sum(axis=1))
 
     def encode_sketches(self, sketches, captions=None):
         self.sketch_batches += 1
@@ -141,6 +149,8 @@ def test_evaluate_writes_metrics_curves_and_artifacts(prefect_harness, data_root
         for name in ("m_at_A", "m_at_B", "wm_at_A", "wm_at_B", "acc_at_10_at_20pct", "acc_at_1_final"):
             assert (variant, name) in names
     assert ("text-image", "t2i_r_at_1") in names and ("text-image", "i2t_r_at_10") in names
+    assert ("text-image-itm", "t2i_r_at_1") in names and ("text-image-itm", "i2t_r_at_10") in names
+    assert ("dataset", "captions") in names
     curves = store.query("SELECT count(*), max(step) FROM curves WHERE run_id = ?", [out["run_id"]])[0]
     assert curves == (2 * 5 * STEPS, STEPS)
     early = store.query(

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from fvlp_core.metrics import rank_true_items, sketch_retrieval_metrics, step_curves, text_image_recall
+from fvlp_core.metrics import (
+    rank_true_items,
+    reranked_text_image_recall,
+    sketch_retrieval_metrics,
+    step_curves,
+    text_image_recall,
+)
 
 
 def _naive_ranks(queries: np.ndarray, gallery: np.ndarray, true_index: np.ndarray) -> np.ndarray:
@@ -118,3 +124,20 @@ def test_text_image_recall_by_hand() -> None:
     # Image 0 ties its own text with text 2 (rank 2, tie -> last); image 1's best text ranks 1.
     assert found["i2t_r_at_1"] == pytest.approx(50.0)
     assert found["i2t_r_at_10"] == pytest.approx(100.0)
+
+
+def test_itm_reranking_reorders_the_top_k_and_leaves_the_rest_by_hand() -> None:
+    similarity = np.array([[0.9, 0.8, 0.1], [0.7, 0.6, 0.5], [0.2, 0.3, 0.9]])  # 3 captions x 3 photos
+    captions_of = np.array([0, 1, 1])  # photo 1 has two captions; photo 2 none
+    t2i = (np.array([[0, 1], [0, 1], [2, 1]]), np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0]]))
+    i2t = (np.array([[0, 1], [0, 1], [2, 1]]), np.array([[-5.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
+    found = reranked_text_image_recall(similarity, captions_of, t2i, i2t)
+    # Captions 1 and 2 were second by similarity; ITM lifts their photo to first.
+    assert found["t2i_r_at_1"] == pytest.approx(100.0)
+    # Photo 0's caption drops to second behind a -5 ITM logit; photo 1's best own caption is second.
+    assert (found["i2t_r_at_1"], found["i2t_r_at_5"]) == (0.0, 100.0)
+    # With k = 1, a true photo outside the candidates keeps its similarity rank (2 for captions 1, 2).
+    top1 = reranked_text_image_recall(
+        similarity, captions_of, (t2i[0][:, :1], t2i[1][:, :1]), (i2t[0][:, :1], i2t[1][:, :1])
+    )
+    assert top1["t2i_r_at_1"] == pytest.approx(100 / 3) and top1["t2i_r_at_5"] == 100.0
