@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import socket
 import ssl
+import stat
 import tarfile
 import threading
 import time
@@ -184,14 +185,41 @@ class FolderFetcher:
         if len(names) > 1:
             return _ambiguous(sample_id, names)
         path = self.folder / names[0]
+        outside = _outside(path, self.folder)
+        if outside:
+            return FetchResult("error", error=f"{path}: {outside}")
         try:
-            with open(path, "rb") as handle:
-                return _read_capped(handle, os.fstat(handle.fileno()).st_size, self.max_bytes, str(path))
+            # O_NONBLOCK: opening a FIFO (an untrusted archive can hold one) must not wait for a writer.
+            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as err:
             return FetchResult("error", error=f"{path}: {err}")
+        with open(descriptor, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return FetchResult("error", error=f"{path}: not a regular file ({_file_kind(info.st_mode)})")
+            try:
+                return _read_capped(handle, info.st_size, self.max_bytes, str(path))
+            except OSError as err:
+                return FetchResult("error", error=f"{path}: {err}")
 
     def close(self) -> None:
         pass
+
+
+def _outside(path: Path, folder: Path) -> str | None:
+    """Why ``path`` (a name inside ``folder``) leads outside it, or None: a symlink may point
+    anywhere, and whatever it reaches is not the image folder's to give."""
+    target = os.path.realpath(path)
+    root = os.path.realpath(folder)
+    if os.path.commonpath([target, root]) != root:
+        return f"symbolic link leaving the image folder (to {target})"
+    return None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "named pipe", stat.S_ISSOCK: "socket", stat.S_ISCHR: "character device"}
+    kinds.update({stat.S_ISBLK: "block device", stat.S_ISDIR: "directory"})
+    return next((name for test, name in kinds.items() if test(mode)), "special file")
 
 
 def unsafe_member_reason(member: tarfile.TarInfo) -> str | None:

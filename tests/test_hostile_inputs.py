@@ -210,3 +210,37 @@ def test_raw_shard_missing_a_column_is_named_by_the_clean_reader(tmp_path: Path)
     write_shard(pa.table({"SAMPLE_ID": [1], "TEXT": ["a man"]}), broken)
     with pytest.raises(ValueError, match=r"shard-00003\.parquet lacks column\(s\) image, fetch_status, fetch_error"):
         read_raw_rows(broken)
+
+
+def test_folder_reads_only_regular_files_inside_it(tmp_path: Path):
+    """A named pipe (as `tar x` of an untrusted archive creates) must not hang the reader, and a
+    symlink may not hand over a file from outside the folder (a secret, or another image)."""
+    import os
+    import threading
+
+    folder, outside = tmp_path / "images", tmp_path / "elsewhere"
+    folder.mkdir()
+    outside.mkdir()
+    (folder / "1.jpg").write_bytes(PORTRAIT.read_bytes())
+    os.mkfifo(folder / "2.jpg")
+    secret = outside / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (folder / "3.jpg").symlink_to(secret)
+    (outside / "4.jpg").write_bytes(PORTRAIT.read_bytes())
+    (folder / "4.jpg").symlink_to(outside / "4.jpg")
+    (folder / "5.jpg").symlink_to(folder / "1.jpg")  # stays inside: an ordinary alias
+
+    fetcher = FolderFetcher(folder, max_bytes=10_000_000)
+    found: list = []
+    reader = threading.Thread(target=lambda: found.extend(fetcher.fetch([FetchRequest(i) for i in range(1, 6)])))
+    reader.daemon = True
+    reader.start()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "reading the folder hung on the named pipe"
+    statuses = {i: (r.status, r.error) for i, r in zip(range(1, 6), found)}
+    assert statuses[1][0] == statuses[5][0] == "ok"
+    assert statuses[2] == ("error", f"{folder / '2.jpg'}: not a regular file (named pipe)")
+    for sample_id in (3, 4):
+        status, error = statuses[sample_id]
+        assert status == "error" and "symbolic link leaving the image folder" in error
+        assert "root:" not in error
