@@ -295,9 +295,30 @@ def is_public_address(address: str) -> bool:
     """True only for globally routable unicast addresses (never loopback, private, link-local,
     carrier-grade NAT, cloud metadata such as 169.254.169.254 / fd00:ec2::254, or multicast)."""
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv6 form can carry an IPv4 address the packets end up at: judge that one too.
+        if not all(_is_public(v4) for v4 in _embedded_ipv4(ip)):
+            return False
+    return _is_public(ip)
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not ip.is_multicast
+
+
+# IPv6 prefixes whose last 32 bits are an IPv4 address: IPv4-compatible (::/96), SIIT
+# (::ffff:0:0:0/96), NAT64 well-known (64:ff9b::/96) and local-use (64:ff9b:1::/48).
+EMBEDDING_IPV4_PREFIXES = tuple(
+    ipaddress.IPv6Network(prefix) for prefix in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48")
+)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address stands for (mapped, compatible, SIIT, NAT64, 6to4, Teredo)."""
+    found = [ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())]
+    if any(ip in prefix for prefix in EMBEDDING_IPV4_PREFIXES):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return [v4 for v4 in found if v4 is not None]
 
 
 def resolve_target(host: str, port: int, allow_private: bool) -> tuple[str, int]:

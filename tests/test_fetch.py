@@ -137,6 +137,14 @@ def test_embedded_fetcher_reports_unknown_ids():
         ("fd00:ec2::254", False),  # IPv6 metadata service
         ("::ffff:127.0.0.1", False),  # loopback hidden in an IPv4-mapped address
         ("::ffff:10.0.0.1", False),
+        # IPv6 forms that carry an IPv4 address are judged by it too.
+        ("::127.0.0.1", False),  # IPv4-compatible
+        ("::ffff:0:127.0.0.1", False),  # SIIT
+        ("64:ff9b::169.254.169.254", False),  # NAT64 to the metadata service
+        ("64:ff9b:1::a9fe:a9fe", False),  # local-use NAT64
+        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo
+        ("64:ff9b::5db8:d822", True),  # NAT64 to a public address stays public
     ],
 )
 def test_public_address_rule(address: str, public: bool):
