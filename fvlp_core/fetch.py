@@ -29,6 +29,7 @@ import tarfile
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -234,6 +235,23 @@ def unsafe_member_reason(member: tarfile.TarInfo) -> str | None:
     return None
 
 
+# What a truncated or corrupt (possibly compressed) tar raises while being read.
+TAR_DAMAGE = (tarfile.TarError, EOFError, OSError, zlib.error)
+
+
+def _readable_members(archive: tarfile.TarFile, tar_path: Path) -> tuple[list[tarfile.TarInfo], str | None]:
+    """The members listed before any damage, and what the damage is (None for a whole archive):
+    a truncated download keeps the images before the break."""
+    members: list[tarfile.TarInfo] = []
+    try:
+        while (member := archive.next()) is not None:
+            members.append(member)
+    except TAR_DAMAGE as err:
+        after = f"member {members[-1].name!r}" if members else "its start"
+        return members, f"{tar_path} is truncated or corrupt after {after} ({err})"
+    return members, None
+
+
 class TarFetcher:
     """Members named ``<SAMPLE_ID>.<ext>`` of a (possibly compressed) tar, read without extracting.
 
@@ -247,7 +265,7 @@ class TarFetcher:
             raise FileNotFoundError(f"image tar not found: {self.tar_path}")
         self.max_bytes = max_bytes
         self.archive = tarfile.open(self.tar_path, "r:*")
-        members = self.archive.getmembers()
+        members, self.damage = _readable_members(self.archive, self.tar_path)
         by_name = {m.name: m for m in members}
         self.index = {sid: [by_name[n] for n in names] for sid, names in image_files_by_id(list(by_name)).items()}
         self._lock = threading.Lock()  # a TarFile is one file position: one reader at a time
@@ -258,6 +276,9 @@ class TarFetcher:
 
     def _fetch_one(self, sample_id: int) -> FetchResult:
         members = self.index.get(sample_id, [])
+        if not members and self.damage:
+            # The image may sit in the part of the archive that cannot be read.
+            return FetchResult("error", error=f"no member for SAMPLE_ID {sample_id} before the damage: {self.damage}")
         if not members:
             return FetchResult("not_found", error=f"no member for SAMPLE_ID {sample_id} in {self.tar_path}")
         if len(members) > 1:
@@ -266,11 +287,14 @@ class TarFetcher:
         reason = unsafe_member_reason(member)
         if reason:
             return FetchResult("refused", error=reason)
-        handle = self.archive.extractfile(member)
-        if handle is None:
-            return FetchResult("error", error=f"tar member {member.name!r} has no data")
-        with handle:
-            return _read_capped(handle, member.size, self.max_bytes, f"tar member {member.name!r}")
+        try:
+            handle = self.archive.extractfile(member)
+            if handle is None:
+                return FetchResult("error", error=f"tar member {member.name!r} has no data")
+            with handle:
+                return _read_capped(handle, member.size, self.max_bytes, f"tar member {member.name!r}")
+        except TAR_DAMAGE as err:
+            return FetchResult("error", error=f"{self.tar_path}: tar member {member.name!r} cannot be read ({err})")
 
     def close(self) -> None:
         self.archive.close()

@@ -96,6 +96,58 @@ def test_tar_fetcher_reads_members_and_refuses_unsafe_names(tmp_path: Path, mode
     assert not (tmp_path / "2.png").exists() and not (tmp_path / "6.png").exists()
 
 
+def _tar_blocks(members: list[tuple[str, bytes, int | None]]) -> bytes:
+    """Raw tar bytes without the end-of-archive blocks; ``declared`` overrides a member's size."""
+    out = b""
+    for name, data, declared in members:
+        info = tarfile.TarInfo(name)
+        info.size = len(data) if declared is None else declared
+        out += info.tobuf() + data + b"\0" * (-len(data) % 512)
+    return out
+
+
+TRUNCATIONS = {
+    # the last member's data cut short
+    "cut_member": lambda png: _tar_blocks([("1.png", png, None), ("2.png", png, None), ("3.png", png, None)])[:-300],
+    # a header declaring 2 GiB and no data after it
+    "huge_header": lambda png: _tar_blocks([("1.png", png, None), ("2.png", png, None), ("3.png", b"", 2**31)]),
+}
+
+
+@pytest.mark.parametrize("case", [*sorted(TRUNCATIONS), "cut_gzip_stream"])
+def test_a_truncated_tar_keeps_what_precedes_the_break_and_names_it_per_row(tmp_path: Path, case: str):
+    import gzip
+
+    png = png_bytes()
+    if case == "cut_gzip_stream":
+        # Noise photos do not compress, so the cut lands in the last member as in a real download.
+        noise = [_noise_png(seed) for seed in range(3)]
+        whole = _tar_blocks([(f"{i + 1}.png", data, None) for i, data in enumerate(noise)]) + b"\0" * 1024
+        tar_path = tmp_path / "images.tar.gz"
+        tar_path.write_bytes(gzip.compress(whole)[:-60])
+    else:
+        tar_path = tmp_path / "images.tar"
+        tar_path.write_bytes(TRUNCATIONS[case](png))
+    fetcher = TarFetcher(tar_path, max_bytes=10_000)
+    results = fetcher.fetch([FetchRequest(i) for i in (1, 2, 3, 4)])
+    fetcher.close()
+    assert statuses(results)[:2] == ["ok", "ok"]
+    if case == "huge_header":
+        assert results[2].status == "too_large" and "'3.png' is 2147483648 bytes" in results[2].error
+    else:
+        assert results[2].status == "error" and "'3.png' cannot be read" in results[2].error
+    assert (
+        results[3].status == "error" and f"{tar_path} is truncated or corrupt after member '3.png'" in results[3].error
+    )
+
+
+def _noise_png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_tar_fetcher_caps_member_size_before_reading(tmp_path: Path):
     tar_path = tmp_path / "images.tar"
     with tarfile.open(tar_path, "w") as archive:
