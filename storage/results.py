@@ -7,14 +7,17 @@ straight after; when the file is locked they retry with exponential backoff and,
 after ``lock_timeout_s``, raise :class:`ResultsStoreLocked` saying who to ask.
 
 Consistency. Every write is one transaction. A run row goes ``running`` ->
-``finished`` or ``failed``; a failed run has its result rows deleted in the same
-transaction that marks it failed, so no reader ever sees half a result, and the
-views only look at finished runs.
+``finished`` or ``failed``. Results recorded during a run are held by the
+:class:`ResultsStore` that started it and written in the transaction that marks the run
+finished, so result rows exist only for finished runs: a run that fails, or whose final
+write cannot get the file, leaves none. A run left ``running`` by a process that died is
+marked ``failed`` by the next run started on the same host (``owner`` records host, pid and
+the process's start time, so a reused pid is not mistaken for it).
 
 Schema (see also :data:`SCHEMA_SQL`)::
 
     runs(run_id PK, flow, config JSON, code_version, dataset_fingerprint,
-         model_fingerprint, started_at, finished_at, status, error)
+         model_fingerprint, started_at, finished_at, status, error, owner)
     metrics(run_id, split, variant, name, value)           one row per scalar
     curves(run_id, variant, step, metric, value)           step = 1..T
     cleaning_stats(run_id, rule, kept, rejected, precision, recall)
@@ -28,12 +31,14 @@ variant), ``cleaning_yield`` (kept share and precision/recall per rule, newest c
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,8 +56,11 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at          TIMESTAMP NOT NULL,
     finished_at         TIMESTAMP,
     status              VARCHAR NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
-    error               VARCHAR
+    error               VARCHAR,
+    owner               VARCHAR
 );
+-- Stores written before runs had an owner.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner VARCHAR;
 CREATE TABLE IF NOT EXISTS metrics (
     run_id  VARCHAR NOT NULL REFERENCES runs (run_id),
     split   VARCHAR NOT NULL,
@@ -139,6 +147,13 @@ ROW_FIELDS: dict[str, tuple[str, ...]] = {
     "artifacts": ("kind", "path"),
 }
 RESULT_TABLES = tuple(ROW_FIELDS)
+# Columns that identify a row of each kind within a run (the tables' primary keys).
+KEY_FIELDS: dict[str, tuple[str, ...]] = {
+    "metrics": ("split", "variant", "name"),
+    "curves": ("variant", "step", "metric"),
+    "cleaning_stats": ("rule",),
+    "artifacts": (),
+}
 
 
 class ResultsStoreLocked(TimeoutError):
@@ -167,6 +182,35 @@ def new_run_id(flow: str) -> str:
     return f"{flow}-{stamp}-{uuid.uuid4().hex[:8]}"
 
 
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), None when no such
+    process runs; "" where /proc is not there to ask."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None if Path("/proc").is_dir() else ""
+    except OSError:
+        return None
+    return stat_line.rsplit(")", 1)[1].split()[19]
+
+
+def process_owner(pid: int | None = None) -> str:
+    """``host:pid:start``: names the process running a run, surviving pid reuse."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid) or ''}"
+
+
+def _owner_is_gone(owner: str | None) -> bool:
+    """True only when ``owner`` ran on this host and that process no longer runs."""
+    if not owner:
+        return False
+    host, pid, start = owner.rsplit(":", 2)
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    now = _process_start(int(pid))
+    return now is None or bool(start and now and now != start)
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -184,6 +228,8 @@ class ResultsStore:
     lock_timeout_s: float = 60.0
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 2.0
+    # Results of the runs this object started, written when each run finishes.
+    _pending: dict[str, dict[str, list[list[Any]]]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -246,8 +292,10 @@ class ResultsStore:
         run_id = run_id or new_run_id(flow)
         with self._transaction() as conn:
             conn.execute(SCHEMA_SQL)
+            self._reconcile(conn)
             conn.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 'running', NULL)",
+                "INSERT INTO runs (run_id, flow, config, code_version, dataset_fingerprint, model_fingerprint, "
+                "started_at, status, owner) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
                 [
                     run_id,
                     flow,
@@ -256,9 +304,24 @@ class ResultsStore:
                     dataset_fingerprint,
                     model_fingerprint,
                     _utcnow(),
+                    process_owner(),
                 ],
             )
+        self._pending[run_id] = {table: [] for table in RESULT_TABLES}
         return run_id
+
+    @staticmethod
+    def _reconcile(conn: duckdb.DuckDBPyConnection) -> None:
+        """Mark failed the runs whose process on this host died while they were running."""
+        running = conn.execute("SELECT run_id, owner FROM runs WHERE status = 'running'").fetchall()
+        for run_id, owner in running:
+            if _owner_is_gone(owner):
+                for table in RESULT_TABLES:
+                    conn.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+                conn.execute(
+                    "UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?",
+                    [_utcnow(), f"the process running it ({owner}) ended without finishing it", run_id],
+                )
 
     def set_fingerprints(
         self, run_id: str, dataset_fingerprint: str | None = None, model_fingerprint: str | None = None
@@ -273,12 +336,20 @@ class ResultsStore:
             )
 
     def finish_run(self, run_id: str) -> None:
+        """Write the run's recorded results and mark it finished, in one transaction."""
+        pending = self._pending.get(run_id, {})
         with self._transaction() as conn:
             self._require_running(conn, run_id)
+            for table, rows in pending.items():
+                if rows:
+                    marks = ", ".join("?" * (len(ROW_FIELDS[table]) + 1))
+                    conn.executemany(f"INSERT INTO {table} VALUES ({marks})", [[run_id, *row] for row in rows])
             conn.execute("UPDATE runs SET status = 'finished', finished_at = ? WHERE run_id = ?", [_utcnow(), run_id])
+        self._pending.pop(run_id, None)
 
     def fail_run(self, run_id: str, error: str) -> None:
-        """Mark ``run_id`` failed and drop any results it recorded, in one transaction."""
+        """Mark ``run_id`` failed; its recorded results are dropped (none reach the file)."""
+        self._pending.pop(run_id, None)
         with self._transaction() as conn:
             for table in RESULT_TABLES:
                 conn.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
@@ -296,14 +367,19 @@ class ResultsStore:
         model_fingerprint: str | None = None,
         run_id: str | None = None,
     ) -> Iterator[str]:
-        """A run row for the body: ``finished`` if it returns, ``failed`` (no results) if it raises."""
+        """A run row for the body: ``finished`` with its results if it returns, ``failed``
+        (no results) if it raises. When even marking it failed cannot get the file, the row
+        stays ``running`` without results until the next run started here reconciles it."""
         run_id = self.start_run(flow, config, dataset_fingerprint, model_fingerprint, run_id)
         try:
             yield run_id
+            self.finish_run(run_id)
         except BaseException as err:
-            self.fail_run(run_id, f"{type(err).__name__}: {err}")
+            try:
+                self.fail_run(run_id, f"{type(err).__name__}: {err}")
+            except ResultsStoreLocked as locked:
+                err.add_note(f"run {run_id} could not be marked failed either: {locked}")
             raise
-        self.finish_run(run_id)
 
     @staticmethod
     def _require_running(conn: duckdb.DuckDBPyConnection, run_id: str) -> None:
@@ -322,15 +398,30 @@ class ResultsStore:
         cleaning_stats: Sequence[Mapping[str, Any]] = (),
         artifacts: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, int]:
-        """Insert all rows for ``run_id`` in ONE transaction: all of them land or none do."""
+        """Add rows to ``run_id`` (a run this store started and has not ended): all of them or,
+        when one is malformed or repeats a key, none. They reach the file when the run finishes."""
+        if run_id not in self._pending:
+            raise ValueError(
+                f"run {run_id!r} is not open in this store (finished, failed, or started by another "
+                "process); results are recorded while the run that owns them is running"
+            )
         batches = {"metrics": metrics, "curves": curves, "cleaning_stats": cleaning_stats, "artifacts": artifacts}
         prepared = {table: [self._row(table, i, row) for i, row in enumerate(rows)] for table, rows in batches.items()}
-        with self._transaction() as conn:
-            self._require_running(conn, run_id)
-            for table, rows in prepared.items():
-                if rows:
-                    marks = ", ".join("?" * (len(ROW_FIELDS[table]) + 1))
-                    conn.executemany(f"INSERT INTO {table} VALUES ({marks})", [[run_id, *row] for row in rows])
+        pending = self._pending[run_id]
+        for table, rows in prepared.items():
+            key_columns = [ROW_FIELDS[table].index(k) for k in KEY_FIELDS[table]]
+            if not key_columns:
+                continue
+            seen = {tuple(row[c] for c in key_columns) for row in pending[table]}
+            for index, row in enumerate(rows):
+                key = tuple(row[c] for c in key_columns)
+                if key in seen:
+                    raise ValueError(
+                        f"{table} row {index} repeats {dict(zip(KEY_FIELDS[table], key))} for run {run_id}"
+                    )
+                seen.add(key)
+        for table, rows in prepared.items():
+            pending[table].extend(rows)
         return {table: len(rows) for table, rows in prepared.items()}
 
     @staticmethod

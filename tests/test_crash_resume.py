@@ -371,7 +371,7 @@ def store_contents(path: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("crash_point", ["duckdb_mid_transaction:5", "duckdb_after_commit:5"])
+@pytest.mark.parametrize("crash_point", ["duckdb_mid_transaction:4", "duckdb_after_commit:4"])
 def test_killed_results_write_leaves_all_or_nothing_and_rerun_matches(tmp_path: Path, crash_point: str):
     from storage.results import ResultsStore
 
@@ -382,26 +382,28 @@ def test_killed_results_write_leaves_all_or_nothing_and_rerun_matches(tmp_path: 
     assert len(expected) == 3
 
     crashed = tmp_path / "crashed.duckdb"
-    # Write connections: start, record, finish of run 0, then start run 1 and (the 5th) record run 1.
+    # Write connections: start and finish (with the results) of run 0, start of run 1, then
+    # (the 4th) run 1's finish, which carries its results.
     assert_killed(run_child("results", crashed, crash_point))
     store = ResultsStore(crashed)
     runs = store.query(
         "SELECT status, (SELECT count(*) FROM metrics m WHERE m.run_id = r.run_id) FROM runs r ORDER BY started_at"
     )
-    if crash_point.startswith("duckdb_mid_transaction"):
+    killed_mid_write = crash_point.startswith("duckdb_mid_transaction")
+    if killed_mid_write:
         assert runs == [("finished", 4), ("running", 0)]  # the open transaction vanished whole
     else:
-        assert runs == [("finished", 4), ("running", 4)]  # the commit survived in the WAL
+        assert runs == [("finished", 4), ("finished", 4)]  # the commit survived in the WAL
 
     done = run_child("results", crashed)
     assert done.returncode == 0, done.stderr[-3000:]
-    # Run 0 is not repeated, runs 1 and 2 are: three finished runs holding exactly the
-    # uninterrupted results. The killed run stays 'running' and no view counts it.
+    # Finished runs are not repeated, the others are: three finished runs holding exactly the
+    # uninterrupted results. The killed process's run is marked failed by the rerun.
     assert store.query("SELECT count(*) FROM runs WHERE status = 'finished'") == [(3,)]
     assert store_contents(crashed) == expected
-    assert store.query(
-        "SELECT count(*) FROM latest_metrics WHERE run_id IN (SELECT run_id FROM runs WHERE status <> 'finished')"
-    ) == [(0,)]
+    failed = store.query("SELECT error FROM runs WHERE status <> 'finished'")
+    assert len(failed) == int(killed_mid_write)
+    assert all("ended without finishing it" in error for (error,) in failed)
 
 
 def kill_once_while_measuring(marker: Path, delay_s: float = 0.05):

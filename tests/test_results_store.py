@@ -56,6 +56,7 @@ def test_schema_has_documented_tables_and_views(store: ResultsStore) -> None:
         "finished_at",
         "status",
         "error",
+        "owner",
     ]
 
 
@@ -99,13 +100,17 @@ def test_bad_row_writes_nothing(store: ResultsStore) -> None:
         rows["curves"].append({"variant": "sketch", "stepp": 3, "metric": "acc_at_1", "value": 1.0})
         with pytest.raises(ValueError, match="curves row 20"):
             store.record_results(run_id, **rows)
-        # A database-side failure (duplicate key) mid-insert also rolls back everything.
+        # A repeated key is refused with the whole batch, naming the row.
         duplicate = _evaluation_rows(wm_b=1.0)
         duplicate["curves"] = duplicate["curves"] + duplicate["curves"][:1]
-        with pytest.raises(duckdb.ConstraintException):
+        with pytest.raises(ValueError, match="curves row 20 repeats"):
             store.record_results(run_id, **duplicate)
+        store.record_results(run_id, **_evaluation_rows(wm_b=1.0))
+        # Nothing reaches the file before the run finishes.
         assert store.query("SELECT count(*) FROM metrics")[0][0] == 0
-        assert store.query("SELECT count(*) FROM artifacts")[0][0] == 0
+    expected = {table: len(rows) for table, rows in _evaluation_rows(wm_b=1.0).items()}
+    for table, count in expected.items():
+        assert store.query(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id])[0][0] == count, table
 
 
 def test_crash_leaves_failed_run_and_no_results(store: ResultsStore) -> None:
@@ -118,8 +123,50 @@ def test_crash_leaves_failed_run_and_no_results(store: ResultsStore) -> None:
     ]
     for table in ("metrics", "curves", "artifacts", "latest_metrics", "early_stage_by_variant"):
         assert store.query(f"SELECT count(*) FROM {table}")[0][0] == 0, table
-    with pytest.raises(ValueError, match="is failed"):
+    with pytest.raises(ValueError, match="is not open in this store"):
         store.record_results(run_id, **_evaluation_rows(wm_b=5.0))
+
+
+def test_a_final_write_the_reader_blocks_leaves_no_results_and_is_reconciled(tmp_path: Path) -> None:
+    """An analyst holding the file past the writer's patience: the run's results never appear
+    beside a `running` row, and once that process is gone the next run marks it failed."""
+    path = tmp_path / "results.duckdb"
+    code = textwrap.dedent(f"""
+        import sys
+        from storage.results import ResultsStore
+        store = ResultsStore({str(path)!r}, lock_timeout_s=0.5)
+        with store.run("evaluate", run_id="blocked") as run_id:
+            row = {{"split": "test", "variant": "sketch", "name": "m_at_B", "value": 1.0}}
+            store.record_results(run_id, metrics=[row])
+            print("recorded", flush=True)
+            sys.stdin.readline()  # the test opens a reader here
+    """)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert writer.stdout.readline().strip() == "recorded"
+    reader = _hold_read_only(path, seconds=30)
+    try:
+        writer.stdin.write("\n")
+        writer.stdin.flush()
+        _, err = writer.communicate(timeout=60)
+    finally:
+        reader.kill()
+        reader.wait()
+    assert writer.returncode != 0 and "ResultsStoreLocked" in err and "could not be marked failed either" in err
+
+    store = ResultsStore(path)
+    assert store.query("SELECT status FROM runs WHERE run_id = 'blocked'") == [("running",)]
+    assert store.query("SELECT count(*) FROM metrics")[0][0] == 0
+    store.start_run("evaluate")  # the next writer reconciles the dead process's run
+    status, error = store.query("SELECT status, error FROM runs WHERE run_id = 'blocked'")[0]
+    assert status == "failed" and "ended without finishing it" in error
+
+
+def test_a_running_run_of_a_live_process_is_left_alone(store: ResultsStore) -> None:
+    first = store.start_run("clean")
+    store.start_run("evaluate")
+    assert store.query("SELECT status FROM runs WHERE run_id = ?", [first]) == [("running",)]
 
 
 def _hold_read_only(path: Path, seconds: float) -> subprocess.Popen:
