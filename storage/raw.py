@@ -183,6 +183,17 @@ class MetadataFiles:
         columns["input_row"] = pa.array(np.arange(lo, hi, dtype=np.int64))
         return pa.table(columns)
 
+    def check_readable(self) -> None:
+        """Decode every row group of every file once (a row group at a time), so a corrupt page
+        stops planning with its file and row group instead of a later shard's write."""
+        for path in self.files:
+            parquet = pq.ParquetFile(path)
+            for group in range(parquet.metadata.num_row_groups):
+                try:
+                    parquet.read_row_group(group)
+                except Exception as err:  # pyarrow raises OSError, ArrowInvalid, thrift errors...
+                    raise MetadataError(f"{path}: {_row_group_text(parquet, group)} cannot be read ({err})") from err
+
     def duplicate_rows(self) -> dict[int, tuple[str, int]]:
         """Global row -> (file, row) of the first row with the same SAMPLE_ID, for every later duplicate."""
         ids = np.concatenate([_sample_ids(path) for path in self.files]) if self.files else np.array([], np.int64)
@@ -273,9 +284,19 @@ def _read_row_range(path: Path, lo: int, hi: int) -> pa.Table:
         offset += n
     if not groups:
         return parquet.schema_arrow.empty_table()
-    table = parquet.read_row_groups(groups)
+    try:
+        table = parquet.read_row_groups(groups)
+    except Exception as err:  # pyarrow raises OSError, ArrowInvalid, thrift errors...
+        where = ", ".join(_row_group_text(parquet, g) for g in groups)
+        raise MetadataError(f"{path}: {where} cannot be read ({err})") from err
     assert first is not None  # set with the first group
     return table.slice(lo - first, hi - lo)
+
+
+def _row_group_text(parquet: pq.ParquetFile, group: int) -> str:
+    first = sum(parquet.metadata.row_group(g).num_rows for g in range(group))
+    last = first + parquet.metadata.row_group(group).num_rows - 1
+    return f"row group {group} (rows {first}-{last})"
 
 
 def _sample_ids(path: Path) -> np.ndarray:

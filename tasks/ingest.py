@@ -74,7 +74,10 @@ def build_plan(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestPl
             f"or shard size), e.g. {foreign[0].name}; use another --data-root or remove {raw_dir}"
         )
     pending = [spec for spec in shards if not shard_is_complete(raw_dir, spec, fingerprint)]
-    # Duplicate ids need every SAMPLE_ID; skip that scan when nothing is left to write.
+    # Every page is decoded and every SAMPLE_ID compared up front (skipped when nothing is left
+    # to write): a corrupt row group stops the plan, not the run after some shards.
+    if pending:
+        metadata.check_readable()
     duplicates = metadata.duplicate_rows() if pending else {}
     corpus = (
         {"rows": config.rows, "identities": config.identities, "seed": config.seed}

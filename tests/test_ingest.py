@@ -348,6 +348,22 @@ def test_bad_metadata_fails_before_any_shard(tmp_path: Path, prefect_harness):
     assert list_shards(config.paths.raw_dir) == []
 
 
+def test_a_corrupt_page_in_a_later_row_group_stops_planning_naming_file_and_row_group(tmp_path: Path, prefect_harness):
+    from flows.ingest import ingest_flow
+
+    meta = tmp_path / "m.parquet"
+    pq.write_table(laion_table(list(range(1, 7))), meta, row_group_size=2, compression="none")
+    # Overwrite the TEXT column's first page header in row group 2 (rows 4-5); the footer stays whole.
+    chunk = pq.ParquetFile(meta).metadata.row_group(2).column(laion_table([1]).column_names.index("TEXT"))
+    data = bytearray(meta.read_bytes())
+    data[chunk.data_page_offset : chunk.data_page_offset + 16] = b"\xff" * 16
+    meta.write_bytes(bytes(data))
+    config = folder_config(tmp_path, [meta], image_folder(tmp_path / "images", list(range(1, 7))), shard_size=2)
+    with pytest.raises(MetadataError, match=r"m\.parquet: row group 2 \(rows 4-5\) cannot be read"):
+        ingest_flow(config)
+    assert list_shards(config.paths.raw_dir) == []  # planning stopped it, not shard 2's write
+
+
 def test_cli_help_documents_every_ingest_flag():
     from flows.cli import build_parser
 
