@@ -77,3 +77,23 @@ def stat_fingerprint(files: Iterable[Path], settings: str = "") -> str:
         stat = os.stat(path)
         digest.update(f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def tree_fingerprint(root: Path) -> str:
+    """Hash of every entry under ``root`` (relative name, size, modification time; links not
+    followed), or of ``root`` itself when it is a file: changes when anything is added, removed
+    or replaced, without reading a byte of content."""
+    root = Path(root)
+    if not root.exists():
+        return "absent"  # the reader of the images names the missing path
+    digest = hashlib.sha256()
+    if root.is_dir():
+        names = sorted(
+            os.path.relpath(os.path.join(folder, name), root) for folder, _, files in os.walk(root) for name in files
+        )
+    else:
+        names = ["."]
+    for name in names:
+        info = os.lstat(root / name)
+        digest.update(f"{name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 
+from fvlp_core.digest import file_digest
 from storage.shards import list_shards, read_manifest, shard_index, shard_path, write_manifest, write_shard
 
 REQUIRED_COLUMNS: dict[str, pa.DataType] = {
@@ -213,8 +214,10 @@ class MetadataFiles:
         return str(self.files[i]), global_row - self._offsets[i]
 
     def fingerprint(self, **plan: Any) -> str:
-        """Identity of an ingest plan: the inputs (resolved path, rows, bytes) plus ``plan`` settings."""
-        inputs = [(str(p.resolve()), n, p.stat().st_size) for p, n in zip(self.files, self.row_counts)]
+        """Identity of an ingest plan: the inputs (resolved path, rows, content digest) plus
+        ``plan`` settings. The digest, not the size, so a file replaced by another of the same
+        size between an interrupted run and its rerun is a different plan."""
+        inputs = [(str(p.resolve()), n, file_digest(p)) for p, n in zip(self.files, self.row_counts)]
         blob = json.dumps({"inputs": inputs, **plan}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

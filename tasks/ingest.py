@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from fvlp_core.config import IngestConfig
 from fvlp_core.corpus import EmbeddedCorpus
 from fvlp_core.fetch import Fetcher, FetchRequest, FetchResult
+from storage.files import tree_fingerprint
 from storage.raw import (
     MetadataFiles,
     ShardSpec,
@@ -64,7 +65,9 @@ def build_plan(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestPl
     """Validate the metadata, cut it into shards and find which shards still need writing."""
     metadata = open_metadata(metadata_paths)
     raw_dir = config.paths.raw_dir
-    images = str(config.images.resolve()) if config.images else None
+    # Where the images are and what is there: images added to a folder, or a tar replaced,
+    # between an interrupted run and its rerun make a different plan.
+    images = f"{config.images.resolve()}:{tree_fingerprint(config.images)}" if config.images else None
     fingerprint = metadata.fingerprint(shard_size=config.shard_size, source=config.source, images=images)
     shards = plan_shards(metadata.total_rows, config.shard_size)
     foreign = foreign_shards(raw_dir, fingerprint, len(shards))

@@ -322,6 +322,60 @@ def test_rerun_with_a_different_plan_is_refused(tmp_path: Path, prefect_harness)
         ingest_flow(folder_config(tmp_path, [meta], images, shard_size=3))
 
 
+def _interrupted_ingest(tmp_path: Path, ids: list[int], images: Path, meta: Path, monkeypatch) -> IngestConfig:
+    """An ingest killed after its first shard (shard size 2)."""
+    import storage.shards
+    from flows.ingest import ingest_flow
+
+    config = folder_config(tmp_path, [meta], images, shard_size=2)
+    real_write_table = pq.write_table
+    calls = {"n": 0}
+
+    def dying_write_table(table, where, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_write_table(table, where, **kwargs)
+
+    monkeypatch.setattr(storage.shards.pq, "write_table", dying_write_table)
+    with pytest.raises(BaseException, match="simulated crash"):
+        ingest_flow(config)
+    monkeypatch.setattr(storage.shards.pq, "write_table", real_write_table)
+    assert len(list_shards(config.paths.raw_dir)) == 1
+    return config
+
+
+def test_metadata_replaced_by_a_file_of_the_same_size_is_not_mixed_on_resume(
+    tmp_path: Path, prefect_harness, monkeypatch: pytest.MonkeyPatch
+):
+    from flows.ingest import ingest_flow
+
+    ids = list(range(1, 7))
+    meta = tmp_path / "m.parquet"
+    pq.write_table(laion_table(ids), meta, compression="none")
+    config = _interrupted_ingest(tmp_path, ids, image_folder(tmp_path / "images", ids), meta, monkeypatch)
+    size = meta.stat().st_size
+    # Same ids, same byte count, other captions (reversed order): a different input.
+    pq.write_table(laion_table(ids, TEXT=[f"a photo of person {i}" for i in reversed(ids)]), meta, compression="none")
+    assert meta.stat().st_size == size
+    with pytest.raises(RuntimeError, match="already holds shards from a different ingest"):
+        ingest_flow(config)
+
+
+def test_images_added_to_the_folder_after_an_interruption_are_not_mixed_on_resume(
+    tmp_path: Path, prefect_harness, monkeypatch: pytest.MonkeyPatch
+):
+    from flows.ingest import ingest_flow
+
+    ids = list(range(1, 7))
+    meta = write(laion_table(ids), tmp_path / "m.parquet")
+    images = image_folder(tmp_path / "images", ids[:4])  # 5 and 6 not there yet
+    config = _interrupted_ingest(tmp_path, ids, images, meta, monkeypatch)
+    image_folder(images, ids[4:])
+    with pytest.raises(RuntimeError, match="already holds shards from a different ingest"):
+        ingest_flow(config)
+
+
 def test_tar_source_with_path_traversal(tmp_path: Path, prefect_harness):
     from flows.ingest import ingest_flow
 
