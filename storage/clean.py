@@ -5,11 +5,17 @@ expensive step measured: detector output, the face crop, caption statistics. Its
 Parquet metadata records the raw shard's fingerprint and the measurement versions,
 so a re-run knows which shards (and which half: image or caption) are still valid.
 ``clean_dir/decisions/`` and ``clean_dir/faces/`` follow docs/architecture.md.
+
+Generations. Every clean run writes all its decisions and faces shards tagged with one new
+generation id (Parquet key-value metadata) and publishes the manifest, carrying that id,
+last. Readers take only shards of the manifest's generation: after a run killed half-way
+(some shards new, the manifest old) they refuse the mixed output instead of training on it.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +28,6 @@ from storage.files import stat_fingerprint
 from storage.shards import (
     DatasetError,
     list_shards,
-    read_dataset,
     read_manifest,
     read_shard,
     shard_index,
@@ -150,14 +155,48 @@ def measured_crops(path: Path, wanted: set[int]) -> dict[int, bytes]:
     }
 
 
-def write_decisions(columns: dict[str, list], clean_dir: Path, index: int) -> Path:
-    """One decisions shard from ``DECISION_SCHEMA``'s columns."""
-    return write_shard(pa.table(columns, schema=DECISION_SCHEMA), shard_path(Path(clean_dir) / DECISIONS, index))
+GENERATION_KEY = b"fvlp_clean_generation"
 
 
-def write_faces(columns: dict[str, list], clean_dir: Path, index: int) -> Path:
-    """One faces shard from ``FACE_SCHEMA``'s columns."""
-    return write_shard(pa.table(columns, schema=FACE_SCHEMA), shard_path(faces_dir(clean_dir), index))
+def new_generation() -> str:
+    return uuid.uuid4().hex
+
+
+def _tagged(columns: dict[str, list], schema: pa.Schema, generation: str) -> pa.Table:
+    return pa.table(columns, schema=schema.with_metadata({GENERATION_KEY: generation.encode()}))
+
+
+def write_decisions(columns: dict[str, list], clean_dir: Path, index: int, generation: str) -> Path:
+    """One decisions shard from ``DECISION_SCHEMA``'s columns, of clean run ``generation``."""
+    table = _tagged(columns, DECISION_SCHEMA, generation)
+    return write_shard(table, shard_path(Path(clean_dir) / DECISIONS, index))
+
+
+def write_faces(columns: dict[str, list], clean_dir: Path, index: int, generation: str) -> Path:
+    """One faces shard from ``FACE_SCHEMA``'s columns, of clean run ``generation``."""
+    return write_shard(_tagged(columns, FACE_SCHEMA, generation), shard_path(faces_dir(clean_dir), index))
+
+
+def shard_generation(path: Path) -> str | None:
+    metadata = pq.read_schema(path).metadata or {}
+    value = metadata.get(GENERATION_KEY)
+    return value.decode() if value is not None else None
+
+
+def published_shards(clean_dir: Path, sub: str) -> list[Path]:
+    """The ``sub`` (decisions or faces) shards, all of the published generation; a shard of
+    another generation (a clean run that did not finish) is an error naming it."""
+    shards = list_shards(Path(clean_dir) / sub)
+    generation = read_clean_manifest(clean_dir).get("generation")
+    for path in shards:
+        found = shard_generation(path)
+        if found != generation:
+            raise DatasetError(
+                f"{path} belongs to clean run generation {found}, but {Path(clean_dir) / DECISIONS} "
+                f"publishes {generation}: a clean run stopped half-way and the output is mixed; "
+                "rerun `fvlp clean` to finish it"
+            )
+    return shards
 
 
 def remove_stale_shards(clean_dir: Path, keep: set[int]) -> None:
@@ -178,7 +217,10 @@ def read_clean_manifest(clean_dir: Path) -> dict:
 
 
 def read_decisions(clean_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    return read_dataset(Path(clean_dir) / DECISIONS, columns)
+    shards = published_shards(clean_dir, DECISIONS)
+    if not shards:
+        raise FileNotFoundError(f"no shards in {Path(clean_dir) / DECISIONS}")
+    return pa.concat_tables([read_shard(p, columns) for p in shards], promote_options="default")
 
 
 def faces_dir(clean_dir: Path) -> Path:
@@ -186,7 +228,7 @@ def faces_dir(clean_dir: Path) -> Path:
 
 
 def face_shards(clean_dir: Path) -> list[Path]:
-    shards = list_shards(faces_dir(clean_dir))
+    shards = published_shards(clean_dir, FACES)
     if not shards:
         raise FileNotFoundError(f"no face shards in {faces_dir(clean_dir)}: run the clean stage first")
     return shards

@@ -45,6 +45,7 @@ from storage.clean import (
     MEASUREMENT_SCHEMA,
     measured_crops,
     measurement_path,
+    new_generation,
     read_clean_manifest,
     read_decisions,
     read_ground_truth_if_any,
@@ -55,7 +56,7 @@ from storage.clean import (
     write_faces,
 )
 from storage.raw import read_raw_manifest
-from storage.shards import list_shards, shard_index, shard_rows
+from storage.shards import DatasetError, list_shards, shard_index, shard_rows
 from tasks.clean_worker import measure_settings, measure_shard
 
 
@@ -181,6 +182,8 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
         changed = int((merged["kept"] != merged["kept_before"]).sum())
 
     attributes = _attributes_for_kept(config, measurements, jobs)
+    # All shards of this run carry one generation; the manifest written last publishes it.
+    generation = new_generation()
     per_shard = []
     for job in jobs:
         rows = measurements[measurements["shard"] == job.index]
@@ -192,9 +195,9 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
             "measurements": rows["measurements"].tolist(),
             "rule_version": [version] * len(rows),
         }
-        write_decisions(decisions, config.paths.clean_dir, job.index)
+        write_decisions(decisions, config.paths.clean_dir, job.index, generation)
         kept_rows = rows[rows["kept"]]
-        write_faces(_face_columns(job, kept_rows, attributes, config), config.paths.clean_dir, job.index)
+        write_faces(_face_columns(job, kept_rows, attributes, config), config.paths.clean_dir, job.index, generation)
         kept = int(kept_rows.shape[0])
         raw_rows = shard_rows(job.raw_path)
         if len(rows) != raw_rows:
@@ -207,6 +210,7 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
     write_clean_manifest(
         config.paths.clean_dir,
         {
+            "generation": generation,
             "rule_versions": versions,
             "rule_version": version,
             "measurement_versions": settings.versions,
@@ -238,9 +242,10 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
 
 
 def _previous_decisions(config: CleanConfig) -> pd.DataFrame | None:
+    """The published decisions, or None: none yet, or a mix left by a run that stopped."""
     try:
         return read_decisions(config.paths.clean_dir, ["raw_shard", "SAMPLE_ID", "kept"]).to_pandas()
-    except FileNotFoundError:
+    except (FileNotFoundError, DatasetError):
         return None
 
 

@@ -162,3 +162,38 @@ def test_flow_runs_on_an_existing_cluster_given_by_address(tmp_path, prefect_har
         # The shards were measured by this cluster, not by a LocalCluster of the flow's own.
         assert "measure_shard" in cluster.scheduler.task_prefixes
     assert (result["input_rows"], result["kept"], result["rejected"]) == (3, 1, 2)
+
+
+@pytest.mark.slow
+def test_a_re_clean_killed_half_way_is_refused_until_a_run_finishes(cleaned, monkeypatch):
+    """Killed after its first new faces shard: decisions and faces of two runs sit side by side
+    with the old manifest; every reader refuses the mix, and the next clean run repairs it."""
+    import tasks.clean
+    from flows.clean import clean_flow
+    from storage.clean import face_shards
+    from storage.shards import DatasetError
+
+    config, _, input_rows = cleaned
+    stricter = config.model_copy(update={"min_caption_words": 4})
+    real_write_faces = tasks.clean.write_faces
+    calls = {"n": 0}
+
+    def dying_write_faces(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed after the first new faces shard")
+        return real_write_faces(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.clean, "write_faces", dying_write_faces)
+    with pytest.raises(BaseException, match="killed after the first new faces shard"):
+        clean_flow(stricter)
+    monkeypatch.setattr(tasks.clean, "write_faces", real_write_faces)
+
+    for read in (lambda: read_decisions(config.paths.clean_dir), lambda: face_shards(config.paths.clean_dir)):
+        with pytest.raises(DatasetError, match="stopped half-way and the output is mixed"):
+            read()
+
+    done = clean_flow(stricter)
+    decisions = read_decisions(config.paths.clean_dir).to_pandas()
+    assert len(decisions) == input_rows and decisions["rule_version"].nunique() == 1
+    assert int(decisions["kept"].sum()) == done["kept"] == len(read_faces(config.paths.clean_dir))
