@@ -71,7 +71,9 @@ class HttpFetchConfig(StrictModel):
     backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles on every further retry")
     max_redirects: int = Field(5, ge=0, description="Redirect hops followed (each hop re-checked)")
     allow_private_addresses: bool = Field(
-        False, description="Allow URLs resolving to loopback/private/link-local addresses (local testing only)"
+        False,
+        description="Allow URLs resolving to loopback/private/link-local addresses, and so redirects to them from "
+        "any host (local testing only)",
     )
     user_agent: str = Field("fvlp-ingest/0.1", description="User-Agent header sent with every request")
 

@@ -266,8 +266,14 @@ class TarFetcher:
         self.max_bytes = max_bytes
         self.archive = tarfile.open(self.tar_path, "r:*")
         members, self.damage = _readable_members(self.archive, self.tar_path)
-        by_name = {m.name: m for m in members}
-        self.index = {sid: [by_name[n] for n in names] for sid, names in image_files_by_id(list(by_name)).items()}
+        # A name repeated in the archive counts once per copy: like two names for one SAMPLE_ID,
+        # it is ambiguous (tar extraction would silently keep the last copy).
+        by_name: dict[str, list[tarfile.TarInfo]] = {}
+        for member in members:
+            by_name.setdefault(member.name, []).append(member)
+        self.index = {
+            sid: [m for name in names for m in by_name[name]] for sid, names in image_files_by_id(list(by_name)).items()
+        }
         self._lock = threading.Lock()  # a TarFile is one file position: one reader at a time
 
     def fetch(self, requests: Sequence[FetchRequest]) -> list[FetchResult]:

@@ -38,7 +38,12 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     Rule("undecodable_image", "image", (), "missing, empty, corrupt or truncated image bytes"),
-    Rule("image_too_large", "image", ("max_image_pixels",), "header declares too many pixels (decompression bomb)"),
+    Rule(
+        "image_too_large",
+        "image",
+        ("max_image_pixels",),
+        "header declares too many pixels (decompression bomb), or ingest refused the file as too large",
+    ),
     Rule("image_too_small", "image", ("min_image_side",), "shorter side below min_image_side"),
     Rule("extreme_aspect_ratio", "image", ("max_aspect_ratio",), "longer/shorter side above max_aspect_ratio"),
     Rule("no_face", "image", ("detector_min_score",), "no face detected"),

@@ -112,7 +112,8 @@ def _measure_images(raw: pa.Table, settings: MeasureSettings) -> dict[str, list]
     for data, status, error in zip(raw.column("image").to_pylist(), statuses, errors):
         if data is None and status != "ok":
             row = empty_measurement()
-            row["image_error_rule"] = "undecodable_image"
+            # Ingest refuses bombs and over-cap files unread as too_large: the same rule as a bomb found here.
+            row["image_error_rule"] = "image_too_large" if status == "too_large" else "undecodable_image"
             row["image_error"] = f"not fetched ({status}: {error})" if error else f"not fetched ({status})"
         else:
             row = measure_image(data, detector, settings.image)

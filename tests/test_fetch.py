@@ -148,6 +148,21 @@ def _noise_png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
+def test_a_repeated_member_name_is_ambiguous_like_two_names_for_one_id(tmp_path: Path):
+    tar_path = tmp_path / "images.tar"
+    with tarfile.open(tar_path, "w") as archive:
+        add_member(archive, "1.png", png_bytes())
+        add_member(archive, "1.png", png_bytes())  # same name again: extraction would keep this one
+        add_member(archive, "2.png", png_bytes())
+        add_member(archive, "a/2.jpg", png_bytes())
+    fetcher = TarFetcher(tar_path, max_bytes=10_000)
+    first, second = fetcher.fetch([FetchRequest(1), FetchRequest(2)])
+    fetcher.close()
+    assert (first.status, second.status) == ("error", "error")
+    assert first.error == "several images for SAMPLE_ID 1: 1.png, 1.png"
+    assert second.error == "several images for SAMPLE_ID 2: 2.png, a/2.jpg"
+
+
 def test_tar_fetcher_caps_member_size_before_reading(tmp_path: Path):
     tar_path = tmp_path / "images.tar"
     with tarfile.open(tar_path, "w") as archive:
