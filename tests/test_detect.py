@@ -166,3 +166,26 @@ def test_insightface_backend_matches_the_offline_detector_on_real_photos(scrfd_m
     portrait = insight.detect(decode_rgb(PORTRAIT.read_bytes(), MAX_PIXELS))
     assert len(portrait) == 1 and portrait.landmarks.shape == (1, 5, 2)
     assert DetectorSpec("insightface", model_path=str(scrfd_model)).identity != DetectorSpec("retinaface").identity
+
+
+def test_16_bit_greyscale_converts_in_integers_without_float_copies():
+    """A 16-bit PNG scan is scaled to 8 bits exactly (x / 257) with a peak of a few bytes per
+    pixel; float64 copies cost 8 bytes per pixel each (1.1 GB for a 6300 x 6300 scan)."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from fvlp_core.detection.images import to_rgb_array
+
+    ramp = (np.arange(1000 * 1000, dtype=np.uint32) % 65536).astype(np.uint16).reshape(1000, 1000)
+    image = Image.fromarray(ramp)
+    assert image.mode.startswith("I;16")
+    tracemalloc.start()
+    try:
+        rgb = to_rgb_array(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rgb.dtype == np.uint8 and rgb.shape == (1000, 1000, 3)
+    assert np.array_equal(rgb[..., 0], (ramp // 257).astype(np.uint8))
+    assert peak < 9 * ramp.size, f"{peak / ramp.size:.1f} bytes per pixel"

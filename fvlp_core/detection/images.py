@@ -73,16 +73,19 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     """Any PIL mode as 8-bit RGB; transparency is composited onto white."""
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16/32-bit greyscale: scale the used range down to 8 bits instead of clipping.
-        pixels = np.asarray(image, dtype=np.float64)
-        top = pixels.max() if pixels.size else 0.0
-        scale = 255.0 / 65535.0 if top > 255 else 1.0
-        grey = np.clip(pixels * scale, 0, 255).astype(np.uint8)
+        # 16/32-bit greyscale: scale the used range down to 8 bits instead of clipping, in
+        # integers (x * 255 / 65535 == x / 257): a float64 copy of a 40-megapixel scan is 320 MB.
+        pixels = np.asarray(image)
+        if pixels.dtype != np.uint16:
+            pixels = np.clip(pixels, 0, 65535).astype(np.uint16)
+        top = int(pixels.max()) if pixels.size else 0
+        grey = (pixels // 257 if top > 255 else pixels).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if mode == "F":
-        pixels = np.asarray(image, dtype=np.float64)
-        span = float(np.ptp(pixels)) or 1.0
-        grey = ((pixels - pixels.min()) / span * 255).astype(np.uint8)
+        pixels = np.asarray(image, dtype=np.float32)
+        low = float(pixels.min()) if pixels.size else 0.0
+        span = (float(pixels.max()) - low if pixels.size else 0.0) or 1.0
+        grey = ((pixels - low) * np.float32(255 / span)).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if mode == "P":
         image = image.convert("RGBA")
