@@ -17,15 +17,19 @@ same order), and ``close()``. No row is ever dropped: every failure becomes a
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import http.client
 import io
 import ipaddress
+import lzma
 import multiprocessing
 import os
 import socket
 import ssl
 import stat
 import tarfile
+import tempfile
 import threading
 import time
 import warnings
@@ -34,7 +38,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import quote, urljoin, urlsplit
 
 from PIL import Image
@@ -252,11 +256,42 @@ def _readable_members(archive: tarfile.TarFile, tar_path: Path) -> tuple[list[ta
     return members, None
 
 
+# Magic bytes of the compressions tarfile reads, and how to stream each.
+_DECOMPRESSORS: tuple[tuple[bytes, Any], ...] = (
+    (b"\x1f\x8b", gzip.open),
+    (b"BZh", bz2.open),
+    (b"\xfd7zXZ\x00", lzma.open),
+)
+
+
+def _seekable_archive(tar_path: Path) -> tuple[tarfile.TarFile, IO[bytes] | None, str | None]:
+    """The archive opened for random access. A compressed tar is decompressed once into an
+    anonymous temp file (deleted on close): reading members out of archive order would
+    otherwise re-decode from the start at every backwards step (quadratic). Returns the
+    archive, the temp file (or None) and what cut the decompression short (or None)."""
+    with open(tar_path, "rb") as handle:
+        head = handle.read(6)
+    for magic, open_stream in _DECOMPRESSORS:
+        if head.startswith(magic):
+            spool = tempfile.TemporaryFile()
+            damage = None
+            try:
+                with open_stream(tar_path, "rb") as stream:
+                    # read1: each call returns what one step decompressed, so a break keeps all before it.
+                    while chunk := stream.read1(1 << 20):
+                        spool.write(chunk)
+            except TAR_DAMAGE as err:  # keep what decompressed: the members before the break
+                damage = f"{tar_path} is truncated or corrupt ({err})"
+            spool.seek(0)
+            return tarfile.open(fileobj=spool, mode="r:"), spool, damage
+    return tarfile.open(tar_path, "r:"), None, None
+
+
 class TarFetcher:
     """Members named ``<SAMPLE_ID>.<ext>`` of a (possibly compressed) tar, read without extracting.
 
-    Uncompressed tars read in any order at seek speed; compressed ones are re-decoded from
-    the start when a request goes backwards, so keep metadata in archive order for those.
+    Any order reads at seek speed: a compressed tar is decompressed once into a temp file
+    (as much disk as the uncompressed archive, freed on close).
     """
 
     def __init__(self, tar_path: Path, max_bytes: int):
@@ -264,8 +299,9 @@ class TarFetcher:
         if not self.tar_path.is_file():
             raise FileNotFoundError(f"image tar not found: {self.tar_path}")
         self.max_bytes = max_bytes
-        self.archive = tarfile.open(self.tar_path, "r:*")
+        self.archive, self._spool, spool_damage = _seekable_archive(self.tar_path)
         members, self.damage = _readable_members(self.archive, self.tar_path)
+        self.damage = self.damage or spool_damage
         # A name repeated in the archive counts once per copy: like two names for one SAMPLE_ID,
         # it is ambiguous (tar extraction would silently keep the last copy).
         by_name: dict[str, list[tarfile.TarInfo]] = {}
@@ -304,6 +340,8 @@ class TarFetcher:
 
     def close(self) -> None:
         self.archive.close()
+        if self._spool is not None:
+            self._spool.close()
 
 
 # ----------------------------------------------------------------------------- HTTP

@@ -163,6 +163,25 @@ def test_a_repeated_member_name_is_ambiguous_like_two_names_for_one_id(tmp_path:
     assert second.error == "several images for SAMPLE_ID 2: 2.png, a/2.jpg"
 
 
+def test_a_compressed_tar_read_backwards_is_decompressed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Metadata rarely follows archive order; seeking back in a gzip stream re-decodes it from
+    the start each time (quadratic), so the archive is decompressed once into a temp file."""
+    import gzip
+
+    tar_path = tmp_path / "images.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as archive:
+        for i in range(1, 6):
+            add_member(archive, f"{i}.png", png_bytes())
+    seeks = []
+    real_seek = gzip.GzipFile.seek
+    monkeypatch.setattr(gzip.GzipFile, "seek", lambda self, *a, **k: seeks.append(a) or real_seek(self, *a, **k))
+    fetcher = TarFetcher(tar_path, max_bytes=10_000)
+    results = fetcher.fetch([FetchRequest(i) for i in range(5, 0, -1)])
+    fetcher.close()
+    assert statuses(results) == ["ok"] * 5
+    assert seeks == []
+
+
 def test_tar_fetcher_caps_member_size_before_reading(tmp_path: Path):
     tar_path = tmp_path / "images.tar"
     with tarfile.open(tar_path, "w") as archive:
