@@ -189,3 +189,23 @@ def test_16_bit_greyscale_converts_in_integers_without_float_copies():
     assert rgb.dtype == np.uint8 and rgb.shape == (1000, 1000, 3)
     assert np.array_equal(rgb[..., 0], (ramp // 257).astype(np.uint8))
     assert peak < 9 * ramp.size, f"{peak / ramp.size:.1f} bytes per pixel"
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding():
+    """5,000 scans in a small progressive JPEG cost a decode pass each (17 s for 191 KB)."""
+    import io
+
+    from PIL import Image
+
+    from fvlp_core.detection.images import ImageRejected, decode_rgb
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 120, 80)).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    # Repeat the last scan (from its marker to the end-of-image marker) thousands of times.
+    last_scan = data.rindex(b"\xff\xda")
+    hostile = data[:last_scan] + data[last_scan:-2] * 5000 + b"\xff\xd9"
+    with pytest.raises(ImageRejected) as caught:
+        decode_rgb(hostile, max_pixels=40_000_000)
+    assert caught.value.rule == "undecodable_image" and "scans (limit 100)" in caught.value.message
+    assert decode_rgb(data, max_pixels=40_000_000).shape == (64, 64, 3)  # an ordinary progressive JPEG

@@ -32,6 +32,20 @@ class ImageRejected(Exception):
         return f"{self.rule}: {self.message}"
 
 
+# A progressive JPEG has about 10 scans; each further one costs a pass over the whole image,
+# so a small file with thousands of empty scans takes seconds to minutes to decode.
+MAX_JPEG_SCANS = 100
+_START_OF_SCAN = b"\xff\xda"  # entropy-coded data stuffs 0xFF with 0x00: this is only ever a marker
+
+
+def _check_scan_count(data: bytes) -> None:
+    scans = data.count(_START_OF_SCAN)
+    if scans > MAX_JPEG_SCANS:
+        raise ImageRejected(
+            "undecodable_image", "too_many_scans", f"JPEG with {scans} scans (limit {MAX_JPEG_SCANS}): decode refused"
+        )
+
+
 def decode_rgb(data: bytes | None, max_pixels: int) -> np.ndarray:
     """``data`` as an ``(H, W, 3)`` uint8 RGB array, or :class:`ImageRejected`.
 
@@ -52,6 +66,8 @@ def decode_rgb(data: bytes | None, max_pixels: int) -> np.ndarray:
                         width * height,
                         f"header declares {width}x{height} pixels (limit {max_pixels})",
                     )
+                if image.format == "JPEG":
+                    _check_scan_count(data)
                 image.seek(0)  # animated GIF/WebP/APNG: the first frame
                 image.load()
                 return to_rgb_array(image)
