@@ -83,7 +83,7 @@ def write_face_pairs(clean_dir: Path, rows: int, seed: int = 0) -> None:
     import numpy as np
 
     from fvlp_core.png import encode_png
-    from storage.clean import write_faces
+    from storage.clean import new_generation, write_clean_manifest, write_faces
 
     rng = np.random.default_rng(seed)
 
@@ -104,7 +104,9 @@ def write_face_pairs(clean_dir: Path, rows: int, seed: int = 0) -> None:
         },
         clean_dir,
         0,
+        generation := new_generation(),
     )
+    write_clean_manifest(clean_dir, {"generation": generation})
 
 
 def test_training_resume_refuses_a_planted_checkpoint(tmp_path: Path):
