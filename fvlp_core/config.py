@@ -194,6 +194,11 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     nproc_per_node: int = Field(1, ge=1, description="torchrun processes per node (1: plain python)")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads per training process (default: the cores this process may use / nproc_per_node)",
+    )
     nnodes: int = Field(1, ge=1, description="torchrun nodes")
     rdzv_endpoint: str | None = Field(None, description="torchrun rendezvous host:port when nnodes > 1")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints")
@@ -260,6 +265,11 @@ class TrainConfig(StrictModel):
         if self.nnodes * self.nproc_per_node > 1 and not self.run_id:
             raise ValueError("multi-process training needs an explicit run_id shared by every node")
         return self
+
+    def threads_per_process(self) -> int:
+        """``threads``, or the cores this process may run on shared by the node's processes."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return self.threads or max(1, cores // self.nproc_per_node)
 
     def architecture(self) -> dict[str, Any]:
         """What :func:`fvlp_core.models.create_model` needs to rebuild this stage's model."""

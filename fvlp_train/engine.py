@@ -66,6 +66,7 @@ def setup_runtime(config: TrainConfig) -> Runtime:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if config.precision == "bf16" and not use_cuda:
         raise RuntimeError("precision=bf16 is for CUDA; use fp32 (or auto) on CPU")
+    torch.set_num_threads(config.threads_per_process())
     bf16 = config.precision == "bf16" or (config.precision == "auto" and use_cuda)
     return Runtime(device, rank, world_size, local_rank, torch.bfloat16 if bf16 else None)
 

@@ -84,6 +84,22 @@ def _relay_stderr(stream: Any, tail: deque[str]) -> None:
         tail.append(pending)
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def training_environment(config: TrainConfig) -> dict[str, str]:
+    """The child's environment: thread counts set from the config, never inherited (an earlier
+    stage in this process, a Dask cluster say, may have left OMP_NUM_THREADS=1 behind), and
+    passive OpenMP waiting (spinning threads starve each other on a shared CPU)."""
+    threads = str(config.threads_per_process())
+    return {
+        "OMP_WAIT_POLICY": "PASSIVE",
+        **os.environ,
+        **dict.fromkeys(THREAD_VARIABLES, threads),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 @task(name="train", cache_policy=NO_CACHE)
 def run_training(stage: str, config: TrainConfig) -> dict[str, Any]:
     """Run (or resume) one training run to completion; returns the child's ``done`` record.
@@ -102,9 +118,9 @@ def run_training(stage: str, config: TrainConfig) -> dict[str, Any]:
     done: dict[str, Any] | None = None
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     errors: deque[str] = deque(maxlen=TAIL_LINES)
-    # Passive OpenMP waiting: spinning threads starve each other on a shared CPU.
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as child:
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=training_environment(config)
+    ) as child:
         assert child.stdout is not None and child.stderr is not None
         relay = threading.Thread(target=_relay_stderr, args=(child.stderr.buffer, errors), daemon=True)
         relay.start()

@@ -245,6 +245,27 @@ def test_unknown_config_keys_are_rejected(tmp_path, capsys):
     assert "learning_rate" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("threads", [3, None])
+def test_a_training_child_takes_its_threads_from_the_config_not_from_a_leaked_environment(monkeypatch, threads):
+    """A Dask LocalCluster created earlier in the same process leaves OMP_NUM_THREADS=1 behind:
+    the training child must not inherit it and run on one core."""
+    from tasks.train import training_environment
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = PretrainConfig(device="cpu", threads=threads)
+    expected = config.threads_per_process()
+    assert expected == (threads or len(os.sched_getaffinity(0)))
+    probe = (
+        "import os, torch; from fvlp_core.config import PretrainConfig; from fvlp_train.engine import setup_runtime; "
+        f"setup_runtime(PretrainConfig(device='cpu', threads={threads})); "
+        "print(os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'], torch.get_num_threads())"
+    )
+    seen = subprocess.run(
+        [sys.executable, "-c", probe], env=training_environment(config), capture_output=True, text=True, check=True
+    )
+    assert seen.stdout.split() == [str(expected)] * 3
+
+
 def test_torchrun_command_for_several_processes(tmp_path):
     config = PretrainConfig(run_id="r", nproc_per_node=4, nnodes=2, rdzv_endpoint="head:29400")
     command = training_command("pretrain", config, tmp_path / "c.json")
