@@ -270,7 +270,6 @@ def test_raw_schema_contract_and_accounting(tmp_path: Path, prefect_harness):
 def test_crash_mid_shard_then_rerun_loses_and_duplicates_nothing(
     tmp_path: Path, prefect_harness, monkeypatch: pytest.MonkeyPatch
 ):
-    import storage.shards
     from flows.ingest import ingest_flow
 
     ids = list(range(1, 15))
@@ -280,20 +279,7 @@ def test_crash_mid_shard_then_rerun_loses_and_duplicates_nothing(
 
     # Die in the middle of writing the third shard: its bytes reach the temp file, the
     # rename never happens. (The first two shards are complete by then.)
-    real_write_table = pq.write_table
-    calls = {"n": 0}
-
-    def dying_write_table(table, where, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            Path(where).write_bytes(b"PAR1 half a shard")
-            raise KeyboardInterrupt("simulated crash")
-        return real_write_table(table, where, **kwargs)
-
-    monkeypatch.setattr(storage.shards.pq, "write_table", dying_write_table)
-    with pytest.raises(BaseException, match="simulated crash"):
-        ingest_flow(config)
-    monkeypatch.setattr(storage.shards.pq, "write_table", real_write_table)
+    _ingest_killed_at_write(config, monkeypatch, 3, leave_half_shard=True)
 
     assert [p.name for p in list_shards(raw_dir)] == ["shard-00000.parquet", "shard-00001.parquet"]
     leftovers = [p.name for p in raw_dir.iterdir() if p.name.startswith(".shard-00002")]
@@ -301,7 +287,7 @@ def test_crash_mid_shard_then_rerun_loses_and_duplicates_nothing(
     assert len(dd.read_parquet(raw_dir)) == 8  # readers never see the half shard
     # A shard truncated under its final name (say, copied by hand) is not "complete" either.
     first = raw_dir / "shard-00001.parquet"
-    real_write_table(pq.read_table(first).slice(0, 2), first)
+    pq.write_table(pq.read_table(first).slice(0, 2), first)
 
     result = ingest_flow(config)
     assert result["written_shards"] == 3  # shards 1 (truncated), 2 and 3
@@ -322,18 +308,20 @@ def test_rerun_with_a_different_plan_is_refused(tmp_path: Path, prefect_harness)
         ingest_flow(folder_config(tmp_path, [meta], images, shard_size=3))
 
 
-def _interrupted_ingest(tmp_path: Path, ids: list[int], images: Path, meta: Path, monkeypatch) -> IngestConfig:
-    """An ingest killed after its first shard (shard size 2)."""
+def _ingest_killed_at_write(config: IngestConfig, monkeypatch, kill_at: int, leave_half_shard: bool = False) -> None:
+    """Run the ingest flow until its ``kill_at``-th Parquet write, which dies (after writing
+    half a shard's bytes to its temp file, with ``leave_half_shard``)."""
     import storage.shards
     from flows.ingest import ingest_flow
 
-    config = folder_config(tmp_path, [meta], images, shard_size=2)
     real_write_table = pq.write_table
     calls = {"n": 0}
 
     def dying_write_table(table, where, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == kill_at:
+            if leave_half_shard:
+                Path(where).write_bytes(b"PAR1 half a shard")
             raise KeyboardInterrupt("simulated crash")
         return real_write_table(table, where, **kwargs)
 
@@ -341,6 +329,12 @@ def _interrupted_ingest(tmp_path: Path, ids: list[int], images: Path, meta: Path
     with pytest.raises(BaseException, match="simulated crash"):
         ingest_flow(config)
     monkeypatch.setattr(storage.shards.pq, "write_table", real_write_table)
+
+
+def _interrupted_ingest(tmp_path: Path, ids: list[int], images: Path, meta: Path, monkeypatch) -> IngestConfig:
+    """An ingest killed after its first shard (shard size 2)."""
+    config = folder_config(tmp_path, [meta], images, shard_size=2)
+    _ingest_killed_at_write(config, monkeypatch, 2)
     assert len(list_shards(config.paths.raw_dir)) == 1
     return config
 
