@@ -236,7 +236,8 @@ class FVLPFusion(nn.Module):
 
         ``groups`` marks identical captions (positives of each other in ITC); ``photo_keys``
         identify photos (the positives in ITSC, also across the queue); ``alpha`` overrides the
-        soft-target weight (the trainer ramps it up over the first epoch).
+        soft-target weight (the trainer ramps it up over the first epoch); ``hardness`` weighs
+        similarity-drawn against uniform ITM negatives.
         """
         alpha = self.alpha if alpha is None else alpha
         batch = photos.shape[0]

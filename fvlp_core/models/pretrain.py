@@ -72,7 +72,8 @@ class FVLPPretrain(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Losses for one batch. ``groups``: equal ids mark pairs with the same caption; ``seed`` drives
         the hard-negative draw so a resumed run samples exactly what an uninterrupted one did;
-        ``alpha`` overrides the soft-target weight (the trainer ramps it up over the first epoch)."""
+        ``alpha`` overrides the soft-target weight (the trainer ramps it up over the first epoch);
+        ``hardness`` weighs similarity-drawn against uniform ITM negatives."""
         alpha = self.alpha if alpha is None else alpha
         image_emb, image_tokens, _ = encode_image_tokens(self.backbone, images)
         text_emb, _ = encode_text_tokens(self.backbone, text)
