@@ -114,30 +114,32 @@ def match_candidates(
 ) -> MatchScores:
     """The reference's re-ranking input: for every caption its top-``k`` photos and for every
     photo its top-``k`` captions by embedding similarity, each pair scored by the ITM head.
-    Patch tokens are computed once per photo; pairs go through the head ``batch_size`` at a time."""
+    Patch tokens are computed once per photo, and a pair both directions nominate is scored
+    once; pairs go through the head ``batch_size`` at a time."""
     similarity = gallery.texts @ gallery.images.T
     t2i_rows = np.argsort(-similarity, axis=1, kind="stable")[:, : min(k, similarity.shape[1])]
     i2t_rows = np.argsort(-similarity.T, axis=1, kind="stable")[:, : min(k, similarity.shape[0])]
     tokens = torch.cat([encoder.encode_image_tokens(list(b)) for b in _batched(list(images), batch_size)])
 
-    def logits(caption_rows: np.ndarray, photo_rows: np.ndarray) -> np.ndarray:
-        flat_captions, flat_photos = caption_rows.ravel(), photo_rows.ravel()
-        parts = [
-            _array(
-                encoder.match_logits(
-                    [gallery.captions[c] for c in flat_captions[start : start + batch_size]],
-                    tokens[flat_photos[start : start + batch_size]],
-                )
+    photos = len(gallery.photo_ids)
+    t2i_captions = np.broadcast_to(np.arange(len(gallery.captions))[:, None], t2i_rows.shape)
+    i2t_photos = np.broadcast_to(np.arange(photos)[:, None], i2t_rows.shape)
+    pair_codes = np.concatenate([(t2i_captions * photos + t2i_rows).ravel(), (i2t_rows * photos + i2t_photos).ravel()])
+    unique, back = np.unique(pair_codes, return_inverse=True)
+    captions_of, photos_of = unique // photos, unique % photos
+    parts = [
+        _array(
+            encoder.match_logits(
+                [gallery.captions[c] for c in captions_of[start : start + batch_size]],
+                tokens[photos_of[start : start + batch_size]],
             )
-            for start in range(0, len(flat_captions), batch_size)
-        ]
-        return np.concatenate(parts).reshape(caption_rows.shape) if parts else np.zeros(caption_rows.shape)
-
-    caption_index = np.arange(len(gallery.captions))[:, None]
-    photo_index = np.arange(len(gallery.photo_ids))[:, None]
+        )
+        for start in range(0, len(unique), batch_size)
+    ]
+    scores = (np.concatenate(parts) if parts else np.zeros(0, np.float32))[back]
     return MatchScores(
-        (t2i_rows, logits(np.broadcast_to(caption_index, t2i_rows.shape), t2i_rows)),
-        (i2t_rows, logits(i2t_rows, np.broadcast_to(photo_index, i2t_rows.shape))),
+        (t2i_rows, scores[: t2i_rows.size].reshape(t2i_rows.shape)),
+        (i2t_rows, scores[t2i_rows.size :].reshape(i2t_rows.shape)),
     )
 
 

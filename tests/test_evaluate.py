@@ -244,3 +244,31 @@ def test_real_photos_get_line_art_episodes(prefect_harness, data_root: Paths, mo
     assert manifest["drawing"] == "line-art" and manifest["skipped"] == {}
     assert manifest["photos"] == sum(manifest["splits"].values())
     assert out["metrics"]["dataset/episodes"] == manifest["splits"]["test"]
+
+
+def test_itm_candidates_score_each_pair_once_and_as_the_head_would_alone() -> None:
+    from fvlp_core.evaluation import embed_gallery, match_candidates
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(6)]
+    captions = [[f"a face {i}"] + ([f"another face {i}"] if i % 2 else []) for i in range(6)]
+    encoder = ThumbnailEncoder()
+    scored: list[int] = []
+    match_logits = encoder.match_logits
+    encoder.match_logits = lambda texts, tokens: scored.append(len(texts)) or match_logits(texts, tokens)
+    gallery = embed_gallery(encoder, [f"p{i}" for i in range(6)], images, captions, batch_size=4)
+    matches = match_candidates(encoder, gallery, images, k=3, batch_size=5)
+
+    tokens = encoder.encode_image_tokens(images)
+    (t2i_rows, t2i_logits), (i2t_rows, i2t_logits) = matches.text_to_image, matches.image_to_text
+    for caption in range(len(gallery.captions)):
+        for slot, photo in enumerate(t2i_rows[caption]):
+            alone = match_logits([gallery.captions[caption]], tokens[[photo]])
+            assert t2i_logits[caption, slot] == pytest.approx(float(alone[0]), rel=1e-6)
+    for photo in range(6):
+        for slot, caption in enumerate(i2t_rows[photo]):
+            alone = match_logits([gallery.captions[caption]], tokens[[photo]])
+            assert i2t_logits[photo, slot] == pytest.approx(float(alone[0]), rel=1e-6)
+    nominated = {(c, int(p)) for c in range(len(gallery.captions)) for p in t2i_rows[c]}
+    nominated |= {(int(c), p) for p in range(6) for c in i2t_rows[p]}
+    assert sum(scored) == len(nominated) < t2i_rows.size + i2t_rows.size
