@@ -30,6 +30,7 @@ from storage.shards import (
     list_shards,
     read_manifest,
     read_shard,
+    read_shards,
     shard_index,
     shard_path,
     write_manifest,
@@ -220,7 +221,7 @@ def read_decisions(clean_dir: Path, columns: list[str] | None = None) -> pa.Tabl
     shards = published_shards(clean_dir, DECISIONS)
     if not shards:
         raise FileNotFoundError(f"no shards in {Path(clean_dir) / DECISIONS}")
-    return pa.concat_tables([read_shard(p, columns) for p in shards], promote_options="default")
+    return read_shards(shards, columns)
 
 
 def faces_dir(clean_dir: Path) -> Path:
@@ -235,7 +236,7 @@ def face_shards(clean_dir: Path) -> list[Path]:
 
 
 def read_faces(clean_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    return pa.concat_tables([read_shard(p, columns) for p in face_shards(clean_dir)])
+    return read_shards(face_shards(clean_dir), columns)
 
 
 FACE_INDEX_COLUMNS = ["SAMPLE_ID", "caption", "det_score", "identity_id"]

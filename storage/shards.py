@@ -58,12 +58,17 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns)
 
 
+def read_shards(shards: list[Path], columns: list[str] | None = None) -> pa.Table:
+    """``shards`` as one table, in the order given."""
+    return pa.concat_tables([read_shard(p, columns) for p in shards], promote_options="default")
+
+
 def read_dataset(dataset_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    """All complete shards of a dataset as one table (empty table if none)."""
+    """All complete shards of a dataset as one table (FileNotFoundError if none)."""
     shards = list_shards(dataset_dir)
     if not shards:
         raise FileNotFoundError(f"no shards in {dataset_dir}")
-    return pa.concat_tables([read_shard(p, columns) for p in shards], promote_options="default")
+    return read_shards(shards, columns)
 
 
 def read_manifest(dataset_dir: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from fvlp_core.models.losses import (
     clamped_logit_scale,
     ema_update,
     enqueue,
+    feature_bank,
     gather_no_grad,
     gather_with_grad,
     positive_targets,
@@ -260,7 +261,7 @@ class FVLPFusion(nn.Module):
                 photo_m, text_m, query_m = self._momentum_features(photos, sketches, text)
                 momentum_all = [gather_no_grad(f) for f in (photo_m, text_m, query_m)]
                 photo_bank, text_bank, query_bank = (
-                    torch.cat([f.T, queue.float()], dim=1)
+                    feature_bank(f, queue)
                     for f, queue in zip(momentum_all, (self.photo_queue, self.text_queue, self.query_queue))
                 )
                 targets = {

@@ -41,13 +41,17 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(F.log_softmax(logits.float(), dim=1) * targets).sum(dim=1).mean()
 
 
+def feature_bank(columns: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+    """[D, N + Q]: every rank's batch ``columns`` [N, D] beside the momentum ``queue`` [D, Q]."""
+    return torch.cat([columns.T, queue.to(columns.dtype)], dim=1)
+
+
 def queued_contrastive(
     rows: torch.Tensor, columns: torch.Tensor, queue: torch.Tensor, logit_scale: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
     """InfoNCE of ``rows`` [B, D] against every rank's ``columns`` [N, D] plus the momentum
     ``queue`` [D, Q] (Q may be 0), with ``targets`` [B, N + Q] (hard or soft)."""
-    bank = torch.cat([columns.T, queue.to(columns.dtype)], dim=1)
-    return soft_cross_entropy(logit_scale * rows @ bank, targets)
+    return soft_cross_entropy(logit_scale * rows @ feature_bank(columns, queue), targets)
 
 
 def soft_targets(

@@ -15,6 +15,7 @@ from fvlp_core.models.losses import (
     clamped_logit_scale,
     ema_update,
     enqueue,
+    feature_bank,
     gather_no_grad,
     gather_with_grad,
     positive_targets,
@@ -98,8 +99,8 @@ class FVLPPretrain(nn.Module):
                 image_m = F.normalize(encode_image_tokens(self.momentum_backbone, images)[0].float(), dim=-1)
                 text_m = F.normalize(encode_text_tokens(self.momentum_backbone, text)[0].float(), dim=-1)
                 image_m_all, text_m_all = gather_no_grad(image_m), gather_no_grad(text_m)
-                image_m_bank = torch.cat([image_m_all.T, self.image_queue.float()], dim=1)
-                text_m_bank = torch.cat([text_m_all.T, self.text_queue.float()], dim=1)
+                image_m_bank = feature_bank(image_m_all, self.image_queue)
+                text_m_bank = feature_bank(text_m_all, self.text_queue)
                 i2t_targets = soft_targets(image_m, text_m_bank, logit_scale, targets, alpha)
                 t2i_targets = soft_targets(text_m, image_m_bank, logit_scale, targets, alpha)
         itc = 0.5 * (
