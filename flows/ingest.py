@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from fvlp_core.config import IngestConfig
 from fvlp_core.fetch import open_fetcher
-from tasks.ingest import ingest_shard, plan_ingest, prepare_embedded_source, write_ingest_manifest
+from tasks.ingest import check_failures, ingest_shard, plan_ingest, prepare_embedded_source, write_ingest_manifest
 
 
 @flow(name="ingest")
@@ -30,9 +30,10 @@ def ingest_flow(config: IngestConfig = IngestConfig()) -> dict[str, Any]:
     plan = plan_ingest(metadata_paths, config)
     fetcher = open_fetcher(
         config.source,
-        images=config.images,
+        images=plan.images,
         max_bytes=config.max_image_bytes,
         http=config.http,
+        id_field=plan.metadata.columns["SAMPLE_ID"] or "SAMPLE_ID",
         corpus=corpus,
         render_workers=config.render_workers,
     )
@@ -48,6 +49,7 @@ def ingest_flow(config: IngestConfig = IngestConfig()) -> dict[str, Any]:
         fetcher.close()
     status_counts = write_ingest_manifest(plan, written)["status_counts"]
     logger.info("raw dataset %s: %d rows, %s", plan.raw_dir, plan.metadata.total_rows, status_counts)
+    check_failures(status_counts, plan.metadata.total_rows, config.max_failed_fraction)
     return {
         "raw_dir": str(plan.raw_dir),
         "rows": plan.metadata.total_rows,

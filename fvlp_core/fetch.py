@@ -5,9 +5,11 @@ same order), and ``close()``. No row is ever dropped: every failure becomes a
 :class:`FetchResult` with a status from ``storage.raw.FETCH_STATUSES`` and a message.
 
 * :class:`EmbeddedFetcher` - the generated corpus (``fvlp_core.corpus.EmbeddedCorpus``).
-* :class:`FolderFetcher` - files named ``<SAMPLE_ID>.<ext>`` anywhere under a folder.
-* :class:`TarFetcher` - members named ``<SAMPLE_ID>.<ext>`` in a tar; read in memory, never
-  extracted, and members with absolute or ``..`` names or that are links are refused.
+* :class:`FolderFetcher` - files named ``<SAMPLE_ID>.<ext>`` anywhere under a folder, or
+  img2dataset's ``files`` output (``<key>.jpg`` beside a ``<key>.json`` holding the id).
+* :class:`TarFetcher` - the same two namings as members of one or many tars (img2dataset's
+  webdataset shards); read by offset, never extracted, and members with absolute or ``..``
+  names or that are links are refused.
 * :class:`HttpFetcher` - http(s) URLs with bounded concurrency, connect/read/total timeouts,
   retries with exponential backoff, a byte cap enforced while reading, manual redirects,
   and (unless ``allow_private_addresses``) a refusal of any host that resolves to a
@@ -22,6 +24,7 @@ import gzip
 import http.client
 import io
 import ipaddress
+import json
 import lzma
 import multiprocessing
 import os
@@ -38,7 +41,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Protocol
+from typing import IO, Any, NamedTuple, Protocol
 from urllib.parse import quote, urljoin, urlsplit
 
 from PIL import Image
@@ -49,6 +52,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", 
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _READ_CHUNK = 64 * 1024
+SIDECAR_MAX_BYTES = 1 << 20  # a sample's .json metadata; anything larger is not a sidecar
 _URL_SAFE = "/?&=%:;@!$'()*+,~-._"
 
 
@@ -63,6 +67,7 @@ class FetchResult:
     status: str
     image: bytes | None = None
     error: str | None = None
+    size: tuple[int, int] | None = None  # (width, height) from the header of an ``ok`` image
 
 
 class Fetcher(Protocol):
@@ -88,24 +93,75 @@ def check_image(data: bytes, max_bytes: int) -> FetchResult:
         return FetchResult("not_image", error=f"not a supported image ({type(err).__name__}; starts {head!r})")
     if width <= 0 or height <= 0:
         return FetchResult("not_image", error=f"image has size {width}x{height}")
-    return FetchResult("ok", image=data)
+    return FetchResult("ok", image=data, size=(width, height))
 
 
-def image_files_by_id(names: Sequence[str]) -> dict[int, list[str]]:
-    """Group names like ``dir/00042.jpg`` by the integer stem (42); other names are ignored."""
-    grouped: dict[int, list[str]] = {}
-    for name in names:
-        path = PurePosixPath(name.replace("\\", "/"))
-        # ASCII digits only: int() would also take "+5", " 5" and "1_000".
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.stem.isascii() and path.stem.isdigit():
-            grouped.setdefault(int(path.stem), []).append(name)
-    return grouped
+def image_key(name: str) -> str | None:
+    """The sample key of an image file name (the name without its extension), or None when
+    the name is not an image: ``part/000000012.jpg`` -> ``part/000000012``."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    return str(path.with_suffix("")) if path.suffix.lower() in IMAGE_EXTENSIONS else None
 
 
-def _read_capped(handle: Any, size: int, max_bytes: int, what: str) -> FetchResult:
-    if size > max_bytes:
-        return FetchResult("too_large", error=f"{what} is {size} bytes > max {max_bytes}")
-    return check_image(handle.read(max_bytes + 1), max_bytes)
+def sidecar_id(data: bytes | None, id_field: str) -> int | None:
+    """The integer ``id_field`` of a sample's ``.json`` sidecar (img2dataset writes the input's
+    columns there), or None when there is no sidecar, it is not a JSON object, or it lacks the field."""
+    if data is None:
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return None
+    value = record.get(id_field) if isinstance(record, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)  # img2dataset's own key is a zero-padded digit string
+    return None
+
+
+@dataclass
+class ImageIndex:
+    """Sample id -> the image names holding it, built from a listing of names.
+
+    A sample's id is the ``id_field`` of its ``<key>.json`` sidecar when there is one
+    (img2dataset's webdataset and files layouts name images by img2dataset's own key and keep
+    the input row's columns in the sidecar), else its plain-digit file name (``00042.jpg`` -> 42).
+    """
+
+    by_id: dict[int, list[str]]
+    # sidecars present but without the id field: a hint when an id is then not found
+    sidecars_without_id: int
+
+    @classmethod
+    def build(cls, names: Sequence[str], read_sidecar: Any, id_field: str) -> ImageIndex:
+        present = set(names)
+        by_id: dict[int, list[str]] = {}
+        missing_field = 0
+        for name in names:
+            key = image_key(name)
+            if key is None:
+                continue
+            sidecar = f"{key}.json"
+            sample_id = None
+            if sidecar in present:
+                sample_id = sidecar_id(read_sidecar(sidecar), id_field)
+                missing_field += sample_id is None
+            stem = PurePosixPath(key).name
+            # ASCII digits only: int() would also take "+5", " 5" and "1_000".
+            if sample_id is None and stem.isascii() and stem.isdigit():
+                sample_id = int(stem)
+            if sample_id is not None:
+                by_id.setdefault(sample_id, []).append(name)
+        return cls(by_id, missing_field)
+
+    def not_found(self, sample_id: int, where: str, id_field: str) -> FetchResult:
+        hint = (
+            f" ({self.sidecars_without_id} sidecar .json file(s) have no {id_field!r} field; --id-col names it)"
+            if self.sidecars_without_id
+            else ""
+        )
+        return FetchResult("not_found", error=f"no image for SAMPLE_ID {sample_id} in {where}{hint}")
 
 
 def _ambiguous(sample_id: int, names: list[str]) -> FetchResult:
@@ -166,30 +222,41 @@ class EmbeddedFetcher:
 
 
 class FolderFetcher:
-    """Files named ``<SAMPLE_ID>.<ext>`` under ``folder`` (subfolders included), indexed once."""
+    """Images under ``folder`` (subfolders included), indexed once by :class:`ImageIndex`:
+    ``<SAMPLE_ID>.<ext>`` files, or img2dataset's ``files`` layout (``<key>.jpg`` + ``<key>.json``)."""
 
-    def __init__(self, folder: Path, max_bytes: int):
+    def __init__(self, folder: Path, max_bytes: int, id_field: str = "SAMPLE_ID"):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.folder}")
         self.max_bytes = max_bytes
+        self.id_field = id_field
         names = [
             os.path.relpath(os.path.join(root, name), self.folder)
             for root, _, files in os.walk(self.folder)
             for name in files
         ]
-        self.index = image_files_by_id(names)
+        self.index = ImageIndex.build(names, self._sidecar, id_field)
+
+    def _sidecar(self, name: str) -> bytes | None:
+        result = self._read_file(self.folder / name, SIDECAR_MAX_BYTES)
+        return result if isinstance(result, bytes) else None
 
     def fetch(self, requests: Sequence[FetchRequest]) -> list[FetchResult]:
         return [self._fetch_one(r.sample_id) for r in requests]
 
     def _fetch_one(self, sample_id: int) -> FetchResult:
-        names = self.index.get(sample_id, [])
+        names = self.index.by_id.get(sample_id, [])
         if not names:
-            return FetchResult("not_found", error=f"no image file for SAMPLE_ID {sample_id} in {self.folder}")
+            return self.index.not_found(sample_id, str(self.folder), self.id_field)
         if len(names) > 1:
             return _ambiguous(sample_id, names)
         path = self.folder / names[0]
+        result = self._read_file(path, self.max_bytes)
+        return result if isinstance(result, FetchResult) else check_image(result, self.max_bytes)
+
+    def _read_file(self, path: Path, max_bytes: int) -> bytes | FetchResult:
+        """The bytes of a regular file inside the folder, or why they cannot be had."""
         outside = _outside(path, self.folder)
         if outside:
             return FetchResult("error", error=f"{path}: {outside}")
@@ -202,8 +269,10 @@ class FolderFetcher:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):
                 return FetchResult("error", error=f"{path}: not a regular file ({_file_kind(info.st_mode)})")
+            if info.st_size > max_bytes:
+                return FetchResult("too_large", error=f"{path} is {info.st_size} bytes > max {max_bytes}")
             try:
-                return _read_capped(handle, info.st_size, self.max_bytes, str(path))
+                return handle.read(max_bytes + 1)
             except OSError as err:
                 return FetchResult("error", error=f"{path}: {err}")
 
@@ -234,7 +303,7 @@ def unsafe_member_reason(member: tarfile.TarInfo) -> str | None:
         return f"tar member {member.name!r} has an absolute path"
     if ".." in PurePosixPath(name).parts:
         return f"tar member {member.name!r} escapes the archive (path traversal)"
-    if not member.isfile():
+    if not member.isfile() or member.issparse():
         return f"tar member {member.name!r} is not a regular file"
     return None
 
@@ -287,61 +356,123 @@ def _seekable_archive(tar_path: Path) -> tuple[tarfile.TarFile, IO[bytes] | None
     return tarfile.open(tar_path, "r:"), None, None
 
 
-class TarFetcher:
-    """Members named ``<SAMPLE_ID>.<ext>`` of a (possibly compressed) tar, read without extracting.
+class _TarMember(NamedTuple):
+    archive: int  # position in TarFetcher.tar_paths
+    name: str
+    offset: int  # where its data starts in the (decompressed) archive
+    size: int
+    unsafe: str | None  # why it must not be read, or None
 
-    Any order reads at seek speed: a compressed tar is decompressed once into a temp file
-    (as much disk as the uncompressed archive, freed on close).
+
+class TarFetcher:
+    """Images in one or more (possibly compressed) tars, read without extracting, indexed by
+    :class:`ImageIndex` (``<SAMPLE_ID>.<ext>`` members, or img2dataset's webdataset shards).
+
+    Each tar is listed once; members are then read by offset, so thousands of shards cost no
+    open files between reads. A compressed tar is decompressed once into a temp file (as much
+    disk as the uncompressed archive, freed on close), so any order reads at seek speed.
     """
 
-    def __init__(self, tar_path: Path, max_bytes: int):
-        self.tar_path = Path(tar_path)
-        if not self.tar_path.is_file():
-            raise FileNotFoundError(f"image tar not found: {self.tar_path}")
+    def __init__(self, tar_paths: Path | Sequence[Path], max_bytes: int, id_field: str = "SAMPLE_ID"):
+        self.tar_paths = [Path(tar_paths)] if isinstance(tar_paths, (str, Path)) else [Path(p) for p in tar_paths]
+        if not self.tar_paths:
+            raise FileNotFoundError("no image tars given")
+        for path in self.tar_paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"image tar not found: {path}")
         self.max_bytes = max_bytes
-        self.archive, self._spool, spool_damage = _seekable_archive(self.tar_path)
-        members, self.damage = _readable_members(self.archive, self.tar_path)
-        self.damage = self.damage or spool_damage
-        # A name repeated in the archive counts once per copy: like two names for one SAMPLE_ID,
-        # it is ambiguous (tar extraction would silently keep the last copy).
-        by_name: dict[str, list[tarfile.TarInfo]] = {}
-        for member in members:
-            by_name.setdefault(member.name, []).append(member)
-        self.index = {
-            sid: [m for name in names for m in by_name[name]] for sid, names in image_files_by_id(list(by_name)).items()
-        }
-        self._lock = threading.Lock()  # a TarFile is one file position: one reader at a time
+        self.id_field = id_field
+        self.damage: list[str] = []
+        self.index: dict[int, list[_TarMember]] = {}
+        self.sidecars_without_id = 0
+        self._spools: dict[int, IO[bytes]] = {}
+        for position, path in enumerate(self.tar_paths):
+            self._list(position, path)
+        self._lock = threading.Lock()  # a spool is one file position: one reader at a time
+
+    def _list(self, position: int, path: Path) -> None:
+        archive, spool, spool_damage = _seekable_archive(path)
+        try:
+            listed, damage = _readable_members(archive, path)
+            if damage or spool_damage:
+                self.damage.append(damage or str(spool_damage))
+            # A name repeated in the archive counts once per copy: like two names for one SAMPLE_ID,
+            # it is ambiguous (tar extraction would silently keep the last copy).
+            by_name: dict[str, list[tarfile.TarInfo]] = {}
+            for member in listed:
+                by_name.setdefault(member.name, []).append(member)
+
+            def read_sidecar(name: str) -> bytes | None:
+                member = by_name[name][-1]
+                if unsafe_member_reason(member) or member.size > SIDECAR_MAX_BYTES:
+                    return None
+                try:
+                    handle = archive.extractfile(member)
+                    return handle.read() if handle is not None else None
+                except TAR_DAMAGE:
+                    return None
+
+            images = ImageIndex.build(list(by_name), read_sidecar, self.id_field)
+        finally:
+            archive.close()  # a spool given as fileobj stays open
+        self.sidecars_without_id += images.sidecars_without_id
+        for sample_id, names in images.by_id.items():
+            self.index.setdefault(sample_id, []).extend(
+                _TarMember(position, m.name, m.offset_data, m.size, unsafe_member_reason(m))
+                for name in names
+                for m in by_name[name]
+            )
+        if spool is not None:
+            self._spools[position] = spool
 
     def fetch(self, requests: Sequence[FetchRequest]) -> list[FetchResult]:
         with self._lock:
             return [self._fetch_one(r.sample_id) for r in requests]
 
+    def _where(self, member: _TarMember) -> str:
+        return member.name if len(self.tar_paths) == 1 else f"{self.tar_paths[member.archive].name}:{member.name}"
+
     def _fetch_one(self, sample_id: int) -> FetchResult:
         members = self.index.get(sample_id, [])
         if not members and self.damage:
-            # The image may sit in the part of the archive that cannot be read.
-            return FetchResult("error", error=f"no member for SAMPLE_ID {sample_id} before the damage: {self.damage}")
+            # The image may sit in the part of an archive that cannot be read.
+            more = f" (and {len(self.damage) - 1} more damaged tar(s))" if len(self.damage) > 1 else ""
+            return FetchResult(
+                "error", error=f"no member for SAMPLE_ID {sample_id} before the damage: {self.damage[0]}{more}"
+            )
         if not members:
-            return FetchResult("not_found", error=f"no member for SAMPLE_ID {sample_id} in {self.tar_path}")
+            where = str(self.tar_paths[0]) if len(self.tar_paths) == 1 else f"{len(self.tar_paths)} tars"
+            return ImageIndex({}, self.sidecars_without_id).not_found(sample_id, where, self.id_field)
         if len(members) > 1:
-            return _ambiguous(sample_id, [m.name for m in members])
+            return _ambiguous(sample_id, [self._where(m) for m in members])
         member = members[0]
-        reason = unsafe_member_reason(member)
-        if reason:
-            return FetchResult("refused", error=reason)
+        if member.unsafe:
+            return FetchResult("refused", error=member.unsafe)
+        if member.size > self.max_bytes:
+            return FetchResult(
+                "too_large", error=f"tar member {member.name!r} is {member.size} bytes > max {self.max_bytes}"
+            )
+        path = self.tar_paths[member.archive]
         try:
-            handle = self.archive.extractfile(member)
-            if handle is None:
-                return FetchResult("error", error=f"tar member {member.name!r} has no data")
-            with handle:
-                return _read_capped(handle, member.size, self.max_bytes, f"tar member {member.name!r}")
-        except TAR_DAMAGE as err:
-            return FetchResult("error", error=f"{self.tar_path}: tar member {member.name!r} cannot be read ({err})")
+            spool = self._spools.get(member.archive)
+            if spool is None:
+                with open(path, "rb") as handle:
+                    handle.seek(member.offset)
+                    data = handle.read(member.size)
+            else:
+                spool.seek(member.offset)
+                data = spool.read(member.size)
+        except OSError as err:
+            return FetchResult("error", error=f"{path}: tar member {member.name!r} cannot be read ({err})")
+        if len(data) < member.size:
+            cut = f"cut short: {len(data)} of {member.size} bytes"
+            return FetchResult("error", error=f"{path}: tar member {member.name!r} cannot be read ({cut})")
+        return check_image(data, self.max_bytes)
 
     def close(self) -> None:
-        self.archive.close()
-        if self._spool is not None:
-            self._spool.close()
+        for spool in self._spools.values():
+            spool.close()
+        self._spools.clear()
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -581,21 +712,25 @@ class HttpFetcher:
 def open_fetcher(
     source: str,
     *,
-    images: Path | None,
+    images: Sequence[Path],
     max_bytes: int,
     http: HttpFetchConfig,
+    id_field: str = "SAMPLE_ID",
     corpus: Any = None,
     render_workers: int = 1,
 ) -> Fetcher:
-    """The fetcher for an ingest ``source`` (``embedded`` needs the ``corpus`` object)."""
+    """The fetcher for an ingest ``source``: ``images`` is one folder (``folder``) or the tars
+    (``tar``); ``id_field`` names the id in img2dataset sidecars; ``embedded`` needs the ``corpus``."""
     if source == "embedded":
         if corpus is None:
             raise ValueError("source=embedded needs the embedded corpus")
         return EmbeddedFetcher(corpus, max_bytes, render_workers)
-    if source in ("folder", "tar"):
-        if images is None:
-            raise ValueError(f"source={source!r} needs an images path")
-        return FolderFetcher(images, max_bytes) if source == "folder" else TarFetcher(images, max_bytes)
+    if source == "folder":
+        if len(images) != 1:
+            raise ValueError(f"source='folder' reads one image folder, got {len(images)} paths")
+        return FolderFetcher(images[0], max_bytes, id_field)
+    if source == "tar":
+        return TarFetcher(images, max_bytes, id_field)
     if source == "url":
         return HttpFetcher(http, max_bytes)
     raise ValueError(f"unknown ingest source {source!r}")

@@ -8,9 +8,10 @@ write of the same file removes.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -97,3 +98,26 @@ def tree_fingerprint(root: Path) -> str:
         info = os.lstat(root / name)
         digest.update(f"{name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def expand_paths(entries: Sequence[Path], suffixes: tuple[str, ...], what: str) -> list[Path]:
+    """The files ``entries`` name, in order: a file as itself, a folder as its files (not
+    subfolders) whose names end in one of ``suffixes``, sorted, and a glob pattern as its sorted
+    matches - so a Prefect form or a deployment parameter can name thousands of shards. An
+    entry that names nothing is an error naming it."""
+    found: list[Path] = []
+    for entry in map(Path, entries):
+        text = str(entry)
+        if entry.is_dir():
+            matches = sorted(p for p in entry.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
+        elif entry.exists() or not glob.has_magic(text):
+            matches = [entry]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(text) if os.path.isfile(p))
+        if not matches:
+            kinds = "/".join(suffixes)
+            raise FileNotFoundError(
+                f"{what}: {entry} holds no {kinds} files" if entry.is_dir() else f"{what}: nothing matches {entry}"
+            )
+        found.extend(matches)
+    return found

@@ -17,14 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from fvlp_core.config import IngestConfig
 from fvlp_core.corpus import EmbeddedCorpus
 from fvlp_core.fetch import Fetcher, FetchRequest, FetchResult
-from storage.files import tree_fingerprint
+from storage.files import expand_paths, tree_fingerprint
 from storage.raw import (
+    COLUMN_CANDIDATES,
+    FAILED_STATUSES,
+    IMPLIED_COLUMNS,
+    METADATA_SUFFIXES,
+    STAGED_DIR,
+    MetadataError,
     MetadataFiles,
     ShardSpec,
     foreign_shards,
@@ -45,12 +52,15 @@ from storage.source import (
     write_embedded_source,
 )
 
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
 
 @dataclass
 class IngestPlan:
     raw_dir: Path
     source: str
     metadata: MetadataFiles
+    images: list[Path]  # the image folder or every tar, expanded
     shard_size: int
     shards: list[ShardSpec]
     pending: list[ShardSpec]
@@ -61,14 +71,28 @@ class IngestPlan:
     corpus: dict[str, int] | None
 
 
+def image_paths(config: IngestConfig) -> list[Path]:
+    """The image folder, or every tar the ``--images`` entries name (files, folders, globs)."""
+    if config.source == "tar":
+        return expand_paths(config.images, TAR_SUFFIXES, "--images")
+    return list(config.images)
+
+
 def build_plan(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestPlan:
     """Validate the metadata, cut it into shards and find which shards still need writing."""
-    metadata = open_metadata(metadata_paths)
     raw_dir = config.paths.raw_dir
+    paths = expand_paths(metadata_paths, METADATA_SUFFIXES, "--metadata")
+    metadata = open_metadata(paths, config.column_names, raw_dir / STAGED_DIR)
+    if config.source in ("folder", "tar") and metadata.columns["SAMPLE_ID"] is None:
+        raise MetadataError(
+            f"{paths[0]}: no id column (looked for {' or '.join(COLUMN_CANDIDATES['SAMPLE_ID'])}), and "
+            f"source={config.source} finds images by id; name it with --id-col"
+        )
+    images = image_paths(config)
     # Where the images are and what is there: images added to a folder, or a tar replaced,
     # between an interrupted run and its rerun make a different plan.
-    images = f"{config.images.resolve()}:{tree_fingerprint(config.images)}" if config.images else None
-    fingerprint = metadata.fingerprint(shard_size=config.shard_size, source=config.source, images=images)
+    image_state = [f"{p.resolve()}:{tree_fingerprint(p)}" for p in images]
+    fingerprint = metadata.fingerprint(shard_size=config.shard_size, source=config.source, images=image_state)
     shards = plan_shards(metadata.total_rows, config.shard_size)
     foreign = foreign_shards(raw_dir, fingerprint, len(shards))
     if foreign:
@@ -88,7 +112,7 @@ def build_plan(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestPl
         else None
     )
     return IngestPlan(
-        raw_dir, config.source, metadata, config.shard_size, shards, pending, fingerprint, duplicates, corpus
+        raw_dir, config.source, metadata, images, config.shard_size, shards, pending, fingerprint, duplicates, corpus
     )
 
 
@@ -96,7 +120,11 @@ def build_plan(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestPl
 @task(name="plan-ingest", cache_policy=NO_CACHE)
 def plan_ingest(metadata_paths: Sequence[Path], config: IngestConfig) -> IngestPlan:
     plan = build_plan(metadata_paths, config)
-    get_run_logger().info(
+    logger = get_run_logger()
+    mapped = {c: n for c, n in plan.metadata.columns.items() if n != c}
+    if mapped:
+        logger.info("columns: %s", ", ".join(f"{c} <- {n or IMPLIED_COLUMNS[c]}" for c, n in mapped.items()))
+    logger.info(
         "%d input rows in %d file(s) -> %d shard(s) of %d; %d to write, %d duplicate SAMPLE_ID row(s)",
         plan.metadata.total_rows,
         len(plan.metadata.files),
@@ -129,7 +157,7 @@ def fetch_shard(plan: IngestPlan, spec: ShardSpec, fetcher: Fetcher) -> dict[str
     write_raw_shard(
         plan.raw_dir,
         spec,
-        rows,
+        with_measured_sizes(rows, [r.size if r else None for r in results]),
         images=[r.image for r in results],
         statuses=[r.status for r in results],
         errors=[r.error for r in results],
@@ -137,6 +165,16 @@ def fetch_shard(plan: IngestPlan, spec: ShardSpec, fetcher: Fetcher) -> dict[str
         fingerprint=plan.fingerprint,
     )
     return dict(Counter(r.status for r in results))
+
+
+def with_measured_sizes(rows: pa.Table, sizes: Sequence[tuple[int, int] | None]) -> pa.Table:
+    """``rows`` with null WIDTH/HEIGHT filled from the fetched image's header (metadata without
+    size columns, or a row without a size)."""
+    for axis, name in enumerate(("WIDTH", "HEIGHT")):
+        measured = pa.array([size[axis] if size else None for size in sizes], pa.int64())
+        filled = pc.coalesce(rows.column(name), measured)
+        rows = rows.set_column(rows.schema.get_field_index(name), name, filled)
+    return rows
 
 
 @task(name="ingest-shard", task_run_name="ingest-{spec.name}", cache_policy=NO_CACHE)
@@ -157,6 +195,21 @@ def write_ingest_manifest(plan: IngestPlan, written: dict[int, dict[str, int]]) 
     return write_raw_manifest(
         plan.raw_dir, plan.metadata, plan.shards, plan.shard_size, plan.fingerprint, plan.source, status, plan.corpus
     )
+
+
+class TooManyFailures(RuntimeError):
+    """Most rows got no image: the run ends Failed (its shards stay, so a rerun resumes)."""
+
+
+def check_failures(status_counts: dict[str, int], rows: int, max_failed_fraction: float) -> None:
+    """Raise :class:`TooManyFailures` when more than ``max_failed_fraction`` of ``rows`` got no image."""
+    failed = sum(n for status, n in status_counts.items() if status in FAILED_STATUSES)
+    if rows and failed / rows > max_failed_fraction:
+        counts = ", ".join(f"{status} {n}" for status, n in sorted(status_counts.items(), key=lambda kv: -kv[1]))
+        raise TooManyFailures(
+            f"{failed} of {rows} rows ({failed / rows:.0%}) got no image, over --max-failed-fraction "
+            f"{max_failed_fraction:g} ({counts}); see fetch_error in the raw shards"
+        )
 
 
 def _same_source(source_dir: Path, corpus: EmbeddedCorpus) -> bool:

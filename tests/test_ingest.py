@@ -75,16 +75,40 @@ def test_metadata_is_normalised_and_extras_are_carried(tmp_path: Path):
     assert table.column("metadata_issues").to_pylist() == [[], [], []]
 
 
-def test_missing_required_column_names_file_and_column(tmp_path: Path):
-    path = write(laion_table([1]).drop_columns(["similarity"]), tmp_path / "part-7.parquet")
-    with pytest.raises(MetadataError, match=r"part-7\.parquet: missing required column\(s\) similarity"):
+def test_missing_required_column_names_file_column_and_the_names_looked_for(tmp_path: Path):
+    path = write(laion_table([1]).drop_columns(["TEXT"]), tmp_path / "part-7.parquet")
+    with pytest.raises(
+        MetadataError, match=r"part-7\.parquet: missing required column\(s\) TEXT \(looked for TEXT: TEXT or caption"
+    ):
         open_metadata([path])
+
+
+def test_optional_columns_are_derived_measured_or_null(tmp_path: Path):
+    bare = laion_table([1, 2]).select(["URL", "TEXT"])
+    path = write(bare, tmp_path / "bare.parquet")
+    metadata = open_metadata([path])
+    assert metadata.columns == {
+        "SAMPLE_ID": None,
+        "URL": "URL",
+        "TEXT": "TEXT",
+        "WIDTH": None,
+        "HEIGHT": None,
+        "similarity": None,
+    }
+    table = metadata.read_rows(0, 2)
+    ids = table.column("SAMPLE_ID").to_pylist()
+    assert (
+        ids == open_metadata([write(bare, tmp_path / "again.parquet")]).read_rows(0, 2).column("SAMPLE_ID").to_pylist()
+    )
+    assert len(set(ids)) == 2 and all(0 <= i < 2**63 for i in ids)
+    assert table.column("WIDTH").to_pylist() == [None, None]  # filled from the image at fetch time
+    assert table.column("metadata_issues").to_pylist() == [[], []]  # absent is not a row's problem
 
 
 @pytest.mark.parametrize(
     "column, values, expected",
     [
-        ("SAMPLE_ID", pa.array(["a1"]), "SAMPLE_ID has type string, expected an integer"),
+        ("SAMPLE_ID", pa.array([b"1"]), "SAMPLE_ID has type binary, expected an integer"),
         ("URL", pa.array([7]), "URL has type int64, expected a string"),
         ("WIDTH", pa.array(["64"]), "WIDTH has type string, expected a number"),
         ("similarity", pa.array([True]), "similarity has type bool, expected a number"),
@@ -378,7 +402,9 @@ def test_tar_source_with_path_traversal(tmp_path: Path, prefect_harness):
     with tarfile.open(tar_path, "w") as archive:
         add_member(archive, "1.png", png_bytes())
         add_member(archive, "../../2.png", png_bytes())
-    config = IngestConfig(paths=Paths(data_root=tmp_path / "data"), source="tar", metadata=[meta], images=tar_path)
+    config = IngestConfig(
+        paths=Paths(data_root=tmp_path / "data"), source="tar", metadata=[meta], images=tar_path, max_failed_fraction=1
+    )
     ingest_flow(config)
     table = read_dataset(config.paths.raw_dir)
     assert table.column("fetch_status").to_pylist() == ["ok", "refused", "not_found"]
