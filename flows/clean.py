@@ -52,4 +52,5 @@ def clean_flow(config: CleanConfig = CleanConfig()) -> dict[str, Any]:
         "changed_rules": summary["changed_rules"],
         "changed_decisions": summary["changed_decisions"],
         "attribute_source": summary["attribute_source"],
+        "caption_sources": summary["caption_sources"],
     }

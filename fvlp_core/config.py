@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "FVLP_"
 
@@ -28,7 +28,7 @@ class Paths(StrictModel):
     """Where everything lives. Only ``data_root`` is required; the rest derive from it."""
 
     data_root: Path = Field(Path("fvlp-data"), description="Root folder for shards, checkpoints and artifacts")
-    results_path: Path | None = Field(None, description="DuckDB results store (default: <data_root>/results.duckdb)")
+    results_path: Path | None = Field(None, description="DuckDB results store (default: results.duckdb in data_root)")
 
     @property
     def source_dir(self) -> Path:
@@ -82,14 +82,42 @@ class IngestConfig(StrictModel):
     paths: Paths = Paths()
     source: Literal["embedded", "folder", "tar", "url"] = Field(
         "embedded",
-        description="Where image bytes come from: the embedded generator, a folder or tar of "
-        "<SAMPLE_ID>.<ext> files, or each row's URL over http(s)",
+        description="Where image bytes come from: the embedded generator, a folder or tars of images "
+        "(named SAMPLE_ID.ext, or img2dataset output), or each row's URL over http(s)",
     )
     metadata: list[Path] = Field(
         default_factory=list,
-        description="LAION-style metadata Parquet files (empty with source=embedded: the corpus is generated)",
+        description="LAION-style metadata: Parquet, CSV, TSV or JSONL files (.gz too), folders of them or glob "
+        "patterns (empty with source=embedded: the corpus is generated)",
     )
-    images: Path | None = Field(None, description="Folder or tar of images named <SAMPLE_ID>.<ext> (source folder/tar)")
+    images: list[Path] = Field(
+        default_factory=list,
+        description="source=folder: the image folder; source=tar: tar files, folders of tars or glob patterns "
+        "(img2dataset webdataset shards). Images are named SAMPLE_ID.ext or carry the id in a .json sidecar",
+    )
+    id_col: str | None = Field(
+        None, description="Input column with the sample id (default: SAMPLE_ID, else img2dataset's key, else derived)"
+    )
+    url_col: str | None = Field(None, description="Input column with the image URL (default: URL, else url)")
+    caption_col: str | None = Field(
+        None, description="Input column with the caption (default: TEXT, else caption, else txt)"
+    )
+    width_col: str | None = Field(
+        None, description="Input column with the image width (default: WIDTH, else original_width; else measured)"
+    )
+    height_col: str | None = Field(
+        None, description="Input column with the image height (default: HEIGHT, else original_height; else measured)"
+    )
+    similarity_col: str | None = Field(
+        None, description="Input column with the CLIP image-text similarity (default: similarity; else null)"
+    )
+    max_failed_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="The run ends Failed when more than this fraction of rows got no image (status counts in the "
+        "message); the shards written stay, so a rerun resumes",
+    )
     rows: int = Field(3000, ge=1, description="Embedded corpus size in rows")
     identities: int = Field(1200, ge=2, description="Embedded corpus: distinct face identities")
     seed: int = Field(0, description="Embedded corpus seed (same seed, same bytes)")
@@ -102,10 +130,29 @@ class IngestConfig(StrictModel):
     render_workers: int = Field(2, ge=1, description="Processes rendering embedded images (source=embedded)")
     http: HttpFetchConfig = HttpFetchConfig()
 
+    @field_validator("metadata", "images", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, Path)) else value
+
+    @property
+    def column_names(self) -> dict[str, str | None]:
+        """The input column named for each canonical one (None: look for the usual names)."""
+        return {
+            "SAMPLE_ID": self.id_col,
+            "URL": self.url_col,
+            "TEXT": self.caption_col,
+            "WIDTH": self.width_col,
+            "HEIGHT": self.height_col,
+            "similarity": self.similarity_col,
+        }
+
     @model_validator(mode="after")
     def _source_inputs(self) -> IngestConfig:
-        if self.source in ("folder", "tar") and self.images is None:
+        if self.source in ("folder", "tar") and not self.images:
             raise ValueError(f"source={self.source!r} needs --images pointing at the {self.source}")
+        if self.source == "folder" and len(self.images) != 1:
+            raise ValueError(f"source='folder' reads one image folder, got {len(self.images)} --images paths")
         if self.source != "embedded" and not self.metadata:
             raise ValueError(f"source={self.source!r} needs --metadata Parquet file(s)")
         return self
@@ -297,6 +344,12 @@ class PretrainConfig(TrainConfig):
     holdout_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of cleaned pairs (stable hash of SAMPLE_ID) kept out for validation"
     )
+    caption_source: Literal["template", "original", "both"] = Field(
+        "template",
+        description="Caption paired with each face: template = the attribute caption where attributes are known, "
+        "else the LAION text (no face loses its caption); original = the filtered LAION text wherever it has one; "
+        "both = one of the two drawn per pair and epoch",
+    )
 
     def architecture(self) -> dict[str, Any]:
         return {"model_name": self.model, **self._contrastive_settings()}
@@ -306,7 +359,7 @@ class EpisodesInput(StrictModel):
     """The sketch-episode dataset a stage reads (or, for the episodes stage, writes)."""
 
     paths: Paths = Paths()
-    episodes: Path | None = Field(None, description="Episodes dataset folder (default: <data_root>/episodes)")
+    episodes: Path | None = Field(None, description="Episodes dataset folder (default: episodes in the data root)")
 
     @property
     def episodes_dir(self) -> Path:
@@ -419,7 +472,7 @@ class EvaluateConfig(EpisodesInput):
     batch_size: int = Field(128, ge=1, description="Images per encoder batch")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     itm_rerank_k: int = Field(
-        128, ge=0, description="Text<->photo recall re-ranks each query's top k by ITM + similarity (0: skip)"
+        128, ge=0, description="Text-photo recall re-ranks each query's top k by ITM + similarity (0: skip)"
     )
 
 

@@ -65,8 +65,10 @@ class FacePairStream:
         seed: int,
         holdout_fraction: float,
         plan: StreamPlan,
+        caption_source: str = "template",
     ):
         self.clean_dir = Path(clean_dir)
+        self.caption_source = caption_source
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.seed = seed
@@ -95,9 +97,18 @@ class FacePairStream:
             for sample_id in ids:
                 yield shard, sample_id
 
+    def _pick_caption(self, caption: str, text: str | None, epoch: int, sample_id: int) -> str:
+        """The pair's caption under ``caption_source`` (``both``: drawn per seed, epoch and sample,
+        so a resumed run draws the same)."""
+        if not text or self.caption_source == "template":
+            return caption
+        if self.caption_source == "original":
+            return text
+        return text if random.Random(f"{self.seed}-{epoch}-{sample_id}").random() < 0.5 else caption
+
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         order = self._order(epoch)
-        loaded: dict[Path, dict[int, tuple[bytes, str]]] = {}
+        loaded: dict[Path, dict[int, tuple[bytes, str, str | None]]] = {}
         for index in range(self.batches_per_epoch()):
             rows = [next(order) for _ in range(self.plan.global_batch)]
             if index < start_batch:
@@ -108,15 +119,11 @@ class FacePairStream:
                     # One shard in memory at a time: the order visits shards contiguously.
                     loaded.clear()
                     table = read_face_pairs(shard)
-                    loaded[shard] = dict(
-                        zip(
-                            table.column("SAMPLE_ID").to_pylist(),
-                            zip(table.column("crop").to_pylist(), table.column("caption").to_pylist()),
-                        )
-                    )
-                crop, caption = loaded[shard][sample_id]
+                    columns = [table.column(c).to_pylist() for c in ("crop", "caption", "text")]
+                    loaded[shard] = dict(zip(table.column("SAMPLE_ID").to_pylist(), zip(*columns)))
+                crop, caption, text = loaded[shard][sample_id]
                 images.append(image_bytes_tensor(crop, self.image_size, f"{shard} SAMPLE_ID {sample_id}"))
-                captions.append(caption)
+                captions.append(self._pick_caption(caption, text, epoch, sample_id))
             yield {
                 "images": torch.stack(images),
                 "text": self.tokenizer(captions),

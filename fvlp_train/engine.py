@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from fvlp_core.checkpoint import checkpoint_config, load_checkpoint
-from fvlp_core.config import FinetuneConfig, TrainConfig
+from fvlp_core.config import FinetuneConfig, PretrainConfig, TrainConfig
 from fvlp_core.models import create_model, get_tokenizer
 from fvlp_core.models.factory import configured_image_size
 from fvlp_train.checkpoint import save_checkpoint, write_run_config
@@ -142,7 +142,10 @@ def build_stream(stage: str, config: TrainConfig, runtime: Runtime) -> FacePairS
     size = configured_image_size(config.model)
     plan = StreamPlan(config.batch_size, runtime.world_size, runtime.rank)
     if stage == "pretrain":
-        return FacePairStream(config.paths.clean_dir, tokenizer, size, config.seed, config.holdout_fraction, plan)
+        assert isinstance(config, PretrainConfig)
+        return FacePairStream(
+            config.paths.clean_dir, tokenizer, size, config.seed, config.holdout_fraction, plan, config.caption_source
+        )
     assert isinstance(config, FinetuneConfig)
     held_out = config.validation_fraction if config.select_on == "validation" else 0.0
     return SketchEpisodeStream(

@@ -97,8 +97,10 @@ FACE_SCHEMA = pa.schema(
     [
         pa.field("SAMPLE_ID", pa.int64(), nullable=False),
         pa.field("crop", pa.binary(), nullable=False),
+        # the caption stages use: the attribute template where attributes are known, else the text
         pa.field("caption", pa.string(), nullable=False),
-        pa.field("text", pa.string()),
+        pa.field("text", pa.string()),  # the LAION caption as the caption rules filtered it
+        pa.field("template_caption", pa.string()),  # null where no attributes are known
         pa.field("attributes", pa.list_(pa.string()), nullable=False),
         pa.field("det_score", pa.float32(), nullable=False),
         pa.field("box", pa.list_(pa.float32(), 4), nullable=False),
@@ -252,8 +254,9 @@ def face_sample_ids(shard: Path) -> list[int]:
 
 
 def read_face_pairs(shard: Path) -> pa.Table:
-    """``SAMPLE_ID``, ``crop`` (PNG bytes), ``caption`` of one shard; a row without crop or caption is an error."""
-    table = read_shard(shard, ["SAMPLE_ID", "crop", "caption"])
+    """``SAMPLE_ID``, ``crop`` (PNG bytes), ``caption``, ``text`` of one shard; a row without
+    crop or caption is an error (``text`` may be null or empty)."""
+    table = read_shard(shard, ["SAMPLE_ID", "crop", "caption", "text"])
     for column in ("crop", "caption"):
         values = table.column(column)
         bad = pc.or_(pc.is_null(values), pc.equal(pc.binary_length(values), 0))

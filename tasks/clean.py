@@ -185,6 +185,7 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
     # All shards of this run carry one generation; the manifest written last publishes it.
     generation = new_generation()
     per_shard = []
+    caption_sources = {"template": 0, "original": 0}  # which caption each kept face got
     for job in jobs:
         rows = measurements[measurements["shard"] == job.index]
         decisions = {
@@ -197,7 +198,11 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
         }
         write_decisions(decisions, config.paths.clean_dir, job.index, generation)
         kept_rows = rows[rows["kept"]]
-        write_faces(_face_columns(job, kept_rows, attributes, config), config.paths.clean_dir, job.index, generation)
+        faces = _face_columns(job, kept_rows, attributes, config)
+        with_template = sum(t is not None for t in faces["template_caption"])
+        caption_sources["template"] += with_template
+        caption_sources["original"] += len(faces["SAMPLE_ID"]) - with_template
+        write_faces(faces, config.paths.clean_dir, job.index, generation)
         kept = int(kept_rows.shape[0])
         raw_rows = shard_rows(job.raw_path)
         if len(rows) != raw_rows:
@@ -220,6 +225,7 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
             # embedded corpus (if any) the faces came from, as the ingest stage recorded it.
             "settings": config.model_dump(mode="json", exclude={"paths"}),
             "corpus": read_raw_manifest(config.paths.raw_dir).get("corpus"),
+            "caption_sources": caption_sources,
         },
     )
     totals = {k: sum(s[k] for s in per_shard) for k in ("input_rows", "kept", "rejected")}
@@ -238,6 +244,7 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
         "changed_decisions": changed,
         "rule_version": version,
         "attribute_source": attributes.source,
+        "caption_sources": caption_sources,
     }
 
 
@@ -282,7 +289,7 @@ def _attributes_for_kept(config: CleanConfig, frame: pd.DataFrame, jobs: list[Sh
         if head is None:
             logger.warning(
                 "%d kept rows have no ground-truth attributes and no attribute head is available: "
-                "their captions carry no attributes",
+                "they keep their (filtered) LAION captions",
                 len(missing),
             )
         else:
@@ -334,11 +341,21 @@ def _face_columns(
     ids = kept["SAMPLE_ID"].astype(int).tolist()
     crop_of = measured_crops(job.measurement_path, set(ids))
     names = [attributes.names.get(s, []) for s in ids]
+    # A template only where attributes are known: without them it would replace the LAION text
+    # by "A close-up portrait of a person." and throw the caption's information away.
+    templates = [
+        caption_for_sample(s, n, attributes.male.get(s), config.seed) if n else None for s, n in zip(ids, names)
+    ]
+    texts = kept["text"].tolist()
     return {
         "SAMPLE_ID": ids,
         "crop": [crop_of[s] for s in ids],
-        "caption": [caption_for_sample(s, n, attributes.male.get(s), config.seed) for s, n in zip(ids, names)],
-        "text": kept["text"].tolist(),
+        "caption": [
+            template or text or caption_for_sample(s, [], None, config.seed)
+            for s, template, text in zip(ids, templates, texts)
+        ],
+        "text": texts,
+        "template_caption": templates,
         "attributes": names,
         "det_score": kept["face_score"].astype(np.float32).tolist(),
         "box": [list(b) for b in kept["box"]],

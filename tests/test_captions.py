@@ -106,3 +106,23 @@ def test_confident_attributes_threshold_and_gender():
 def test_attribute_head_refuses_to_train_on_nothing():
     with pytest.raises(ValueError, match="at least 2"):
         train_attribute_head([], [], epochs=1)
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [("template", ["T", "T", "T"]), ("original", ["L", "T", "T"]), ("both", None)],
+)
+def test_pretraining_caption_source_picks_template_original_or_both(source, expected):
+    """A face with LAION text and a template gets the one the source asks for; a face without
+    text keeps its caption under every source."""
+    from fvlp_train.data import FacePairStream
+
+    stream = FacePairStream.__new__(FacePairStream)
+    stream.caption_source, stream.seed = source, 0
+    picked = [stream._pick_caption("T", text, epoch=0, sample_id=i) for i, text in enumerate(["L", "", None])]
+    if expected is not None:
+        assert picked == expected
+    else:
+        drawn = {stream._pick_caption("T", "L", epoch=e, sample_id=i) for e in range(3) for i in range(20)}
+        assert drawn == {"T", "L"} and picked[1:] == ["T", "T"]
+        assert stream._pick_caption("T", "L", 1, 5) == stream._pick_caption("T", "L", 1, 5)  # resumable

@@ -96,6 +96,7 @@ def write_face_pairs(clean_dir: Path, rows: int, seed: int = 0) -> None:
             "crop": [crop() for _ in range(rows)],
             "caption": [f"a person with {i} freckles" for i in range(rows)],
             "text": ["t"] * rows,
+            "template_caption": [None] * rows,
             "attributes": [[] for _ in range(rows)],
             "det_score": [0.99] * rows,
             "box": [[0.0, 0.0, 1.0, 1.0]] * rows,
