@@ -9,6 +9,8 @@ test runs the real stages end to end on a tiny embedded corpus.
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -201,11 +203,35 @@ def test_real_stages_end_to_end_then_a_rerun_that_reuses_them(prefect_harness, t
     assert rows["clean"][2] > 0  # cleaning stats per rule
     assert rows["evaluate"][0] > 0 and rows["evaluate"][1] > 0  # metrics and acc@K curves
     assert "m@A" in format_runs(recent_runs(store))
+    _assert_the_readme_analyst_command_opens_the_store(config, tmp_path / "analyst")
 
     rerun = pipeline.pipeline_flow(config, return_state=True)
     assert rerun.result()["reused"] == STAGES
     assert subflow_names(rerun.state_details.flow_run_id) == []
     assert store.query(RUNS_SQL) == runs  # nothing ran twice
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _assert_the_readme_analyst_command_opens_the_store(config: PipelineConfig, workdir: Path) -> None:
+    """The README's analyst command, exactly as written, run where the README's paths hold:
+    a checkout (its .venv) beside the data root ``fvlp-data``."""
+    guide = (REPO / "README.md").read_text().split("## Analyst guide", 1)[1]
+    command = re.search(r"```bash\n(.+?)\n```", guide, re.S).group(1).strip()
+    workdir.mkdir()
+    (workdir / ".venv").symlink_to(REPO / ".venv")
+    (workdir / "fvlp-data").symlink_to(config.evaluate.paths.data_root.resolve())
+    done = subprocess.run(
+        ["bash", "-c", command],
+        cwd=workdir,
+        input="SELECT flow || ':' || status FROM runs WHERE flow = 'evaluate';\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "evaluate:finished" in done.stdout
 
 
 def _assert_episodes_drawn_from_the_recorded_corpus(config: PipelineConfig, episodes: dict[str, Any]) -> None:

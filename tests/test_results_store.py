@@ -227,3 +227,10 @@ def test_analyst_guide_queries_run_as_written(store: ResultsStore) -> None:
             assert conn.execute(sql).fetchall() is not None, sql
     finally:
         conn.close()
+
+
+def test_the_analyst_cli_is_pinned_to_the_version_that_writes_the_store():
+    """A DuckDB CLI older than the writer cannot open its files ("can only read" older storage)."""
+    constraints = (Path(__file__).resolve().parents[1] / "constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==", 1) for line in constraints if "==" in line)
+    assert pins["duckdb-cli"] == pins["duckdb"] == duckdb.__version__
