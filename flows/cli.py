@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
+import logging
 import os
 import sys
 import typing
@@ -148,6 +150,10 @@ def _load(target: str) -> Callable[..., Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fvlp", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fvlp {importlib.metadata.version('fvlp')}")
+    parser.add_argument(
+        "--debug", action="store_true", help="Show tracebacks (default: a failed run ends with one line saying why)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (model, _, help_text) in COMMANDS.items():
         add_model_flags(sub.add_parser(name, help=help_text, description=help_text, epilog=ENV_EPILOG), model)
@@ -182,10 +188,45 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         parser.error(str(err))
     _quiet_prefect()
-    result = _load(target)(config)
+    if not args.debug:
+        _console_without_tracebacks()
+    try:
+        result = _load(target)(config)
+    except Exception as err:  # any failure of the run: its reason, in one line, is what a user needs
+        if args.debug:
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"fvlp {args.command}: error: {reason} (--debug shows the traceback)", file=sys.stderr)
+        return 1
     if result is not None:
         print(result)
     return 0
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats as ``inner`` does, leaving out an attached traceback (a copy of the record is
+    formatted: other handlers, such as the one sending logs to the Prefect API, keep it)."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text:
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return self.inner.format(record)
+
+
+def _console_without_tracebacks() -> None:
+    """Prefect's terminal handlers print every failed task and flow with its traceback (a bad
+    metadata file made 133 lines); the terminal gets the messages, the Prefect API the rest."""
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    for name in ("prefect", ""):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
 if __name__ == "__main__":

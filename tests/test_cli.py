@@ -26,3 +26,31 @@ def test_temporary_prefect_server_gets_a_startup_budget_a_loaded_machine_meets(e
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected
+
+
+def test_version_flag_prints_the_installed_version(capsys) -> None:
+    from flows.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip().startswith("fvlp 0.")
+
+
+def test_bad_input_ends_with_one_line_saying_why_and_no_traceback(tmp_path, prefect_harness, capfd) -> None:
+    """A broken metadata file used to print 133 lines and 3 tracebacks."""
+    from flows.cli import main
+
+    (tmp_path / "bad.csv").write_text("URL,TEXT\nhttp://a/1.jpg,a man\nhttp://a/2.jpg,x,y,z\n")
+    (tmp_path / "images").mkdir()
+    argv = ["ingest", "--source", "folder", "--metadata", str(tmp_path / "bad.csv")]
+    argv += ["--images", str(tmp_path / "images")]
+    assert main([*argv, "--data-root", str(tmp_path / "data")]) == 1
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    assert err.strip().splitlines()[-1] == (
+        f"fvlp ingest: error: {tmp_path / 'bad.csv'}: not readable as CSV (CSV parse error: Expected 2 columns, "
+        "got 4: http://a/2.jpg,x,y,z) (--debug shows the traceback)"
+    )
+    with pytest.raises(Exception, match="not readable as CSV"):
+        main(["--debug", *argv, "--data-root", str(tmp_path / "data")])
