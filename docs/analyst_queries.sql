@@ -1,5 +1,5 @@
 -- Analyst guide: ready queries for the results store.
--- Open it read-only between runs:  duckdb -readonly fvlp-data/results.duckdb
+-- Open it read-only between runs:  .venv/bin/duckdb -readonly fvlp-data/results.duckdb
 -- (a read-only session blocks writers: close it when a flow is due to write).
 -- tests/test_results_store.py runs every statement of this file.
 
@@ -58,3 +58,48 @@ SELECT r.flow, a.run_id, a.kind, a.path
 FROM artifacts a JOIN runs r USING (run_id)
 WHERE r.status = 'finished'
 ORDER BY r.finished_at DESC;
+
+-- 8. Compare two runs: the two newest finished evaluations, metric by metric
+--    (for two runs of your choice, replace the ranking by run_id IN ('<older>', '<newer>')).
+WITH ranked AS (
+    SELECT run_id, row_number() OVER (ORDER BY finished_at DESC, run_id DESC) AS recency
+    FROM runs WHERE flow = 'evaluate' AND status = 'finished'
+)
+SELECT m.split, m.variant, m.name,
+       max(m.value) FILTER (WHERE r.recency = 2) AS older,
+       max(m.value) FILTER (WHERE r.recency = 1) AS newer,
+       newer - older                             AS change
+FROM metrics m JOIN ranked r USING (run_id)
+WHERE r.recency <= 2
+GROUP BY ALL
+ORDER BY m.split, m.variant, m.name;
+
+-- 9. Loss curve of a run: every optimizer step of the newest training run (loss parts, lr, speed).
+SELECT step,
+       max(value) FILTER (WHERE metric = 'epoch')         AS epoch,
+       max(value) FILTER (WHERE metric = 'loss')          AS loss,
+       max(value) FILTER (WHERE metric = 'itc')           AS itc,
+       max(value) FILTER (WHERE metric = 'itm')           AS itm,
+       max(value) FILTER (WHERE metric = 'lr')            AS lr,
+       max(value) FILTER (WHERE metric = 'samples_per_s') AS samples_per_s
+FROM training_curves
+WHERE run_id = (SELECT run_id FROM runs
+                WHERE status = 'finished' AND run_id IN (SELECT run_id FROM training_curves)
+                ORDER BY finished_at DESC LIMIT 1)
+GROUP BY step
+ORDER BY step;
+
+-- 10. What data and code produced this number: each evaluation metric with the evaluation's
+--     code and episodes, the training run that wrote the scored weights (same content hash),
+--     that run's data, and the pipeline run both belong to (if any).
+SELECT m.variant, m.name, round(m.value, 2) AS value,
+       e.run_id AS evaluation, e.code_version, e.dataset_fingerprint AS episodes,
+       e.model_fingerprint AS weights,
+       t.run_id AS trained_by, t.dataset_fingerprint AS training_data, t.code_version AS training_code,
+       e.parent_run_id AS pipeline
+FROM metrics m
+JOIN runs e ON e.run_id = m.run_id AND e.flow = 'evaluate' AND e.status = 'finished'
+LEFT JOIN runs t ON t.model_fingerprint = e.model_fingerprint AND t.flow IN ('pretrain', 'finetune')
+     AND t.status = 'finished'
+WHERE m.name IN ('m_at_A', 'm_at_B', 'wm_at_A', 'wm_at_B')
+ORDER BY e.finished_at DESC, m.variant, m.name;

@@ -19,6 +19,7 @@ from storage.results import ResultsStore
 from storage.shards import dataset_fingerprint
 from tasks.clean import decide_shards, format_stats, measure_shards, plan_clean, score_rules
 from tasks.clean_worker import measure_settings
+from tasks.lineage import run_lineage
 
 
 @flow(name="clean")
@@ -32,6 +33,7 @@ def clean_flow(config: CleanConfig = CleanConfig()) -> dict[str, Any]:
         config=config.model_dump(mode="json"),
         dataset_fingerprint=dataset_fingerprint(config.paths.raw_dir),
         model_fingerprint=measure_settings(config).detector.identity,
+        lineage=run_lineage(),
     ) as run_id:
         measured = measure_shards(config, jobs)
         summary = decide_shards(config, jobs)

@@ -18,6 +18,7 @@ from fvlp_core.config import EvaluateConfig
 from storage.episodes import read_episodes_reference
 from storage.results import ResultsStore
 from tasks.evaluate import embed_episodes, report_evaluation, resolve_checkpoint, score_episodes
+from tasks.lineage import run_lineage
 
 
 @flow(name="evaluate")
@@ -25,7 +26,7 @@ def evaluate_flow(config: EvaluateConfig = EvaluateConfig()) -> dict[str, Any]:
     """Returns ``{"run_id", "metrics", "headline", "plot", "summary"}``."""
     logger = get_run_logger()
     store = ResultsStore(config.paths.results_store)
-    with store.run("evaluate", config=config.model_dump(mode="json")) as run_id:
+    with store.run("evaluate", config=config.model_dump(mode="json"), lineage=run_lineage()) as run_id:
         model = resolve_checkpoint(config)
         episodes = read_episodes_reference(config.episodes_dir)
         if config.split == "train" and episodes["train_steps"] != episodes["steps"]:

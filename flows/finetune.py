@@ -43,7 +43,6 @@ def finetune_flow(config: FinetuneConfig = FinetuneConfig()) -> dict[str, Any]:
         STAGE,
         config,
         dataset_fingerprint=episodes["fingerprint"],
-        model_fingerprint=str(config.pretrained_checkpoint or config.init_checkpoint or "random-init"),
         metrics_split=config.select_on,
     )
     get_run_logger().info("finetune run %s on %s episodes: %s", config.run_id, episodes["source"], done["metrics"])

@@ -1,9 +1,11 @@
 """Ingest flow: LAION-style metadata + an image source -> raw Parquet shards + manifest.json.
 
-``fvlp ingest`` reads metadata Parquet (SAMPLE_ID, URL, TEXT, WIDTH, HEIGHT, similarity, and
-any extras), gets each row's image from the chosen source (``embedded`` generator, a
-``folder`` or ``tar`` of ``<SAMPLE_ID>.<ext>`` files, or ``url`` over http/https), and
-writes fixed-size shards to ``<data-root>/raw`` with a fetch status per row. With
+``fvlp ingest`` reads LAION-style metadata (Parquet, CSV, TSV, JSON lines; see
+``storage/raw.py`` for the columns), gets each row's image from the chosen source
+(``embedded`` generator, a ``folder`` or ``tar`` set of images named by SAMPLE_ID or with
+img2dataset sidecars, or ``url`` over http/https), and writes fixed-size shards to
+``<data-root>/raw`` with a fetch status per row, a ``runs`` row in the results store and
+status-count artifacts. With
 ``--source embedded`` and no ``--metadata`` the corpus is generated first (``--rows``,
 ``--identities``, ``--seed``). Re-running skips complete shards; see ``tasks/ingest.py``.
 """
@@ -13,21 +15,58 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from tqdm.auto import tqdm
 
 from fvlp_core.config import IngestConfig
 from fvlp_core.fetch import open_fetcher
-from tasks.ingest import check_failures, ingest_shard, plan_ingest, prepare_embedded_source, write_ingest_manifest
+from storage.results import ResultsStore
+from tasks.ingest import (
+    IngestPlan,
+    check_failures,
+    ingest_shard,
+    plan_ingest,
+    prepare_embedded_source,
+    write_ingest_manifest,
+)
+from tasks.lineage import run_lineage
 
 
 @flow(name="ingest")
 def ingest_flow(config: IngestConfig = IngestConfig()) -> dict[str, Any]:
-    """Returns ``{"raw_dir", "rows", "shards", "written_shards", "status_counts"}``."""
+    """Returns ``{"run_id", "raw_dir", "rows", "shards", "written_shards", "status_counts"}``."""
     logger = get_run_logger()
-    corpus, metadata_paths = None, list(config.metadata)
-    if config.source == "embedded":
-        corpus, metadata_paths = prepare_embedded_source(config)
-    plan = plan_ingest(metadata_paths, config)
+    store = ResultsStore(config.paths.results_store)
+    with store.run("ingest", config=config.model_dump(mode="json"), lineage=run_lineage()) as run_id:
+        corpus, metadata_paths = None, list(config.metadata)
+        if config.source == "embedded":
+            corpus, metadata_paths = prepare_embedded_source(config)
+        plan = plan_ingest(metadata_paths, config)
+        store.set_fingerprints(run_id, dataset_fingerprint=f"ingest-plan:{plan.fingerprint}")
+        written = fetch_pending_shards(plan, config, corpus)
+        status_counts = write_ingest_manifest(plan, written)["status_counts"]
+        logger.info("raw dataset %s: %d rows, %s", plan.raw_dir, plan.metadata.total_rows, status_counts)
+        publish_status_counts(status_counts, plan.metadata.total_rows)
+        store.record_results(
+            run_id,
+            metrics=[
+                {"split": "raw", "variant": "fetch_status", "name": status, "value": float(n)}
+                for status, n in status_counts.items()
+            ],
+        )
+        check_failures(status_counts, plan.metadata.total_rows, config.max_failed_fraction)
+    return {
+        "run_id": run_id,
+        "raw_dir": str(plan.raw_dir),
+        "rows": plan.metadata.total_rows,
+        "shards": len(plan.shards),
+        "written_shards": len(written),
+        "status_counts": status_counts,
+    }
+
+
+def fetch_pending_shards(plan: IngestPlan, config: IngestConfig, corpus: Any) -> dict[int, dict[str, int]]:
+    """Fetch and write every shard the plan still needs; returns status counts per written shard."""
     fetcher = open_fetcher(
         config.source,
         images=plan.images,
@@ -39,21 +78,31 @@ def ingest_flow(config: IngestConfig = IngestConfig()) -> dict[str, Any]:
     )
     written: dict[int, dict[str, int]] = {}
     done_rows = plan.metadata.total_rows - sum(spec.rows for spec in plan.pending)
+    progress = create_progress_artifact(
+        progress=100.0 * done_rows / max(plan.metadata.total_rows, 1),
+        key="ingest-progress",
+        description="Share of the input rows in complete raw shards",
+    )
     try:
         with tqdm(total=plan.metadata.total_rows, initial=done_rows, unit="row", desc="ingest") as bar:
             for spec in plan.pending:
                 written[spec.index] = ingest_shard(plan, spec, fetcher)
                 bar.set_postfix(shards=f"{len(plan.shards) - len(plan.pending) + len(written)}/{len(plan.shards)}")
                 bar.update(spec.rows)
+                done_rows += spec.rows
+                update_progress_artifact(progress, progress=100.0 * done_rows / max(plan.metadata.total_rows, 1))
     finally:
         fetcher.close()
-    status_counts = write_ingest_manifest(plan, written)["status_counts"]
-    logger.info("raw dataset %s: %d rows, %s", plan.raw_dir, plan.metadata.total_rows, status_counts)
-    check_failures(status_counts, plan.metadata.total_rows, config.max_failed_fraction)
-    return {
-        "raw_dir": str(plan.raw_dir),
-        "rows": plan.metadata.total_rows,
-        "shards": len(plan.shards),
-        "written_shards": len(written),
-        "status_counts": status_counts,
-    }
+    return written
+
+
+def publish_status_counts(status_counts: dict[str, int], rows: int) -> None:
+    """The fetch outcome of every row, as a table in the Prefect UI."""
+    create_table_artifact(
+        key="ingest-status-counts",
+        table=[
+            {"fetch_status": status, "rows": n, "share": f"{n / max(rows, 1):.1%}"}
+            for status, n in sorted(status_counts.items(), key=lambda item: -item[1])
+        ],
+        description=f"Fetch status of the {rows} input rows",
+    )

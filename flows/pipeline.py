@@ -31,6 +31,8 @@ from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
 from fvlp_core.config import PIPELINE_STAGES, PipelineConfig, StrictModel
 from storage.files import stat_fingerprint
+from storage.results import ResultsStore
+from tasks.lineage import run_lineage
 
 # Stage name -> flow, in DAG order.
 STAGE_FLOWS: dict[str, Callable[[Any], dict[str, Any]]] = {
@@ -164,16 +166,26 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     references: dict[str, dict[str, Any]] = {}
     outputs: dict[str, dict[str, str]] = {}
     reused: list[str] = []
-    for done, stage in enumerate(STAGES, start=1):
-        upstream = {name: {"reference": references[name], "outputs": outputs[name]} for name in UPSTREAM[stage]}
-        reference, from_cache = run_or_reuse(
-            stage, stage_config(config, stage, references, upstream), upstream, config.refresh
+    store = ResultsStore(config.evaluate.paths.results_store)
+    # The pipeline's own row: each stage run started inside it links to it (runs.parent_run_id).
+    with store.run("pipeline", config=config.model_dump(mode="json"), lineage=run_lineage()) as run_id:
+        for done, stage in enumerate(STAGES, start=1):
+            upstream = {name: {"reference": references[name], "outputs": outputs[name]} for name in UPSTREAM[stage]}
+            reference, from_cache = run_or_reuse(
+                stage, stage_config(config, stage, references, upstream), upstream, config.refresh
+            )
+            references[stage] = reference
+            outputs[stage] = output_fingerprint(reference)
+            if from_cache:
+                reused.append(stage)
+            update_progress_artifact(progress, progress=100.0 * done / len(STAGES))
+        store.record_results(
+            run_id,
+            metrics=[
+                {"split": "pipeline", "variant": stage, "name": "reused", "value": float(stage in reused)}
+                for stage in STAGES
+            ],
         )
-        references[stage] = reference
-        outputs[stage] = output_fingerprint(reference)
-        if from_cache:
-            reused.append(stage)
-        update_progress_artifact(progress, progress=100.0 * done / len(STAGES))
     create_table_artifact(
         key="pipeline-stages",
         table=[
@@ -187,4 +199,4 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
         description="What each stage returned in this pipeline run",
     )
     logger.info("pipeline finished; reused %s", ", ".join(reused) or "no stage")
-    return {**references, "reused": reused}
+    return {**references, "reused": reused, "run_id": run_id}

@@ -28,7 +28,6 @@ def pretrain_flow(config: PretrainConfig = PretrainConfig()) -> dict[str, Any]:
         STAGE,
         config,
         dataset_fingerprint=dataset_fingerprint(faces_dir(config.paths.clean_dir)),
-        model_fingerprint=config.model,
         metrics_split="heldout",
     )
     get_run_logger().info("pretrain run %s: %s", config.run_id, done["metrics"])

@@ -21,6 +21,7 @@ SELECTED_NAME = "selected.pt"
 CONFIG_NAME = "config.json"
 LAUNCH_CONFIG_NAME = "launch-config.json"
 METRICS_NAME = "metrics.json"
+STEPS_LOG_NAME = "steps.jsonl"  # one JSON record per optimizer step (loss parts, lr, samples/s)
 LATEST_NAME = "LATEST"
 
 

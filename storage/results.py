@@ -17,11 +17,16 @@ the process's start time, so a reused pid is not mistaken for it).
 Schema (see also :data:`SCHEMA_SQL`)::
 
     runs(run_id PK, flow, config JSON, code_version, dataset_fingerprint,
-         model_fingerprint, started_at, finished_at, status, error, owner)
+         model_fingerprint, started_at, finished_at, status, error, owner,
+         flow_run_id, parent_run_id)                       parent: the pipeline run of a stage
     metrics(run_id, split, variant, name, value)           one row per scalar
-    curves(run_id, variant, step, metric, value)           step = 1..T
+    curves(run_id, variant, step, metric, value)           evaluation: step = 1..T
+    training_curves(run_id, step, metric, value)           per optimizer step: loss parts, lr, samples_per_s
     cleaning_stats(run_id, rule, kept, rejected, precision, recall)
-    artifacts(run_id, kind, path)
+    artifacts(run_id, kind, path)                          absolute paths
+
+Fingerprints: models are ``sha256:<digest of the weights file>`` (what a training run wrote,
+what an evaluation scored), so an evaluation joins the training run that made its model.
 
 Views: ``latest_metrics`` (newest finished evaluation per model fingerprint),
 ``early_stage_by_variant`` (wm@B, m@B and acc@10 at 20 % of the episode per run and
@@ -57,10 +62,14 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at         TIMESTAMP,
     status              VARCHAR NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
     error               VARCHAR,
-    owner               VARCHAR
+    owner               VARCHAR,
+    flow_run_id         VARCHAR,
+    parent_run_id       VARCHAR
 );
--- Stores written before runs had an owner.
+-- Stores written before runs had these columns.
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS flow_run_id VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS parent_run_id VARCHAR;
 CREATE TABLE IF NOT EXISTS metrics (
     run_id  VARCHAR NOT NULL REFERENCES runs (run_id),
     split   VARCHAR NOT NULL,
@@ -76,6 +85,13 @@ CREATE TABLE IF NOT EXISTS curves (
     metric  VARCHAR NOT NULL,
     value   DOUBLE,
     PRIMARY KEY (run_id, variant, step, metric)
+);
+CREATE TABLE IF NOT EXISTS training_curves (
+    run_id  VARCHAR NOT NULL REFERENCES runs (run_id),
+    step    INTEGER NOT NULL,
+    metric  VARCHAR NOT NULL,
+    value   DOUBLE,
+    PRIMARY KEY (run_id, step, metric)
 );
 CREATE TABLE IF NOT EXISTS cleaning_stats (
     run_id    VARCHAR NOT NULL REFERENCES runs (run_id),
@@ -143,6 +159,7 @@ ORDER BY s.rule;
 ROW_FIELDS: dict[str, tuple[str, ...]] = {
     "metrics": ("split", "variant", "name", "value"),
     "curves": ("variant", "step", "metric", "value"),
+    "training_curves": ("step", "metric", "value"),
     "cleaning_stats": ("rule", "kept", "rejected", "precision", "recall"),
     "artifacts": ("kind", "path"),
 }
@@ -151,9 +168,19 @@ RESULT_TABLES = tuple(ROW_FIELDS)
 KEY_FIELDS: dict[str, tuple[str, ...]] = {
     "metrics": ("split", "variant", "name"),
     "curves": ("variant", "step", "metric"),
+    "training_curves": ("step", "metric"),
     "cleaning_stats": ("rule",),
     "artifacts": (),
 }
+
+
+@dataclass(frozen=True)
+class RunLineage:
+    """The orchestrator's ids of a run: its own flow run, and the flow run that started it
+    (a pipeline's stage). The parent's row is found by its ``flow_run_id``."""
+
+    flow_run_id: str | None = None
+    parent_flow_run_id: str | None = None
 
 
 class ResultsStoreLocked(TimeoutError):
@@ -288,14 +315,25 @@ class ResultsStore:
         model_fingerprint: str | None = None,
         run_id: str | None = None,
         code_version_: str | None = None,
+        lineage: RunLineage | None = None,
     ) -> str:
         run_id = run_id or new_run_id(flow)
+        lineage = lineage or RunLineage()
         with self._transaction() as conn:
             conn.execute(SCHEMA_SQL)
             self._reconcile(conn)
+            parent = (
+                conn.execute(
+                    "SELECT run_id FROM runs WHERE flow_run_id = ? ORDER BY started_at DESC LIMIT 1",
+                    [lineage.parent_flow_run_id],
+                ).fetchone()
+                if lineage.parent_flow_run_id
+                else None
+            )
             conn.execute(
                 "INSERT INTO runs (run_id, flow, config, code_version, dataset_fingerprint, model_fingerprint, "
-                "started_at, status, owner) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+                "started_at, status, owner, flow_run_id, parent_run_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
                 [
                     run_id,
                     flow,
@@ -305,6 +343,8 @@ class ResultsStore:
                     model_fingerprint,
                     _utcnow(),
                     process_owner(),
+                    lineage.flow_run_id,
+                    parent[0] if parent else None,
                 ],
             )
         self._pending[run_id] = {table: [] for table in RESULT_TABLES}
@@ -366,11 +406,12 @@ class ResultsStore:
         dataset_fingerprint: str | None = None,
         model_fingerprint: str | None = None,
         run_id: str | None = None,
+        lineage: RunLineage | None = None,
     ) -> Iterator[str]:
         """A run row for the body: ``finished`` with its results if it returns, ``failed``
         (no results) if it raises. When even marking it failed cannot get the file, the row
         stays ``running`` without results until the next run started here reconciles it."""
-        run_id = self.start_run(flow, config, dataset_fingerprint, model_fingerprint, run_id)
+        run_id = self.start_run(flow, config, dataset_fingerprint, model_fingerprint, run_id, lineage=lineage)
         try:
             yield run_id
             self.finish_run(run_id)
@@ -397,6 +438,7 @@ class ResultsStore:
         curves: Sequence[Mapping[str, Any]] = (),
         cleaning_stats: Sequence[Mapping[str, Any]] = (),
         artifacts: Sequence[Mapping[str, Any]] = (),
+        training_curves: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, int]:
         """Add rows to ``run_id`` (a run this store started and has not ended): all of them or,
         when one is malformed or repeats a key, none. They reach the file when the run finishes."""
@@ -405,7 +447,14 @@ class ResultsStore:
                 f"run {run_id!r} is not open in this store (finished, failed, or started by another "
                 "process); results are recorded while the run that owns them is running"
             )
-        batches = {"metrics": metrics, "curves": curves, "cleaning_stats": cleaning_stats, "artifacts": artifacts}
+        batches = {
+            "metrics": metrics,
+            "curves": curves,
+            "training_curves": training_curves,
+            "cleaning_stats": cleaning_stats,
+            # absolute: an analyst opens the store from anywhere
+            "artifacts": [_absolute_path(row) for row in artifacts],
+        }
         prepared = {table: [self._row(table, i, row) for i, row in enumerate(rows)] for table, rows in batches.items()}
         pending = self._pending[run_id]
         for table, rows in prepared.items():
@@ -446,3 +495,7 @@ class ResultsStore:
         """Like :meth:`query`, as a pandas DataFrame."""
         with self._connect(read_only=True) as conn:
             return conn.execute(sql, params or []).df()
+
+
+def _absolute_path(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    return {**row, "path": str(Path(row["path"]).resolve())} if "path" in row else row

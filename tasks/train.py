@@ -23,8 +23,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from fvlp_core.config import TrainConfig
-from storage.checkpoints import LAUNCH_CONFIG_NAME, checkpoint_path, run_dir
+from fvlp_core.digest import file_digest
+from storage.checkpoints import LAUNCH_CONFIG_NAME, STEPS_LOG_NAME, checkpoint_path, run_dir
 from storage.results import ResultsStore, new_run_id
+from tasks.lineage import run_lineage
 
 TAIL_LINES = 40
 
@@ -116,6 +118,7 @@ def run_training(stage: str, config: TrainConfig) -> dict[str, Any]:
     logger.info("launching %s run %s: %s", stage, config.run_id, " ".join(command))
 
     done: dict[str, Any] | None = None
+    curve: list[dict[str, Any]] = []
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     errors: deque[str] = deque(maxlen=TAIL_LINES)
     with subprocess.Popen(
@@ -124,13 +127,20 @@ def run_training(stage: str, config: TrainConfig) -> dict[str, Any]:
         assert child.stdout is not None and child.stderr is not None
         relay = threading.Thread(target=_relay_stderr, args=(child.stderr.buffer, errors), daemon=True)
         relay.start()
-        for line in child.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            record = _json_record(line)
-            if record and record.get("event") == "done":
-                done = record
-            logger.info("%s", line)
+        with open(folder / STEPS_LOG_NAME, "a") as steps_log:
+            for line in child.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                record = _json_record(line)
+                if record and record.get("event") == "step":
+                    # One record per optimizer step: into the run's log file and the results
+                    # store, not the terminal, where the progress bar already counts steps.
+                    steps_log.write(line + "\n")
+                    curve.extend(curve_rows(record))
+                    continue
+                if record and record.get("event") == "done":
+                    done = record
+                logger.info("%s", line)
         relay.join()
     if child.returncode != 0:
         raise RuntimeError(
@@ -143,7 +153,20 @@ def run_training(stage: str, config: TrainConfig) -> dict[str, Any]:
         raise RuntimeError(
             f"{stage} run {config.run_id} exited 0 without a 'done' record; last output:\n" + "\n".join(tail)
         )
-    return done
+    return {**done, "curve": curve}
+
+
+# Fields of a step record that are not measurements.
+_STEP_FIELDS = frozenset({"event", "stage", "step"})
+
+
+def curve_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """``training_curves`` rows of one step record: every loss part, lr, samples/s and epoch."""
+    return [
+        {"step": int(record["step"]), "metric": name, "value": float(value)}
+        for name, value in record.items()
+        if name not in _STEP_FIELDS and isinstance(value, (int, float))
+    ]
 
 
 def _json_record(line: str) -> dict[str, Any] | None:
@@ -162,7 +185,7 @@ def metric_rows(metrics: dict[str, float], split: str, variant: str) -> list[dic
 
 
 def train_and_record(
-    stage: str, config: TrainConfig, *, dataset_fingerprint: str, model_fingerprint: str, metrics_split: str
+    stage: str, config: TrainConfig, *, dataset_fingerprint: str, metrics_split: str
 ) -> dict[str, Any]:
     """Run training inside a results-store run: its row, held-out metrics and checkpoint artifact.
 
@@ -176,12 +199,15 @@ def train_and_record(
         config=config.model_dump(mode="json"),
         run_id=store_run_id,
         dataset_fingerprint=dataset_fingerprint,
-        model_fingerprint=model_fingerprint,
+        lineage=run_lineage(),
     ) as results_run:
         done = run_training(stage, config)
+        # The model this run made, by content: the evaluation that scores it records the same.
+        store.set_fingerprints(results_run, model_fingerprint=f"sha256:{file_digest(Path(done['checkpoint']))}")
         store.record_results(
             results_run,
             metrics=metric_rows(done["metrics"], metrics_split, stage),
+            training_curves=done["curve"],
             artifacts=[{"kind": "checkpoint", "path": done["checkpoint"]}],
         )
     return done

@@ -236,6 +236,7 @@ def test_raw_schema_contract_and_accounting(tmp_path: Path, prefect_harness):
     config = folder_config(tmp_path, [a, b], images)
 
     result = ingest_flow(config)
+    assert result.pop("run_id").startswith("ingest-")
     assert result == {
         "raw_dir": str(config.paths.raw_dir),
         "rows": 11,

@@ -168,7 +168,7 @@ TINY = {
     "episodes": {"steps_per_episode": 5},
     "finetune": {"epochs": 1, "batch_size": 4, "select_on": "test"},  # too few train photos to carve a validation split
 }
-RUNS_SQL = "SELECT flow, run_id, status FROM runs ORDER BY started_at"
+RUNS_SQL = "SELECT flow, run_id, status, parent_run_id FROM runs WHERE flow <> 'pipeline' ORDER BY started_at"
 ROWS_SQL = """
 SELECT r.flow, (SELECT count(*) FROM metrics m WHERE m.run_id = r.run_id),
        (SELECT count(*) FROM curves c WHERE c.run_id = r.run_id),
@@ -194,9 +194,20 @@ def test_real_stages_end_to_end_then_a_rerun_that_reuses_them(prefect_harness, t
 
     store = ResultsStore(config.evaluate.paths.results_store)
     runs = store.query(RUNS_SQL)
+    # Every stage that records a run links to the pipeline run that started it.
     assert runs == [
-        (stage, first[stage]["run_id"], "finished") for stage in ("clean", "pretrain", "finetune", "evaluate")
+        (stage, first[stage]["run_id"], "finished", first["run_id"])
+        for stage in ("ingest", "clean", "pretrain", "finetune", "evaluate")
     ]
+    pipeline_row = store.query("SELECT flow, status FROM runs WHERE run_id = ?", [first["run_id"]])
+    assert pipeline_row == [("pipeline", "finished")]
+    curves = store.query(
+        "SELECT DISTINCT metric FROM training_curves WHERE run_id = ? ORDER BY metric", [first["pretrain"]["run_id"]]
+    )
+    assert {"loss", "itc", "lr", "samples_per_s"} <= {metric for (metric,) in curves}
+    fingerprints = dict(store.query("SELECT flow, model_fingerprint FROM runs WHERE flow IN ('finetune', 'evaluate')"))
+    assert fingerprints["finetune"] == fingerprints["evaluate"]  # the model evaluate scored, by content
+    assert all(Path(path).is_absolute() for (path,) in store.query("SELECT path FROM artifacts"))
     assert first["evaluate"]["metrics"]["dataset/steps"] == 5
     _assert_episodes_drawn_from_the_recorded_corpus(config, first["episodes"])
     rows = {flow: counts for flow, *counts in store.query(ROWS_SQL)}

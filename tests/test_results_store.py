@@ -37,7 +37,7 @@ def store(tmp_path: Path) -> ResultsStore:
 def test_schema_has_documented_tables_and_views(store: ResultsStore) -> None:
     store.ensure_schema()
     names = {row[0] for row in store.query("SELECT table_name FROM information_schema.tables")}
-    assert {"runs", "metrics", "curves", "cleaning_stats", "artifacts"} <= names
+    assert {"runs", "metrics", "curves", "training_curves", "cleaning_stats", "artifacts"} <= names
     assert {"latest_metrics", "early_stage_by_variant", "cleaning_yield"} <= names
     columns = [
         row[0]
@@ -57,6 +57,8 @@ def test_schema_has_documented_tables_and_views(store: ResultsStore) -> None:
         "status",
         "error",
         "owner",
+        "flow_run_id",
+        "parent_run_id",
     ]
 
 
@@ -217,16 +219,24 @@ def _analyst_snippets() -> list[str]:
 def test_analyst_guide_queries_run_as_written(store: ResultsStore) -> None:
     with store.run("clean") as clean_id:
         store.record_results(clean_id, cleaning_stats=[{"rule": "face_size", "kept": 3, "rejected": 1}])
-    with store.run("evaluate", model_fingerprint="m") as eval_id:
-        store.record_results(eval_id, **_evaluation_rows(wm_b=7.0))
+    with store.run("finetune", model_fingerprint="sha256:m", dataset_fingerprint="episodes") as train_id:
+        curve = [{"step": s, "metric": k, "value": v} for s in (1, 2) for k, v in (("loss", 2.0 / s), ("lr", 1e-4))]
+        store.record_results(train_id, training_curves=curve)
+    for wm_b in (7.0, 9.0):
+        with store.run("evaluate", model_fingerprint="sha256:m") as eval_id:
+            store.record_results(eval_id, **_evaluation_rows(wm_b=wm_b))
     snippets = _analyst_snippets()
-    assert len(snippets) >= 5
+    assert len(snippets) >= 10
     conn = duckdb.connect(str(store.path), read_only=True)
     try:
-        for sql in snippets:
-            assert conn.execute(sql).fetchall() is not None, sql
+        results = [conn.execute(sql).fetchall() for sql in snippets]
     finally:
         conn.close()
+    assert all(rows for rows in results), [sql for sql, rows in zip(snippets, results) if not rows]
+    compared, loss_curve, provenance = results[7], results[8], results[9]
+    assert ("test", "sketch", "wm_at_B", 7.0, 9.0, 2.0) in compared
+    assert [(step, loss) for step, _, loss, *_ in loss_curve] == [(1, 2.0), (2, 1.0)]
+    assert {row[7] for row in provenance} == {train_id}  # the training run that wrote the scored weights
 
 
 def test_the_analyst_cli_is_pinned_to_the_version_that_writes_the_store():
