@@ -10,21 +10,37 @@ only the image half (see ``tasks/clean.py``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
-from fvlp_core.config import CleanConfig
+from fvlp_core.config import CleanConfig, flow_config
 from storage.results import ResultsStore
 from storage.shards import dataset_fingerprint
-from tasks.clean import decide_shards, format_stats, measure_shards, plan_clean, score_rules
+from tasks.clean import clean_writers_slot, decide_shards, format_stats, measure_shards, plan_clean, score_rules
 from tasks.clean_worker import measure_settings
 from tasks.lineage import run_lineage
 
 
 @flow(name="clean")
-def clean_flow(config: CleanConfig = CleanConfig()) -> dict[str, Any]:
-    """Returns ``{"run_id", "clean_dir", "input_rows", "kept", "rejected", ...}``."""
+def clean_flow(config: CleanConfig | None = None, data_root: Path | None = None) -> dict[str, Any]:
+    """Returns ``{"run_id", "clean_dir", "input_rows", "kept", "rejected", ...}``.
+
+    Args:
+        config: The stage's settings; fields left out come from the FVLP_* environment of the
+            process running the flow, then the defaults.
+        data_root: Folder of every dataset, checkpoint and the results store; wins over
+            config's (default: FVLP_DATA_ROOT of the process running the flow, else ./fvlp-data).
+    """
+    config = flow_config(CleanConfig, config, data_root)
+    # One run writes cleaning output at a time: an on-demand clean and the nightly re-clean
+    # (or a pipeline's clean stage) on the same shards wait for each other.
+    with clean_writers_slot():
+        return _clean(config)
+
+
+def _clean(config: CleanConfig) -> dict[str, Any]:
     logger = get_run_logger()
     jobs = plan_clean(config)
     store = ResultsStore(config.paths.results_store)

@@ -10,11 +10,12 @@ table are attached as Prefect artifacts.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
-from fvlp_core.config import EvaluateConfig
+from fvlp_core.config import EvaluateConfig, flow_config
 from storage.episodes import read_episodes_reference
 from storage.results import ResultsStore
 from tasks.evaluate import embed_episodes, report_evaluation, resolve_checkpoint, score_episodes
@@ -22,8 +23,16 @@ from tasks.lineage import run_lineage
 
 
 @flow(name="evaluate")
-def evaluate_flow(config: EvaluateConfig = EvaluateConfig()) -> dict[str, Any]:
-    """Returns ``{"run_id", "metrics", "headline", "plot", "summary"}``."""
+def evaluate_flow(config: EvaluateConfig | None = None, data_root: Path | None = None) -> dict[str, Any]:
+    """Returns ``{"run_id", "metrics", "headline", "plot", "summary"}``.
+
+    Args:
+        config: The stage's settings; fields left out come from the FVLP_* environment of the
+            process running the flow, then the defaults.
+        data_root: Folder of every dataset, checkpoint and the results store; wins over
+            config's (default: FVLP_DATA_ROOT of the process running the flow, else ./fvlp-data).
+    """
+    config = flow_config(EvaluateConfig, config, data_root)
     logger = get_run_logger()
     store = ResultsStore(config.paths.results_store)
     with store.run("evaluate", config=config.model_dump(mode="json"), lineage=run_lineage()) as run_id:

@@ -9,11 +9,12 @@ caption).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
-from fvlp_core.config import FinetuneConfig
+from fvlp_core.config import FinetuneConfig, flow_config
 from storage.checkpoints import latest_checkpoint
 from storage.episodes import read_episodes_reference
 from tasks.train import train_and_record, with_run_id
@@ -35,8 +36,16 @@ def resolve_start(config: FinetuneConfig) -> FinetuneConfig:
 
 
 @flow(name="finetune")
-def finetune_flow(config: FinetuneConfig = FinetuneConfig()) -> dict[str, Any]:
-    """Returns ``{"run_id", "checkpoint", "episodes_dir", "metrics"}``."""
+def finetune_flow(config: FinetuneConfig | None = None, data_root: Path | None = None) -> dict[str, Any]:
+    """Returns ``{"run_id", "checkpoint", "episodes_dir", "metrics"}``.
+
+    Args:
+        config: The stage's settings; fields left out come from the FVLP_* environment of the
+            process running the flow, then the defaults.
+        data_root: Folder of every dataset, checkpoint and the results store; wins over
+            config's (default: FVLP_DATA_ROOT of the process running the flow, else ./fvlp-data).
+    """
+    config = flow_config(FinetuneConfig, config, data_root)
     config = resolve_start(with_run_id(config, STAGE))
     episodes = read_episodes_reference(config.episodes_dir)
     done = train_and_record(

@@ -12,13 +12,14 @@ status-count artifacts. With
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from tqdm.auto import tqdm
 
-from fvlp_core.config import IngestConfig
+from fvlp_core.config import IngestConfig, flow_config
 from fvlp_core.fetch import open_fetcher
 from storage.results import ResultsStore
 from tasks.ingest import (
@@ -33,8 +34,16 @@ from tasks.lineage import run_lineage
 
 
 @flow(name="ingest")
-def ingest_flow(config: IngestConfig = IngestConfig()) -> dict[str, Any]:
-    """Returns ``{"run_id", "raw_dir", "rows", "shards", "written_shards", "status_counts"}``."""
+def ingest_flow(config: IngestConfig | None = None, data_root: Path | None = None) -> dict[str, Any]:
+    """Returns ``{"run_id", "raw_dir", "rows", "shards", "written_shards", "status_counts"}``.
+
+    Args:
+        config: The stage's settings; fields left out come from the FVLP_* environment of the
+            process running the flow, then the defaults.
+        data_root: Folder of every dataset, checkpoint and the results store; wins over
+            config's (default: FVLP_DATA_ROOT of the process running the flow, else ./fvlp-data).
+    """
+    config = flow_config(IngestConfig, config, data_root)
     logger = get_run_logger()
     store = ResultsStore(config.paths.results_store)
     with store.run("ingest", config=config.model_dump(mode="json"), lineage=run_lineage()) as run_id:

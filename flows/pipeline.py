@@ -29,7 +29,7 @@ from flows.evaluate import evaluate_flow
 from flows.finetune import finetune_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
-from fvlp_core.config import PIPELINE_STAGES, PipelineConfig, StrictModel
+from fvlp_core.config import PIPELINE_STAGES, PipelineConfig, StrictModel, flow_config
 from storage.files import stat_fingerprint
 from storage.results import ResultsStore
 from tasks.lineage import run_lineage
@@ -154,11 +154,18 @@ def run_or_reuse(
 
 
 @flow(name="pipeline")
-def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
+def pipeline_flow(config: PipelineConfig | None = None, data_root: Path | None = None) -> dict[str, Any]:
     """ingest -> clean -> pretrain, episodes -> finetune -> evaluate; returns each stage's references.
 
     ``reused`` lists the stages taken from the cache because their inputs had not changed.
+
+    Args:
+        config: The stage's settings; fields left out come from the FVLP_* environment of the
+            process running the flow, then the defaults.
+        data_root: Folder of every dataset, checkpoint and the results store; wins over
+            config's (default: FVLP_DATA_ROOT of the process running the flow, else ./fvlp-data).
     """
+    config = flow_config(PipelineConfig, config, data_root)
     logger = get_run_logger()
     progress = create_progress_artifact(
         progress=0.0, key="pipeline-progress", description="Share of the stages finished in this run"

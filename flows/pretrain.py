@@ -8,11 +8,12 @@ the ``--run-id`` of an interrupted run resumes it from its last checkpoint.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
-from fvlp_core.config import PretrainConfig
+from fvlp_core.config import PretrainConfig, flow_config
 from storage.clean import faces_dir
 from storage.shards import dataset_fingerprint
 from tasks.train import train_and_record, with_run_id
@@ -21,8 +22,16 @@ STAGE = "pretrain"
 
 
 @flow(name="pretrain")
-def pretrain_flow(config: PretrainConfig = PretrainConfig()) -> dict[str, Any]:
-    """Returns ``{"run_id", "checkpoint", "metrics"}``; the run id names the checkpoint folder and results row."""
+def pretrain_flow(config: PretrainConfig | None = None, data_root: Path | None = None) -> dict[str, Any]:
+    """Returns ``{"run_id", "checkpoint", "metrics"}``; the run id names the checkpoint folder and results row.
+
+    Args:
+        config: The stage's settings; fields left out come from the FVLP_* environment of the
+            process running the flow, then the defaults.
+        data_root: Folder of every dataset, checkpoint and the results store; wins over
+            config's (default: FVLP_DATA_ROOT of the process running the flow, else ./fvlp-data).
+    """
+    config = flow_config(PretrainConfig, config, data_root)
     config = with_run_id(config, STAGE)
     done = train_and_record(
         STAGE,

@@ -2,7 +2,12 @@
 
 One process registers the deployments (the UI lists them, with their schedules and
 parameter forms) and executes their runs, so a one-machine setup needs no work pool
-or worker. prefect.yaml stays the single definition: `prefect deploy --all` plus
+or worker. Every form carries the data root this process resolves (FVLP_DATA_ROOT, else
+./fvlp-data where serve started), made absolute; a run can change it. Cleaning runs take a
+slot of Prefect's global concurrency limit ``fvlp-clean-writers`` inside the flow, so here
+as under workers an on-demand clean and the nightly re-clean never write at once.
+
+prefect.yaml stays the single definition: `prefect deploy --all` plus
 workers on several machines reads the same file (docs/operations.md).
 """
 
@@ -21,6 +26,8 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 
+from fvlp_core.config import Paths, resolve_config
+
 PROJECT_FILE = Path(__file__).resolve().parents[1] / "prefect.yaml"
 
 
@@ -28,8 +35,11 @@ def _concurrency(spec: Any) -> ConcurrencyLimitConfig | int | None:
     return ConcurrencyLimitConfig(**spec) if isinstance(spec, dict) else spec
 
 
-def load_deployments(project_file: Path = PROJECT_FILE, names: list[str] | None = None) -> list[RunnerDeployment]:
-    """The deployments of ``project_file`` (all, or those in ``names``) as served deployments."""
+def load_deployments(
+    project_file: Path = PROJECT_FILE, names: list[str] | None = None, data_root: Path | None = None
+) -> list[RunnerDeployment]:
+    """The deployments of ``project_file`` (all, or those in ``names``) as served deployments;
+    ``data_root`` (absolute) becomes each one's ``data_root`` parameter, shown in the run form."""
     project_file = Path(project_file).resolve()
     spec = yaml.safe_load(project_file.read_text())
     known = [item["name"] for item in spec["deployments"]]
@@ -47,7 +57,10 @@ def load_deployments(project_file: Path = PROJECT_FILE, names: list[str] | None 
                 name=item["name"],
                 description=item.get("description"),
                 tags=item.get("tags"),
-                parameters=item.get("parameters"),
+                parameters={
+                    **({"data_root": str(data_root)} if data_root is not None else {}),
+                    **(item.get("parameters") or {}),
+                },
                 schedules=[Cron(s["cron"], timezone=s.get("timezone")) for s in item.get("schedules") or []],
                 concurrency_limit=_concurrency(item.get("concurrency_limit")),
             )
@@ -66,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             "PREFECT_API_URL is not set: start a server (`prefect server start --host 127.0.0.1`) and "
             "export PREFECT_API_URL=http://127.0.0.1:4200/api so the deployments are registered with it"
         )
-    # Stage flows resolve relative data roots against the working directory: keep it the checkout's.
+    # The runs execute in this process: its FVLP_DATA_ROOT (else ./fvlp-data where serve was
+    # started) is their data root, made absolute and written into each run form.
+    data_root = resolve_config(Paths).data_root.resolve()
+    # Stage flows resolve relative paths against the working directory: keep it the checkout's.
     os.chdir(Path(args.project_file).resolve().parent)
-    serve(*load_deployments(args.project_file, args.names), limit=args.limit)
+    serve(*load_deployments(args.project_file, args.names, data_root), limit=args.limit)
     return 0

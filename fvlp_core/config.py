@@ -562,3 +562,17 @@ def resolve_config(model: type[ConfigT], overrides: dict[str, Any] | None = None
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<config>'}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"invalid {model.__name__}: {problems}") from err
+
+
+def flow_config(model: type[ConfigT], config: BaseModel | dict[str, Any] | None, data_root: Path | None) -> ConfigT:
+    """The config a flow runs with. Only the values set explicitly (a deployment's form or
+    ``--param``, the CLI's flags) are taken from ``config``; the FVLP_* environment of the
+    process running the flow fills the rest, then the defaults. ``data_root`` reaches every
+    ``paths`` group (the pipeline's six included) and wins over the data root in ``config``."""
+    if isinstance(config, BaseModel):
+        values = config.model_dump(mode="json", exclude_unset=True)
+    else:
+        values = dict(config or {})
+    if data_root is not None:
+        values = _deep_merge(values, spread_paths(model, {}, {"data_root": str(data_root)}))
+    return resolve_config(model, values)

@@ -21,6 +21,10 @@ import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from fvlp_core.attribute_head import (
     confident_attributes,
@@ -79,6 +83,28 @@ def plan_clean(config: CleanConfig) -> list[ShardJob]:
     clean_dir = config.paths.clean_dir
     remove_stale_shards(clean_dir, {shard_index(p) for p in raw_shards})
     return [ShardJob(p, measurement_path(clean_dir, p)) for p in raw_shards]
+
+
+# Prefect's global concurrency limit held by every run that writes clean/ (see clean_writers_slot).
+CLEAN_WRITERS_LIMIT = "fvlp-clean-writers"
+
+
+@contextmanager
+def clean_writers_slot() -> Iterator[None]:
+    """Hold a slot of Prefect's global concurrency limit ``fvlp-clean-writers`` (created with
+    limit 1 when missing) for the body: one run writes cleaning output at a time, whoever
+    started it (`fvlp serve`, a worker, the CLI, a pipeline), and a second one waits."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(CLEAN_WRITERS_LIMIT)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=CLEAN_WRITERS_LIMIT, limit=1))
+            except ObjectAlreadyExists:  # another run created it first
+                pass
+    get_run_logger().info("taking a slot of the global concurrency limit %s", CLEAN_WRITERS_LIMIT)
+    with concurrency(CLEAN_WRITERS_LIMIT, occupy=1, strict=True):
+        yield
 
 
 @contextmanager

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -105,9 +106,11 @@ def test_prefect_deploy_registers_every_deployment_on_a_local_server(local_serve
         "finetune",
         "evaluate",
     }
-    # the UI's run form: the flow's typed config, with field descriptions
+    # the UI's run form: one data root (`--param data_root=...` works), and the flow's typed
+    # config, with field descriptions
     schema = by_name["pipeline"].parameter_openapi_schema
-    assert schema["properties"]["config"]["$ref"].endswith("/PipelineConfig")
+    assert "FVLP_DATA_ROOT" in schema["properties"]["data_root"]["description"]
+    assert schema["properties"]["config"]["anyOf"][0]["$ref"].endswith("/PipelineConfig")
     assert "refresh" in schema["definitions"]["PipelineConfig"]["properties"]
     # no remote storage: runs start in this checkout
     assert by_name["evaluate"].pull_steps == [
@@ -133,3 +136,69 @@ def test_serve_names_an_unknown_deployment():
 
     with pytest.raises(ValueError, match=r"no deployment \['nightly'\]"):
         load_deployments(names=["nightly"])
+
+
+async def _run_both_and_wait(api_url: str, names: tuple[str, ...], timeout_s: float) -> dict[str, Any]:
+    """Start a run of each deployment at once (no parameters: what a cron or a bare
+    `prefect deployment run` sends) and wait for all of them to end."""
+    from prefect.client.orchestration import PrefectClient
+
+    async with PrefectClient(api=api_url) as client:
+        deadline = time.monotonic() + timeout_s
+        while True:  # `fvlp serve` registers the deployments once it is up
+            found = {d.name: d for d in await client.read_deployments()}
+            if set(names) <= set(found):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"deployments {names} never registered; found {sorted(found)}")
+            await asyncio.sleep(1)
+        runs = [await client.create_flow_run_from_deployment(found[name].id) for name in names]
+        while True:
+            states = [(await client.read_flow_run(run.id)).state for run in runs]
+            if all(state.is_final() for state in states):
+                return {"deployments": found, "states": dict(zip(names, states))}
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"runs still going: {states}")
+            await asyncio.sleep(2)
+
+
+@pytest.mark.slow
+def test_under_fvlp_serve_an_on_demand_clean_and_the_nightly_take_turns_in_the_env_data_root(local_server, tmp_path):
+    """The two cleaning deployments started together: both finish, one after the other (the
+    global concurrency limit in the flow), in the data root of serve's FVLP_DATA_ROOT, not
+    in <serve's cwd>/fvlp-data."""
+    from storage.results import ResultsStore
+    from tests.clean_fixtures import PORTRAIT, group_faces, jpeg, write_raw_shards
+
+    root = tmp_path / "served-root"
+    rows = [
+        {"SAMPLE_ID": 1, "TEXT": "Tom Hanks at the premiere of his new film", "image": PORTRAIT.read_bytes()},
+        {"SAMPLE_ID": 2, "TEXT": "Portrait of a smiling woman at a party", "image": jpeg(group_faces()[0])},
+    ]
+    write_raw_shards(root / "raw", [rows])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**local_server, "FVLP_DATA_ROOT": str(root), "FVLP_WORKERS": "1"}
+    log = open(tmp_path / "serve.log", "wb")
+    serve = subprocess.Popen(
+        [str(Path(sys.executable).parent / "fvlp"), "serve", "clean", "reclean-nightly"],
+        cwd=elsewhere,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        done = asyncio.run(_run_both_and_wait(env["PREFECT_API_URL"], ("clean", "reclean-nightly"), 420))
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+        log.close()
+    served_log = (tmp_path / "serve.log").read_text(errors="replace")[-3000:]
+    assert all(state.is_completed() for state in done["states"].values()), (done["states"], served_log)
+    assert done["deployments"]["clean"].parameters["data_root"] == str(root)  # absolute, in the form
+    assert not (elsewhere / "fvlp-data").exists()
+    spans = ResultsStore(root / "results.duckdb").query(
+        "SELECT started_at, finished_at FROM runs WHERE flow = 'clean' ORDER BY started_at"
+    )
+    assert len(spans) == 2
+    assert spans[0][1] <= spans[1][0], spans  # the second waited for the first to finish

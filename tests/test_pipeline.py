@@ -158,6 +158,24 @@ def test_stages_must_share_one_data_root(tmp_path):
         PipelineConfig.model_validate({"clean": {"paths": {"data_root": str(tmp_path / "elsewhere")}}})
 
 
+def test_a_deployment_run_resolves_unset_fields_from_the_running_process_environment(tmp_path, monkeypatch):
+    """What a deployment run passes is only what its form or --param set: the rest comes from
+    the FVLP_* environment of the process running it (was: the defaults frozen at deploy time)."""
+    from fvlp_core.config import CleanConfig, flow_config
+
+    monkeypatch.setenv("FVLP_DATA_ROOT", str(tmp_path / "from-env"))
+    monkeypatch.setenv("FVLP_WORKERS", "3")
+    bare = flow_config(CleanConfig, None, None)
+    assert (bare.paths.data_root, bare.workers) == (tmp_path / "from-env", 3)
+    form = CleanConfig.model_validate({"workers": 1})  # a form that set one field
+    assert flow_config(CleanConfig, form, None).workers == 1
+    assert flow_config(CleanConfig, form, None).paths.data_root == tmp_path / "from-env"
+    # one data_root parameter reaches all six stages of the pipeline and wins over the config's
+    pipeline = flow_config(PipelineConfig, {"clean": {"workers": 1}}, tmp_path / "param")
+    assert {getattr(pipeline, stage).paths.data_root for stage in STAGES} == {tmp_path / "param"}
+    assert pipeline.clean.workers == 1
+
+
 # A corpus and training budget small enough for CI on two CPU cores, with a corpus seed,
 # crop margin and episode length other than the defaults: later stages must take them from
 # what the earlier stages recorded, not from their own defaults.
