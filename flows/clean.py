@@ -18,7 +18,15 @@ from prefect import flow, get_run_logger
 from fvlp_core.config import CleanConfig, flow_config
 from storage.results import ResultsStore
 from storage.shards import dataset_fingerprint
-from tasks.clean import clean_writers_slot, decide_shards, format_stats, measure_shards, plan_clean, score_rules
+from tasks.clean import (
+    clean_writers_slot,
+    decide_shards,
+    format_stats,
+    measure_shards,
+    plan_clean,
+    publish_stats,
+    score_rules,
+)
 from tasks.clean_worker import measure_settings
 from tasks.lineage import run_lineage
 
@@ -58,6 +66,7 @@ def _clean(config: CleanConfig) -> dict[str, Any]:
             raise AssertionError(f"kept {summary['kept']} + rejected {summary['rejected']} != {input_rows} input rows")
         stats = score_rules(config)
         print(format_stats(stats))
+        publish_stats(stats)
         store.record_results(run_id, cleaning_stats=stats)
     logger.info("clean run %s: %d of %d rows kept", run_id, summary["kept"], input_rows)
     return {

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -142,11 +143,14 @@ def dask_client(config: CleanConfig) -> Iterator[Any]:
 def measure_shards(config: CleanConfig, jobs: list[ShardJob]) -> list[dict[str, Any]]:
     """Map :func:`measure_shard` over the shards on Dask; a failed shard fails the task naming it."""
     logger = get_run_logger()
+    from distributed import as_completed
+
     settings = measure_settings(config)
     if config.recompute:
         for job in jobs:
             job.measurement_path.unlink(missing_ok=True)
     with dask_client(config) as client:
+        logger.info("Dask dashboard: %s (%d workers)", client.dashboard_link, len(client.scheduler_info()["workers"]))
         futures = client.map(
             measure_shard,
             [str(j.raw_path) for j in jobs],
@@ -154,12 +158,21 @@ def measure_shards(config: CleanConfig, jobs: list[ShardJob]) -> list[dict[str, 
             settings=settings,
             pure=False,
         )
-        results = []
-        for job, future in zip(jobs, futures):
+        progress = create_progress_artifact(
+            progress=0.0, key="clean-measured-shards", description=f"Raw shards measured, of {len(jobs)}"
+        )
+        index = {future.key: job for future, job in zip(futures, jobs)}
+        results_by_key: dict[str, dict[str, Any]] = {}
+        # In completion order, so the progress moves as shards finish, whatever their order.
+        for future in as_completed(futures):
+            job = index[future.key]
             try:
-                results.append(future.result())
+                results_by_key[future.key] = future.result()
             except Exception as err:
                 raise RuntimeError(f"measuring raw shard {job.raw_path} failed: {err}") from err
+            update_progress_artifact(progress, progress=100.0 * len(results_by_key) / len(jobs))
+            logger.info("measured %s (%d of %d shards)", job.raw_path.name, len(results_by_key), len(jobs))
+        results = [results_by_key[future.key] for future in futures]
     remeasured = sum(r["rows"] for r in results if r["remeasured"])
     logger.info(
         "measured %d shards (%d rows re-measured, %d reused) with %s",
@@ -396,6 +409,24 @@ def score_rules(config: CleanConfig) -> list[dict[str, Any]]:
     decisions = read_decisions(config.paths.clean_dir, ["SAMPLE_ID", "kept", "reasons"]).to_pandas()
     truth = read_ground_truth_if_any(config.paths.source_dir)
     return score_against_noise(decisions, truth)
+
+
+def publish_stats(stats: list[dict[str, Any]]) -> None:
+    """The rule table as a Prefect table artifact (it is also printed and stored in DuckDB)."""
+    create_table_artifact(
+        key="cleaning-rules",
+        table=[
+            {
+                "rule": s["rule"],
+                "kept": s["kept"],
+                "rejected": s["rejected"],
+                "precision": "n/a" if s.get("precision") is None else f"{s['precision']:.3f}",
+                "recall": "n/a" if s.get("recall") is None else f"{s['recall']:.3f}",
+            }
+            for s in stats
+        ],
+        description="Rows each rule kept and rejected; precision/recall against the embedded corpus's ground truth",
+    )
 
 
 def format_stats(stats: list[dict[str, Any]]) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from prefect import get_run_logger, task
-from prefect.artifacts import create_image_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from fvlp_core.config import EvaluateConfig
@@ -104,8 +105,12 @@ def report_evaluation(result: EvaluationResult, run_id: str, config: EvaluateCon
     summary = out_dir / "summary.md"
     summary.write_text(markdown)
     create_markdown_artifact(markdown=markdown, key="evaluation-summary", description=f"SLFIR metrics of {run_id}")
-    create_image_artifact(
-        image_url=plot.resolve().as_uri(),
+    # The UI cannot load a file:// URL from the machine that ran the flow: the plot travels
+    # inside the artifact, as a data URI its markdown renders.
+    encoded = base64.b64encode(plot.read_bytes()).decode("ascii")
+    create_markdown_artifact(
+        markdown=f"![acc@K and rank percentile vs sketch completion](data:image/png;base64,{encoded})\n\n"
+        f"File: `{plot.resolve()}`",
         key="evaluation-curves",
         description="acc@1/acc@10 and mean rank percentile vs sketch completion",
     )

@@ -233,6 +233,7 @@ def test_real_stages_end_to_end_then_a_rerun_that_reuses_them(prefect_harness, t
     assert rows["evaluate"][0] > 0 and rows["evaluate"][1] > 0  # metrics and acc@K curves
     assert "m@A" in format_runs(recent_runs(store))
     _assert_the_readme_analyst_command_opens_the_store(config, tmp_path / "analyst")
+    _assert_the_ui_gets_artifacts_it_can_render()
 
     rerun = pipeline.pipeline_flow(config, return_state=True)
     assert rerun.result()["reused"] == STAGES
@@ -241,6 +242,18 @@ def test_real_stages_end_to_end_then_a_rerun_that_reuses_them(prefect_harness, t
 
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _assert_the_ui_gets_artifacts_it_can_render() -> None:
+    """Tables for ingest and cleaning, progress for clean shards, and the curve plot inside its
+    artifact (a file:// link showed broken in the UI of any other machine)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts() if a.key}
+    assert {"ingest-status-counts", "cleaning-rules", "clean-measured-shards", "evaluation-curves"} <= set(artifacts)
+    assert artifacts["evaluation-curves"].type == "markdown"
+    assert "](data:image/png;base64," in str(artifacts["evaluation-curves"].data)
 
 
 def _assert_the_readme_analyst_command_opens_the_store(config: PipelineConfig, workdir: Path) -> None:
