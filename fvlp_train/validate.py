@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from fvlp_core.config import FinetuneConfig, PretrainConfig
 from fvlp_core.fs2k import select_steps
@@ -160,13 +161,18 @@ def validate_finetune(
             filled[r, ts] = True
         pending.clear()
 
-    for photo_id, step, image in iter_sketches(config.episodes_dir, split):
-        if photo_id in row and step in slots[photo_id]:
-            pending.append((row[photo_id], slots[photo_id][step], image))
-            if len(pending) == EVAL_BATCH:
-                flush()
-    if pending:
-        flush()
+    wanted = sum(len(by_step) for by_step in slots.values())
+    # Minutes on a CPU at real sizes: a bar on stderr (relayed to the terminal) shows it moving.
+    with tqdm(total=wanted, unit="sketch", desc=f"validating on {split}", leave=False) as bar:
+        for photo_id, step, image in iter_sketches(config.episodes_dir, split):
+            if photo_id in row and step in slots[photo_id]:
+                pending.append((row[photo_id], slots[photo_id][step], image))
+                if len(pending) == EVAL_BATCH:
+                    bar.update(len(pending))
+                    flush()
+        if pending:
+            bar.update(len(pending))
+            flush()
     complete = filled.all(dim=1)
     if not complete.any():
         raise ValueError(f"{config.episodes_dir}: no {split} episode has {steps} sketch steps")
