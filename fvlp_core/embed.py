@@ -3,6 +3,7 @@
     encoder = FVLPEncoder.load("fvlp-data/checkpoints/finetune/<run>/checkpoint.pt", device="cuda")
     gallery = encoder.encode_images(photos)                  # list[PIL.Image] or [B,3,H,W] tensor
     queries = encoder.encode_sketches(sketches, captions)    # fused sketch+text (captions optional)
+    only, fused = encoder.encode_sketch_queries(sketches, captions)  # both, one image pass
     texts = encoder.encode_texts(["a young woman with arched eyebrows"])
 
 Every method returns L2-normalised float32 CPU tensors in ONE embedding space (dot product
@@ -12,7 +13,7 @@ pretraining checkpoint with the CLIP projections (photos and sketches alike).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -82,23 +83,48 @@ class FVLPEncoder:
     def _chunks(self, count: int):
         return (slice(start, start + self.batch_size) for start in range(0, count, self.batch_size))
 
-    @torch.no_grad()
-    def _image_embeddings(self, images: ImageInput, texts: Sequence[str] | None) -> torch.Tensor:
+    def _raw(self, batch: torch.Tensor, tokens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch's image embedding and, with ``tokens``, its text embedding, as the fused query
+        adds them before normalising (a pretraining checkpoint adds the normalised projections)."""
+        if self.stage == "finetune":
+            image = self.model._image_forward(batch)[0].float()
+            text = None if tokens is None else self.model._text_forward(tokens).float()
+        else:
+            image = F.normalize(encode_image_tokens(self.backbone, batch)[0].float(), dim=-1)
+            text = None if tokens is None else F.normalize(encode_text_tokens(self.backbone, tokens)[0].float(), dim=-1)
+        return image, text
+
+    def _batches(
+        self, images: ImageInput, texts: Sequence[str] | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         pixels = self._pixels(images)
         if texts is not None and len(texts) != pixels.shape[0]:
             raise ValueError(f"{pixels.shape[0]} sketches but {len(texts)} captions")
-        out = []
         for chunk in self._chunks(pixels.shape[0]):
-            batch = pixels[chunk].to(self.device)
             tokens = None if texts is None else self.tokenizer(list(texts[chunk])).to(self.device)
-            if self.stage == "finetune":
-                emb = self.model.encode_sketches(batch, tokens)
-            else:
-                emb = F.normalize(encode_image_tokens(self.backbone, batch)[0].float(), dim=-1)
-                if tokens is not None:
-                    emb = emb + F.normalize(encode_text_tokens(self.backbone, tokens)[0].float(), dim=-1)
-            out.append(F.normalize(emb.float(), dim=-1).cpu())
+            yield self._raw(pixels[chunk].to(self.device), tokens)
+
+    @torch.no_grad()
+    def _image_embeddings(self, images: ImageInput, texts: Sequence[str] | None) -> torch.Tensor:
+        out = [
+            F.normalize(image if text is None else image + text, dim=-1).cpu()
+            for image, text in self._batches(images, texts)
+        ]
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+    @torch.no_grad()
+    def encode_sketch_queries(self, sketches: ImageInput, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sketch-only, fused sketch+caption) queries of the same sketches from ONE pass of the
+        image tower: evaluation scores both, and the image pass is what costs."""
+        only, fused = [], []
+        for image, text in self._batches(sketches, captions):
+            assert text is not None  # captions were given
+            only.append(F.normalize(image, dim=-1).cpu())
+            fused.append(F.normalize(image + text, dim=-1).cpu())
+        if not only:
+            empty = torch.empty(0, self.embed_dim)
+            return empty, empty
+        return torch.cat(only), torch.cat(fused)
 
     def encode_images(self, images: ImageInput) -> torch.Tensor:
         """Photos -> [N, D]. Accepts PIL images, PNG/JPEG bytes, or preprocessed [N,3,H,W] tensors."""

@@ -35,7 +35,7 @@ class Encoder(Protocol):
     """What evaluation needs from a model (``fvlp_core.embed.FVLPEncoder`` provides it)."""
 
     def encode_images(self, images: Sequence[Image.Image]) -> Any: ...
-    def encode_sketches(self, sketches: Sequence[Image.Image], captions: Sequence[str] | None = None) -> Any: ...
+    def encode_sketch_queries(self, sketches: Sequence[Image.Image], captions: Sequence[str]) -> tuple[Any, Any]: ...
     def encode_texts(self, texts: Sequence[str]) -> Any: ...
 
 
@@ -163,8 +163,9 @@ class EpisodeEmbedder:
             raise ValueError(f"photo_id {bad[0][0]}: step {bad[0][1]} outside 0..{self.steps - 1}")
         rows = np.array([self.row[p] for p in photo_ids])
         cols = np.asarray(steps)
-        self.queries["sketch"][rows, cols] = _array(self.encoder.encode_sketches(list(sketches)))
-        fused = self.encoder.encode_sketches(list(sketches), [self.captions[p] for p in photo_ids])
+        # One image pass gives both variants: fused = normalise(sketch + caption) before normalising.
+        only, fused = self.encoder.encode_sketch_queries(list(sketches), [self.captions[p] for p in photo_ids])
+        self.queries["sketch"][rows, cols] = _array(only)
         self.queries["sketch+text"][rows, cols] = _array(fused)
 
     def finish(self) -> EpisodeEmbeddings:

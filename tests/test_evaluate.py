@@ -67,12 +67,12 @@ class ThumbnailEncoder:
         """A stand-in ITM head: the caption vector's agreement with the photo, sharpened."""
         return torch.from_numpy(5.0 * (self.encode_texts(captions) * image_tokens[:, 0].numpy()).sum(axis=1))
 
-    def encode_sketches(self, sketches, captions=None):
+    def encode_sketch_queries(self, sketches, captions):
         self.sketch_batches += 1
         if self.fail_after is not None and self.sketch_batches > self.fail_after:
             raise RuntimeError("simulated crash mid-evaluation")
         found = self._thumbs(sketches)
-        return found if captions is None else self._norm(found + self.encode_texts(captions))
+        return found, self._norm(found + self.encode_texts(captions))
 
 
 def make_clean_faces(paths: Paths, rows: int = 40, identities: int = 12, size: int = 64) -> None:

@@ -234,3 +234,21 @@ def test_checkpoint_reading_never_unpickles_code(tmp_path):
     path.write_bytes(pickle.dumps({"model": _Payload()}))
     with pytest.raises(CheckpointError, match="weights_only"):
         read_weights(path)
+
+
+def test_both_sketch_queries_come_from_one_image_pass_and_match_the_single_queries(monkeypatch):
+    """Evaluation scores sketch-only and sketch+text: one image-tower pass serves both."""
+    from fvlp_core.embed import FVLPEncoder
+
+    torch.manual_seed(0)
+    model = FVLPFusion(TINY, embed_dim=32).eval()
+    encoder = FVLPEncoder(model, TINY, "finetune", torch.device("cpu"), batch_size=3)
+    images = _fixed_batch(4)[0]
+    captions = ["a man", "a woman", "a child", "a man with a hat"]
+    passes = []
+    real_forward = FVLPFusion._image_forward
+    monkeypatch.setattr(FVLPFusion, "_image_forward", lambda self, x: passes.append(len(x)) or real_forward(self, x))
+    only, fused = encoder.encode_sketch_queries(images, captions)
+    assert passes == [3, 1]  # each sketch through the image tower once
+    assert torch.allclose(only, encoder.encode_sketches(images), atol=1e-6)
+    assert torch.allclose(fused, encoder.encode_sketches(images, captions), atol=1e-6)
