@@ -83,7 +83,12 @@ def output_fingerprint(reference: dict[str, Any]) -> dict[str, str]:
         if reference.get(key) is None:
             continue
         root = Path(reference[key])
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        # Hidden names are temp files and caches (content digests), not outputs.
+        files = (
+            sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+            if root.is_dir()
+            else [root]
+        )
         fingerprint[key] = stat_fingerprint(p for p in files if p.exists())
     return fingerprint
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage.files import stat_fingerprint
+from storage.files import content_fingerprint
 from storage.shards import (
     DatasetError,
     list_shards,
@@ -160,7 +160,7 @@ def read_episodes_reference(episodes_dir: Path) -> dict[str, Any]:
         "splits": manifest["splits"],
         "skipped": manifest.get("skipped", {}),
         "found": manifest.get("found", {}),
-        "fingerprint": stat_fingerprint(shards, manifest["input_fingerprint"]),
+        "fingerprint": content_fingerprint(shards, manifest["input_fingerprint"]),
     }
 
 

@@ -1,4 +1,4 @@
-"""Whole-or-nothing file writes and stat fingerprints: the one place either is done.
+"""Whole-or-nothing file writes and dataset fingerprints: the one place either is done.
 
 A file is written under ``.<name>.tmp-<pid>`` beside its final name, fsynced and renamed
 into place, so a file that exists under its final name is complete. A writer killed
@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
+
+from fvlp_core.digest import file_digest
 
 
 def temp_path(final: Path) -> Path:
@@ -78,6 +81,45 @@ def stat_fingerprint(files: Iterable[Path], settings: str = "") -> str:
         stat = os.stat(path)
         digest.update(f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+# Per dataset folder: each file's content digest, keyed by its size and modification time.
+DIGEST_CACHE = ".content-digests.json"
+
+
+def content_fingerprint(files: Iterable[Path], settings: str = "") -> str:
+    """``sha256:`` hash of ``settings`` and each file's name and content digest: the same bytes
+    give the same fingerprint on any machine, under any path. Each file is read once per
+    version: its digest is kept in the folder's ``.content-digests.json``, keyed by size and
+    modification time (a folder that cannot be written only loses the cache)."""
+    digest = hashlib.sha256(settings.encode())
+    caches: dict[Path, dict[str, list]] = {}
+    changed: set[Path] = set()
+    for path in map(Path, files):
+        folder = path.parent
+        if folder not in caches:
+            caches[folder] = _read_digest_cache(folder)
+        info = os.stat(path)
+        entry = caches[folder].get(path.name)
+        if entry is None or entry[:2] != [info.st_size, info.st_mtime_ns]:
+            entry = [info.st_size, info.st_mtime_ns, file_digest(path)]
+            caches[folder][path.name] = entry
+            changed.add(folder)
+        digest.update(f"{path.name}:{entry[2]}\n".encode())
+    for folder in changed:
+        try:
+            write_text_atomic(folder / DIGEST_CACHE, json.dumps(caches[folder], sort_keys=True))
+        except OSError:
+            pass
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def _read_digest_cache(folder: Path) -> dict[str, list]:
+    try:
+        cache = json.loads((folder / DIGEST_CACHE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def tree_fingerprint(root: Path) -> str:

@@ -92,8 +92,9 @@ def shard_rows(path: Path) -> int:
 
 
 def dataset_fingerprint(*dataset_dirs: Path) -> str:
-    """Stat fingerprint of every complete shard of the datasets: changes whenever a shard is rewritten."""
-    return files.stat_fingerprint(shard for folder in dataset_dirs for shard in list_shards(folder))
+    """Content fingerprint of every complete shard of the datasets (the results store's dataset
+    identity): the same shards give the same fingerprint wherever they are."""
+    return files.content_fingerprint(shard for folder in dataset_dirs for shard in list_shards(folder))
 
 
 class DatasetError(ValueError):
