@@ -27,6 +27,7 @@ from fvlp_core.config import (
     EpisodesConfig,
     EvaluateConfig,
     FinetuneConfig,
+    IndexConfig,
     IngestConfig,
     PipelineConfig,
     PretrainConfig,
@@ -46,6 +47,7 @@ COMMANDS: dict[str, tuple[type[BaseModel], str, str]] = {
     ),
     "finetune": (FinetuneConfig, "flows.finetune:finetune_flow", "Sketch-text fusion fine-tuning (ITC + ITSC + ITM)"),
     "evaluate": (EvaluateConfig, "flows.evaluate:evaluate_flow", "SLFIR metrics into the DuckDB results store"),
+    "index": (IndexConfig, "flows.index:index_flow", "Embed a gallery of photos for `fvlp app` to search"),
     "run": (
         PipelineConfig,
         "flows.pipeline:pipeline_flow",
@@ -57,6 +59,7 @@ COMMANDS: dict[str, tuple[type[BaseModel], str, str]] = {
 TOOLS: dict[str, tuple[str, str]] = {
     "serve": ("flows.serve:main", "Register prefect.yaml's deployments with a Prefect server and run them"),
     "status": ("flows.status:main", "Summarise the last runs in the results store"),
+    "app": ("fvlp_app.server:main", "Serve the drawing page and query API over a gallery index"),
     "convert-checkpoint": (
         "flows.convert:main",
         "Convert OpenAI's TorchScript CLIP weights to safetensors without running their code",

@@ -476,6 +476,21 @@ class EvaluateConfig(EpisodesInput):
     )
 
 
+class IndexConfig(EpisodesInput):
+    """A gallery index: the photos of an episodes split embedded with a fine-tuned checkpoint."""
+
+    checkpoint: Path | None = Field(None, description="Fine-tuned checkpoint (default: the latest finetune run)")
+    split: str = Field("test", description="Episode split whose photos make the gallery")
+    gallery: Path | None = Field(None, description="Gallery index folder (default: gallery in the data root)")
+    batch_size: int = Field(128, ge=1, description="Photos per encoder batch")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    thumbnail_size: int = Field(96, ge=16, le=512, description="Longer side of each stored thumbnail (pixels)")
+
+    @property
+    def gallery_dir(self) -> Path:
+        return self.gallery or self.paths.data_root / "gallery"
+
+
 PIPELINE_STAGES = ("ingest", "clean", "pretrain", "episodes", "finetune", "evaluate")
 
 

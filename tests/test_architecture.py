@@ -4,6 +4,7 @@
   ``tasks``, ``flows``, ``fvlp_train`` nor Prefect: usable from a notebook or torchrun.
 * ``storage`` imports none of ``tasks``, ``flows``, ``fvlp_train`` nor Prefect.
 * ``fvlp_train`` (the training app, run as a child process) imports no ``tasks``/``flows``/Prefect.
+* ``fvlp_app`` (the query API and drawing page) stands on ``fvlp_core`` and ``storage`` only.
 * Dask workers run ``tasks.clean_worker``; importing it must not load Prefect.
 * No module outside ``storage`` reads or writes Parquet itself.
 """
@@ -23,6 +24,7 @@ FORBIDDEN = {
     "fvlp_core": {"storage", "tasks", "flows", "fvlp_train", "prefect"},
     "storage": {"tasks", "flows", "fvlp_train", "prefect"},
     "fvlp_train": {"tasks", "flows", "prefect"},
+    "fvlp_app": {"tasks", "flows", "fvlp_train", "prefect"},
 }
 
 

@@ -1,0 +1,1 @@
+"""The draw-and-retrieve app: a query API over a gallery index and the drawing page it serves."""

@@ -1,0 +1,210 @@
+"""`fvlp app`: the query API and drawing page over a gallery index built by `fvlp index`.
+
+``POST /api/query`` takes JSON ``{"sketch": <PNG or JPEG, base64 or a data URL>,
+"description": <optional text>, "k": <1..100>}`` and answers the top ``k`` gallery photos
+(id, cosine score, rank, JPEG thumbnail as a data URL), ranked with the query evaluation
+scores (:mod:`fvlp_core.retrieval`). Bad requests get a 4xx with ``{"error": ...}`` saying
+what is wrong; nothing in a request names a file. The model loads once; queries run one at a
+time through it (CPU or GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import io
+import json
+import threading
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+
+from fvlp_core.digest import file_digest
+from fvlp_core.retrieval import GallerySearch, sketch_query
+
+MAX_BODY_BYTES = 4 << 20  # a 512 x 512 canvas PNG is well under 1 MB
+MAX_SIDE = 4096
+MAX_DESCRIPTION_CHARS = 1000
+MAX_K = 100
+SKETCH_FORMATS = ("PNG", "JPEG")
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Query:
+    sketch: Image.Image
+    description: str | None
+    k: int
+
+
+def parse_query(body: bytes) -> Query:
+    """The request body as a query, or :class:`BadRequest` saying what is wrong with it."""
+    if len(body) > MAX_BODY_BYTES:
+        raise BadRequest(413, f"request body is {len(body)} bytes; at most {MAX_BODY_BYTES}")
+    try:
+        request = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(400, "request body is not JSON") from None
+    if not isinstance(request, dict):
+        raise BadRequest(400, "request body must be a JSON object")
+    unknown = sorted(set(request) - {"sketch", "description", "k"})
+    if unknown:
+        raise BadRequest(422, f"unknown field(s) {unknown}; expected sketch, description, k")
+    description = request.get("description")
+    if description is not None and not isinstance(description, str):
+        raise BadRequest(422, "description must be text")
+    if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
+        raise BadRequest(422, f"description has {len(description)} characters; at most {MAX_DESCRIPTION_CHARS}")
+    k = request.get("k", 10)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise BadRequest(422, f"k must be a whole number from 1 to {MAX_K}")
+    return Query(decode_sketch(request.get("sketch")), (description or "").strip() or None, k)
+
+
+def decode_sketch(value: Any) -> Image.Image:
+    if not isinstance(value, str) or not value:
+        raise BadRequest(422, "sketch is missing: send the canvas as a base64 PNG")
+    encoded = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(400, "sketch is not base64") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=SKETCH_FORMATS)
+            width, height = image.size  # from the header: nothing decoded yet
+            if max(width, height) > MAX_SIDE:
+                raise BadRequest(413, f"sketch is {width} x {height} pixels; at most {MAX_SIDE} per side")
+            image.load()
+    except BadRequest:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # refused from the header
+        raise BadRequest(413, f"sketch declares too many pixels; at most {MAX_SIDE} per side") from None
+    except Exception:  # PIL raises many types for bytes it cannot read
+        raise BadRequest(415, "sketch is not a PNG or JPEG image") from None
+    rgb = flatten(image)
+    low, high = rgb.convert("L").getextrema()
+    if low == high:
+        raise BadRequest(422, "the sketch is empty: draw a stroke first")
+    return rgb
+
+
+def flatten(image: Image.Image) -> Image.Image:
+    """RGB on white: a canvas PNG is transparent where nothing was drawn."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+class Retriever:
+    """The gallery index and the model that embeds queries into its space, loaded once."""
+
+    def __init__(self, gallery_dir: Path, checkpoint: Path | None = None, device: str = "auto"):
+        from fvlp_core.embed import FVLPEncoder
+        from storage.gallery import gallery_embeddings, read_gallery, read_gallery_manifest
+
+        self.manifest = read_gallery_manifest(gallery_dir)
+        table = read_gallery(gallery_dir)
+        checkpoint = Path(checkpoint or self.manifest["checkpoint"])
+        if f"sha256:{file_digest(checkpoint)}" != self.manifest["model_fingerprint"]:
+            raise ValueError(
+                f"{checkpoint} is not the model {gallery_dir} was indexed with "
+                f"({self.manifest['checkpoint']}): rebuild the index with `fvlp index --checkpoint {checkpoint}`"
+            )
+        self.encoder = FVLPEncoder.load(checkpoint, device=device)
+        self.photo_ids = table.column("photo_id").to_pylist()
+        self.thumbnails = table.column("thumbnail").to_pylist()
+        self.search = GallerySearch(self.photo_ids, gallery_embeddings(table))
+        self._lock = threading.Lock()  # one query at a time through the model
+
+    def query(self, query: Query) -> dict[str, Any]:
+        with self._lock:
+            embedding = sketch_query(self.encoder, query.sketch, query.description)
+        hits = self.search.top(embedding, query.k)
+        return {
+            "variant": "sketch+text" if query.description else "sketch",
+            "gallery_size": len(self.photo_ids),
+            "results": [
+                {
+                    "photo_id": self.photo_ids[hit.row],
+                    "score": hit.score,
+                    "rank": hit.rank,
+                    "thumbnail": "data:image/jpeg;base64," + base64.b64encode(self.thumbnails[hit.row]).decode(),
+                }
+                for hit in hits
+            ],
+        }
+
+
+def create_app(retriever: Retriever) -> FastAPI:
+    app = FastAPI(title="fvlp draw and retrieve", docs_url=None, redoc_url=None)
+    static = resources.files("fvlp_app") / "static"
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return (static / "index.html").read_text()
+
+    @app.get("/draw.js")
+    def script() -> Response:
+        return Response((static / "draw.js").read_text(), media_type="text/javascript")
+
+    @app.get("/api/gallery")
+    def gallery() -> dict[str, Any]:
+        manifest = retriever.manifest
+        return {"photos": len(retriever.photo_ids), "split": manifest.get("split"), "model": manifest.get("checkpoint")}
+
+    @app.post("/api/query")
+    async def query(request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return JSONResponse({"error": f"request body is {declared} bytes; at most {MAX_BODY_BYTES}"}, 413)
+        body = b""
+        async for chunk in request.stream():  # never more than the cap in memory
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return JSONResponse({"error": f"request body is over {MAX_BODY_BYTES} bytes"}, 413)
+        try:
+            parsed = parse_query(body)
+        except BadRequest as err:
+            return JSONResponse({"error": str(err)}, err.status)
+        return JSONResponse(retriever.query(parsed))
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fvlp_core.config import ConfigError, Paths, resolve_config
+
+    parser = argparse.ArgumentParser(prog="fvlp app", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, help="Data root (default: FVLP_DATA_ROOT or ./fvlp-data)")
+    parser.add_argument("--gallery", type=Path, help="Gallery index folder (default: <data-root>/gallery)")
+    parser.add_argument("--checkpoint", type=Path, help="Model (default: the one the gallery was indexed with)")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    args = parser.parse_args(argv)
+    try:
+        paths = resolve_config(Paths, {"data_root": args.data_root} if args.data_root else {})
+        retriever = Retriever(args.gallery or paths.data_root / "gallery", args.checkpoint, args.device)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    import uvicorn
+
+    print(f"drawing page on http://{args.host}:{args.port}/ ({len(retriever.photo_ids)} gallery photos)")
+    uvicorn.run(create_app(retriever), host=args.host, port=args.port, log_level="warning")
+    return 0

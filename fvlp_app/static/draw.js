@@ -1,0 +1,135 @@
+// The drawing page: strokes on a canvas (pointer events: mouse, pen, touch), a query after
+// every stroke and every description edit, and the ranks' movement since the previous query.
+"use strict";
+
+const canvas = document.getElementById("canvas");
+const context = canvas.getContext("2d");
+const description = document.getElementById("description");
+const statusLine = document.getElementById("status");
+const resultsList = document.getElementById("results");
+const strokeCount = document.getElementById("strokes");
+
+const strokes = [];        // each stroke: a list of [x, y] points in canvas pixels
+let current = null;        // the stroke being drawn
+let previousRanks = {};    // photo_id -> rank in the last answer
+let queries = 0;           // answers shown (tests wait on it)
+let pending = null;        // the request in flight, aborted when a newer one starts
+
+function redraw() {
+  context.fillStyle = "#fff";
+  context.fillRect(0, 0, canvas.width, canvas.height);
+  context.strokeStyle = "#000";
+  context.lineWidth = 3;
+  context.lineCap = "round";
+  context.lineJoin = "round";
+  for (const stroke of strokes) {
+    context.beginPath();
+    stroke.forEach(([x, y], i) => (i === 0 ? context.moveTo(x, y) : context.lineTo(x, y)));
+    if (stroke.length === 1) context.lineTo(stroke[0][0] + 0.1, stroke[0][1]);
+    context.stroke();
+  }
+  strokeCount.textContent = `(${strokes.length} stroke${strokes.length === 1 ? "" : "s"})`;
+}
+
+function point(event) {
+  const box = canvas.getBoundingClientRect();
+  return [(event.clientX - box.left) * (canvas.width / box.width), (event.clientY - box.top) * (canvas.height / box.height)];
+}
+
+canvas.addEventListener("pointerdown", (event) => {
+  canvas.setPointerCapture(event.pointerId);
+  current = [point(event)];
+  strokes.push(current);
+  redraw();
+});
+canvas.addEventListener("pointermove", (event) => {
+  if (!current) return;
+  current.push(point(event));
+  redraw();
+});
+function endStroke() {
+  if (!current) return;
+  current = null;
+  search();
+}
+canvas.addEventListener("pointerup", endStroke);
+canvas.addEventListener("pointercancel", endStroke);
+
+document.getElementById("undo").addEventListener("click", () => {
+  strokes.pop();
+  redraw();
+  search();
+});
+document.getElementById("clear").addEventListener("click", () => {
+  strokes.length = 0;
+  previousRanks = {};
+  redraw();
+  resultsList.replaceChildren();
+  setStatus("Draw the first stroke.");
+});
+let typing = null;
+description.addEventListener("input", () => {
+  clearTimeout(typing);
+  typing = setTimeout(search, 400);
+});
+
+function setStatus(text, isError = false) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle("error", isError);
+}
+
+async function search() {
+  if (strokes.length === 0) return;
+  if (pending) pending.abort();
+  pending = new AbortController();
+  const body = { sketch: canvas.toDataURL("image/png"), description: description.value || null, k: 10 };
+  setStatus("Searching...");
+  try {
+    const response = await fetch("/api/query", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+      signal: pending.signal,
+    });
+    const answer = await response.json();
+    if (!response.ok) {
+      setStatus(answer.error || `error ${response.status}`, true);
+      return;
+    }
+    show(answer);
+  } catch (error) {
+    if (error.name !== "AbortError") setStatus(`request failed: ${error}`, true);
+  }
+}
+
+function show(answer) {
+  const items = answer.results.map((hit) => {
+    const item = document.createElement("li");
+    item.dataset.photoId = hit.photo_id;
+    const image = document.createElement("img");
+    image.src = hit.thumbnail;
+    image.alt = hit.photo_id;
+    const before = previousRanks[hit.photo_id];
+    const move = document.createElement("div");
+    if (before === undefined) {
+      move.className = "new";
+      move.textContent = `#${hit.rank} new`;
+    } else if (before === hit.rank) {
+      move.textContent = `#${hit.rank} =`;
+    } else {
+      move.className = before > hit.rank ? "up" : "down";
+      move.textContent = `#${hit.rank} ${before > hit.rank ? "\u2191" : "\u2193"}${Math.abs(before - hit.rank)}`;
+    }
+    const label = document.createElement("div");
+    label.textContent = `${hit.photo_id} (${hit.score.toFixed(3)})`;
+    item.append(image, move, label);
+    return item;
+  });
+  resultsList.replaceChildren(...items);
+  previousRanks = Object.fromEntries(answer.results.map((hit) => [hit.photo_id, hit.rank]));
+  queries += 1;
+  setStatus(`${answer.variant} query over ${answer.gallery_size} photos`);
+  statusLine.dataset.queries = String(queries);
+}
+
+redraw();

@@ -1,0 +1,104 @@
+"""Prefect task of the index stage: embed a gallery's photos once, keep what is already embedded."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from PIL import Image
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from fvlp_core.config import IndexConfig
+from fvlp_core.digest import file_digest
+from fvlp_core.png import open_image
+from storage.checkpoints import latest_checkpoint
+from storage.episodes import read_episodes_reference, read_photos
+from storage.gallery import GALLERY_SCHEMA, read_gallery, read_gallery_manifest, write_gallery
+
+
+def resolve_index_checkpoint(config: IndexConfig) -> Path:
+    checkpoint = config.checkpoint or latest_checkpoint(config.paths.checkpoints_dir, "finetune")
+    if checkpoint is None:
+        raise FileNotFoundError(
+            f"no finished finetune run under {config.paths.checkpoints_dir / 'finetune'}: "
+            "run `fvlp finetune` first or pass --checkpoint"
+        )
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    return Path(checkpoint)
+
+
+def thumbnail(image: Image.Image, size: int) -> bytes:
+    small = image.convert("RGB")
+    small.thumbnail((size, size), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+@task(name="build-gallery", cache_policy=NO_CACHE)
+def build_gallery(config: IndexConfig) -> dict[str, Any]:
+    """Embed the split's photos into ``config.gallery_dir``; photos a gallery built with the same
+    model already holds are kept, not embedded again."""
+    from fvlp_core.embed import FVLPEncoder
+
+    logger = get_run_logger()
+    checkpoint = resolve_index_checkpoint(config)
+    model_fingerprint = f"sha256:{file_digest(checkpoint)}"
+    episodes = read_episodes_reference(config.episodes_dir)
+    photos = read_photos(config.episodes_dir, split=config.split, columns=["photo_id", "image"])
+    if photos.num_rows == 0:
+        raise ValueError(f"{config.episodes_dir}: split {config.split!r} has no photos to index")
+    previous = read_gallery_manifest(config.gallery_dir)
+    kept = pa.schema(GALLERY_SCHEMA).empty_table()
+    if previous.get("model_fingerprint") == model_fingerprint:
+        kept = read_gallery(config.gallery_dir)
+    have = set(kept.column("photo_id").to_pylist())
+    wanted = [i for i, p in enumerate(photos.column("photo_id").to_pylist()) if p not in have]
+    new = photos.take(pa.array(wanted, pa.int64()))
+    encoder = FVLPEncoder.load(checkpoint, device=config.device, batch_size=config.batch_size)
+    images = [open_image(b).convert("RGB") for b in new.column("image").to_pylist()]
+    embeddings = encoder.encode_images(images).numpy() if images else None
+    source = f"episodes:{config.episodes_dir.resolve()}:{config.split}"
+    added = pa.table(
+        {
+            "photo_id": new.column("photo_id"),
+            "embedding": pa.array([] if embeddings is None else list(embeddings), pa.list_(pa.float32())),
+            "thumbnail": pa.array([thumbnail(image, config.thumbnail_size) for image in images], pa.binary()),
+            "source": pa.array([source] * new.num_rows, pa.string()),
+        },
+        schema=GALLERY_SCHEMA,
+    )
+    rows = pa.concat_tables([kept.select(GALLERY_SCHEMA.names).cast(GALLERY_SCHEMA), added])
+    write_gallery(
+        config.gallery_dir,
+        rows,
+        {
+            "model_fingerprint": model_fingerprint,
+            "checkpoint": str(checkpoint.resolve()),
+            "model_name": encoder.model_name,
+            "dim": int(encoder.embed_dim),
+            "episodes_dir": str(config.episodes_dir.resolve()),
+            "episodes_fingerprint": episodes["fingerprint"],
+            "split": config.split,
+            "settings": config.model_dump(mode="json", exclude={"paths"}),
+        },
+    )
+    logger.info(
+        "gallery %s: %d photos (%d embedded now, %d kept) with %s",
+        config.gallery_dir,
+        rows.num_rows,
+        added.num_rows,
+        kept.num_rows,
+        checkpoint,
+    )
+    return {
+        "gallery_dir": str(config.gallery_dir),
+        "photos": rows.num_rows,
+        "embedded": added.num_rows,
+        "kept": kept.num_rows,
+        "model_fingerprint": model_fingerprint,
+    }

@@ -1,0 +1,177 @@
+"""Draw and retrieve: the gallery index, the query API (the score evaluation computes, clear
+4xx answers to bad input) and the drawing page in a real headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fvlp_core.config import IndexConfig, Paths
+from fvlp_train import train
+from storage.episodes import episode_photos, iter_sketches
+from tests.clean_fixtures import png_bomb
+from tests.test_train import finetune_config, make_clean_faces, make_episodes, pretrain_config
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, prefect_harness):
+    """A tiny fine-tuned checkpoint and the gallery of its test photos."""
+    from flows.index import index_flow
+
+    data_root = tmp_path_factory.mktemp("app") / "data"
+    paths = Paths(data_root=data_root)
+    make_clean_faces(paths.clean_dir)
+    make_episodes(paths.episodes_dir)
+    pre = train("pretrain", pretrain_config(data_root, epochs=1))
+    tuned = train("finetune", finetune_config(data_root, pre["checkpoint"], select_on="test"))
+    config = IndexConfig(paths=paths, checkpoint=tuned["checkpoint"], device="cpu")
+    return config, index_flow(config)
+
+
+@pytest.fixture(scope="module")
+def client(indexed):
+    from fastapi.testclient import TestClient
+
+    from fvlp_app.server import Retriever, create_app
+
+    config, _ = indexed
+    return TestClient(create_app(Retriever(config.gallery_dir, device="cpu")))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_index_embeds_each_photo_once_per_model(indexed):
+    from flows.index import index_flow
+
+    config, first = indexed
+    photos = episode_photos(config.episodes_dir, "test").num_rows
+    assert (first["photos"], first["embedded"], first["kept"]) == (photos, photos, 0)
+    again = index_flow(config)
+    assert (again["photos"], again["embedded"], again["kept"]) == (photos, 0, photos)
+    assert again["model_fingerprint"] == first["model_fingerprint"]
+
+
+def test_an_app_query_scores_exactly_as_evaluation_scores_that_episode_step(indexed, client):
+    """One code path: the app's score of every gallery photo for a drawing step equals the
+    similarity evaluation computes for the same sketch, caption and photo."""
+    from fvlp_core.embed import FVLPEncoder
+    from fvlp_core.evaluation import EpisodeEmbedder, embed_gallery
+    from fvlp_core.png import open_image
+
+    config, _ = indexed
+    photos = episode_photos(config.episodes_dir, "test")
+    photo_ids, captions = photos["photo_id"].to_pylist(), photos["caption"].to_pylist()
+    encoder = FVLPEncoder.load(config.checkpoint, device="cpu")
+    images = [open_image(b).convert("RGB") for b in photos["image"].to_pylist()]
+    gallery = embed_gallery(encoder, photo_ids, images, [[c] for c in captions], 64)
+    photo_id, step, png = next(iter_sketches(config.episodes_dir, "test"))
+    embedder = EpisodeEmbedder(encoder, gallery, 3, dict(zip(photo_ids, captions)))
+    embedder.add([photo_id], [step], [open_image(png).convert("RGB")])
+    row = photo_ids.index(photo_id)
+    for variant, description in (("sketch+text", captions[row]), ("sketch", None)):
+        evaluation = gallery.images @ embedder.queries[variant][row, step]
+        answer = client.post("/api/query", json={"sketch": _b64(png), "description": description, "k": 100}).json()
+        assert answer.get("variant") == variant, answer
+        app = {hit["photo_id"]: hit["score"] for hit in answer["results"]}
+        assert app.keys() == set(photo_ids)
+        np.testing.assert_allclose([app[p] for p in photo_ids], evaluation, atol=1e-5)
+        ranks = {hit["photo_id"]: hit["rank"] for hit in answer["results"]}
+        assert ranks[photo_id] == int((evaluation >= evaluation[row]).sum())  # evaluation's rank of the true photo
+
+
+def _blank_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(buffer, "PNG")  # an untouched canvas
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        ({"sketch": _b64(b"<html>not an image</html>")}, 415, "not a PNG or JPEG image"),
+        ({"sketch": _b64(png_bomb(50_000, 50_000))}, 413, "too many pixels; at most 4096 per side"),
+        ({"sketch": _b64(png_bomb(5_000, 20))}, 413, "5000 x 20 pixels; at most 4096 per side"),
+        ({"sketch": _b64(_blank_png())}, 422, "the sketch is empty"),
+        ({"sketch": "data:image/png;base64,@@@"}, 400, "not base64"),
+        ({"sketch": None}, 422, "sketch is missing"),
+        ({"description": "x" * 100_000, "sketch": "AAAA"}, 422, "100000 characters; at most 1000"),
+        ({"sketch": "AAAA", "k": 10_000}, 422, "k must be a whole number from 1 to 100"),
+        ({"sketch": "AAAA", "path": "/etc/passwd"}, 422, "unknown field(s) ['path']"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx_and_the_service_keeps_serving(indexed, client, body, status, says):
+    config, _ = indexed
+    answer = client.post("/api/query", json=body)
+    assert answer.status_code == status and says in answer.json()["error"], answer.json()
+    _, _, png = next(iter_sketches(config.episodes_dir, "test"))
+    assert client.post("/api/query", json={"sketch": _b64(png)}).status_code == 200
+
+
+def test_oversized_and_non_json_bodies_are_refused(client):
+    assert client.post("/api/query", content=b"{" * 10, headers={"content-type": "application/json"}).status_code == 400
+    huge = client.post("/api/query", content=b"x" * (5 << 20), headers={"content-type": "application/json"})
+    assert huge.status_code == 413 and "at most" in huge.json()["error"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_drawing_page_in_headless_chromium_reranks_after_every_stroke(indexed, tmp_path):
+    """Strokes drawn with pointer events each refresh the results; a description refreshes them too."""
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from fvlp_app.server import Retriever, create_app
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "the browser test needs the OS chromium package (`make test` installs it)"
+    config, _ = indexed
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(Retriever(config.gallery_dir, device="cpu")), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.goto(f"http://127.0.0.1:{port}/")
+            box = page.locator("#canvas").bounding_box()
+            assert box is not None
+            strokes = [((0.3, 0.3), (0.7, 0.3)), ((0.3, 0.3), (0.5, 0.8)), ((0.7, 0.3), (0.5, 0.8))]
+            for drawn, ((x0, y0), (x1, y1)) in enumerate(strokes, start=1):
+                page.mouse.move(box["x"] + x0 * box["width"], box["y"] + y0 * box["height"])
+                page.mouse.down()
+                for t in np.linspace(0, 1, 8)[1:]:
+                    page.mouse.move(
+                        box["x"] + (x0 + t * (x1 - x0)) * box["width"], box["y"] + (y0 + t * (y1 - y0)) * box["height"]
+                    )
+                page.mouse.up()
+                page.wait_for_selector(f'#status[data-queries="{drawn}"]', timeout=30_000)
+                assert page.locator("#results li").count() == min(10, indexed[1]["photos"])
+                assert page.locator("#strokes").inner_text() == f"({drawn} stroke{'s' if drawn > 1 else ''})"
+            page.fill("#description", "a red circle")
+            page.wait_for_selector(f'#status[data-queries="{len(strokes) + 1}"]', timeout=30_000)
+            assert "sketch+text query" in page.locator("#status").inner_text()
+            page.screenshot(path=str(tmp_path / "drawing.png"))
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
