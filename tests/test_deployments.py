@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = Path(sys.executable).parent / "prefect"
-EXPECTED = {"pipeline", "ingest", "clean", "reclean-nightly", "pretrain", "episodes", "finetune", "evaluate"}
+EXPECTED = {"pipeline", "ingest", "clean", "reclean-nightly", "pretrain", "episodes", "finetune", "evaluate", "index"}
 
 
 def _free_port() -> int:
@@ -105,6 +105,7 @@ def test_prefect_deploy_registers_every_deployment_on_a_local_server(local_serve
         "pretrain",
         "finetune",
         "evaluate",
+        "index",
     }
     # the UI's run form: one data root (`--param data_root=...` works), and the flow's typed
     # config, with field descriptions
