@@ -103,3 +103,15 @@ LEFT JOIN runs t ON t.model_fingerprint = e.model_fingerprint AND t.flow IN ('pr
      AND t.status = 'finished'
 WHERE m.name IN ('m_at_A', 'm_at_B', 'wm_at_A', 'wm_at_B')
 ORDER BY e.finished_at DESC, m.variant, m.name;
+
+-- 11. Practical tests (people drawing a given face in `fvlp app`): each session's m@A / m@B
+--     from evaluation's metric code, and the target's rank after every stroke.
+SELECT r.run_id, r.config->>'photo_id' AS target, r.model_fingerprint, r.finished_at,
+       round(max(m.value) FILTER (WHERE m.name = 'm_at_A'), 2) AS m_at_A,
+       round(max(m.value) FILTER (WHERE m.name = 'm_at_B'), 2) AS m_at_B,
+       (SELECT list(CAST(c.value AS INTEGER) ORDER BY c.step) FROM curves c
+        WHERE c.run_id = r.run_id AND c.variant = 'human' AND c.metric = 'rank') AS ranks
+FROM runs r JOIN metrics m USING (run_id)
+WHERE r.flow = 'practice' AND r.status = 'finished' AND m.variant = 'human'
+GROUP BY r.run_id, r.config, r.model_fingerprint, r.finished_at
+ORDER BY r.finished_at DESC;

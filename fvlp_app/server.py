@@ -3,9 +3,11 @@
 ``POST /api/query`` takes JSON ``{"sketch": <PNG or JPEG, base64 or a data URL>,
 "description": <optional text>, "k": <1..100>}`` and answers the top ``k`` gallery photos
 (id, cosine score, rank, JPEG thumbnail as a data URL), ranked with the query evaluation
-scores (:mod:`fvlp_core.retrieval`). Bad requests get a 4xx with ``{"error": ...}`` saying
-what is wrong; nothing in a request names a file. The model loads once; queries run one at a
-time through it (CPU or GPU).
+scores (:mod:`fvlp_core.retrieval`). ``POST /api/practice`` starts a practical test (a target
+photo to draw); queries naming its ``session`` also answer the target's rank, and
+``POST /api/practice/<session>/finish`` records the session in the results store. Bad
+requests get a 4xx with ``{"error": ...}`` saying what is wrong; nothing in a request names
+a file. The model loads once; queries run one at a time through it (CPU or GPU).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import base64
 import binascii
 import io
 import json
+import random
 import threading
+import uuid
 import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -47,6 +52,7 @@ class Query:
     sketch: Image.Image
     description: str | None
     k: int
+    session: str | None = None  # a practical-test session: the answer carries its target's rank
 
 
 def parse_query(body: bytes) -> Query:
@@ -59,9 +65,12 @@ def parse_query(body: bytes) -> Query:
         raise BadRequest(400, "request body is not JSON") from None
     if not isinstance(request, dict):
         raise BadRequest(400, "request body must be a JSON object")
-    unknown = sorted(set(request) - {"sketch", "description", "k"})
+    unknown = sorted(set(request) - {"sketch", "description", "k", "session"})
     if unknown:
-        raise BadRequest(422, f"unknown field(s) {unknown}; expected sketch, description, k")
+        raise BadRequest(422, f"unknown field(s) {unknown}; expected sketch, description, k, session")
+    session = request.get("session")
+    if session is not None and not isinstance(session, str):
+        raise BadRequest(422, "session must be the id /api/practice gave")
     description = request.get("description")
     if description is not None and not isinstance(description, str):
         raise BadRequest(422, "description must be text")
@@ -70,7 +79,7 @@ def parse_query(body: bytes) -> Query:
     k = request.get("k", 10)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
         raise BadRequest(422, f"k must be a whole number from 1 to {MAX_K}")
-    return Query(decode_sketch(request.get("sketch")), (description or "").strip() or None, k)
+    return Query(decode_sketch(request.get("sketch")), (description or "").strip() or None, k, session)
 
 
 def decode_sketch(value: Any) -> Image.Image:
@@ -132,9 +141,14 @@ class Retriever:
         self.search = GallerySearch(self.photo_ids, gallery_embeddings(table))
         self._lock = threading.Lock()  # one query at a time through the model
 
-    def query(self, query: Query) -> dict[str, Any]:
+    def thumbnail(self, row: int) -> str:
+        return "data:image/jpeg;base64," + base64.b64encode(self.thumbnails[row]).decode()
+
+    def embed(self, query: Query) -> np.ndarray:
         with self._lock:
-            embedding = sketch_query(self.encoder, query.sketch, query.description)
+            return sketch_query(self.encoder, query.sketch, query.description)
+
+    def answer(self, query: Query, embedding: np.ndarray) -> dict[str, Any]:
         hits = self.search.top(embedding, query.k)
         return {
             "variant": "sketch+text" if query.description else "sketch",
@@ -144,14 +158,93 @@ class Retriever:
                     "photo_id": self.photo_ids[hit.row],
                     "score": hit.score,
                     "rank": hit.rank,
-                    "thumbnail": "data:image/jpeg;base64," + base64.b64encode(self.thumbnails[hit.row]).decode(),
+                    "thumbnail": self.thumbnail(hit.row),
                 }
                 for hit in hits
             ],
         }
 
 
-def create_app(retriever: Retriever) -> FastAPI:
+@dataclass
+class PracticeSession:
+    row: int  # the target photo's gallery row
+    ranks: list[int]  # its rank after each query (stroke or description edit)
+
+
+class Practice:
+    """The paper's practical test: a person draws a photo the page shows; the photo's rank after
+    every query is recorded, and a finished session becomes a human episode in the results
+    store (a ``practice`` run: ``curves`` rows with variant ``human``, one per step, metric
+    ``rank``; and its m@A, m@B, wm@A, wm@B, acc@K from the metric code evaluation uses)."""
+
+    def __init__(self, retriever: Retriever, results_store: Path, seed: int | None = None):
+        self.retriever = retriever
+        self.results_store = Path(results_store)
+        self.sessions: dict[str, PracticeSession] = {}
+        self.random = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def start(self) -> dict[str, Any]:
+        row = self.random.randrange(len(self.retriever.photo_ids))
+        session = uuid.uuid4().hex
+        with self._lock:
+            self.sessions[session] = PracticeSession(row, [])
+        target = self.retriever.photo_ids[row]
+        return {"session": session, "photo_id": target, "thumbnail": self.retriever.thumbnail(row)}
+
+    def record(self, session: str, embedding: np.ndarray) -> int:
+        with self._lock:
+            state = self.sessions.get(session)
+            if state is None:
+                raise BadRequest(404, f"no practical-test session {session!r}: start one at /api/practice")
+            rank = self.retriever.search.rank_of(embedding, state.row)
+            state.ranks.append(rank)
+            return rank
+
+    def finish(self, session: str) -> dict[str, Any]:
+        from fvlp_core.metrics import sketch_retrieval_metrics
+        from storage.results import ResultsStore
+
+        with self._lock:
+            state = self.sessions.pop(session, None)
+        if state is None:
+            raise BadRequest(404, f"no practical-test session {session!r}: start one at /api/practice")
+        if not state.ranks:
+            raise BadRequest(422, "the session has no strokes to record")
+        gallery_size = len(self.retriever.photo_ids)
+        found = sketch_retrieval_metrics(np.array([state.ranks]), gallery_size)
+        metrics = [
+            {"split": "practice", "variant": "human", "name": name, "value": float(found[name])}
+            for name in ("m_at_A", "m_at_B", "wm_at_A", "wm_at_B")
+        ] + [
+            {"split": "practice", "variant": "human", "name": f"{name}_final", "value": float(values[-1])}
+            for name, values in found.items()
+            if name.startswith("acc_at_")
+        ]
+        curves = [
+            {"variant": "human", "step": step, "metric": "rank", "value": float(rank)}
+            for step, rank in enumerate(state.ranks, start=1)
+        ]
+        manifest = self.retriever.manifest
+        store = ResultsStore(self.results_store)
+        config = {
+            "session": session,
+            "photo_id": self.retriever.photo_ids[state.row],
+            "gallery_size": gallery_size,
+            "gallery_split": manifest.get("split"),
+        }
+        with store.run(
+            "practice",
+            config=config,
+            dataset_fingerprint=manifest.get("episodes_fingerprint"),
+            model_fingerprint=manifest.get("model_fingerprint"),
+        ) as run_id:
+            store.record_results(run_id, metrics=metrics, curves=curves)
+        summary = {m["name"]: m["value"] for m in metrics}
+        return {"run_id": run_id, "steps": len(state.ranks), "ranks": state.ranks, **summary}
+
+
+def create_app(retriever: Retriever, practice: Practice | None = None) -> FastAPI:
     app = FastAPI(title="fvlp draw and retrieve", docs_url=None, redoc_url=None)
     static = resources.files("fvlp_app") / "static"
 
@@ -180,9 +273,30 @@ def create_app(retriever: Retriever) -> FastAPI:
                 return JSONResponse({"error": f"request body is over {MAX_BODY_BYTES} bytes"}, 413)
         try:
             parsed = parse_query(body)
+            if parsed.session is not None and practice is None:
+                raise BadRequest(404, "practical tests are off: start the app with a results store")
+            embedding = retriever.embed(parsed)
+            answer = retriever.answer(parsed, embedding)
+            if parsed.session is not None and practice is not None:
+                answer["target_rank"] = practice.record(parsed.session, embedding)
         except BadRequest as err:
             return JSONResponse({"error": str(err)}, err.status)
-        return JSONResponse(retriever.query(parsed))
+        return JSONResponse(answer)
+
+    @app.post("/api/practice")
+    def start_practice() -> Response:
+        if practice is None:
+            return JSONResponse({"error": "practical tests are off: start the app with a results store"}, 404)
+        return JSONResponse(practice.start())
+
+    @app.post("/api/practice/{session}/finish")
+    def finish_practice(session: str) -> Response:
+        if practice is None:
+            return JSONResponse({"error": "practical tests are off: start the app with a results store"}, 404)
+        try:
+            return JSONResponse(practice.finish(session))
+        except BadRequest as err:
+            return JSONResponse({"error": str(err)}, err.status)
 
     return app
 
@@ -205,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     import uvicorn
 
+    practice = Practice(retriever, paths.results_store)
     print(f"drawing page on http://{args.host}:{args.port}/ ({len(retriever.photo_ids)} gallery photos)")
-    uvicorn.run(create_app(retriever), host=args.host, port=args.port, log_level="warning")
+    print(f"practical tests are recorded in {paths.results_store}")
+    uvicorn.run(create_app(retriever, practice), host=args.host, port=args.port, log_level="warning")
     return 0

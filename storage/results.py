@@ -114,7 +114,8 @@ WITH ranked AS (
     SELECT r.run_id, r.model_fingerprint, r.finished_at,
            row_number() OVER (PARTITION BY r.model_fingerprint ORDER BY r.finished_at DESC, r.run_id DESC) AS recency
     FROM runs r
-    WHERE r.status = 'finished' AND EXISTS (SELECT 1 FROM metrics m WHERE m.run_id = r.run_id)
+    WHERE r.status = 'finished' AND r.flow = 'evaluate'
+      AND EXISTS (SELECT 1 FROM metrics m WHERE m.run_id = r.run_id)
 )
 SELECT ranked.model_fingerprint, ranked.run_id, ranked.finished_at,
        m.split, m.variant, m.name, m.value

@@ -40,10 +40,11 @@ def indexed(tmp_path_factory, prefect_harness):
 def client(indexed):
     from fastapi.testclient import TestClient
 
-    from fvlp_app.server import Retriever, create_app
+    from fvlp_app.server import Practice, Retriever, create_app
 
     config, _ = indexed
-    return TestClient(create_app(Retriever(config.gallery_dir, device="cpu")))
+    retriever = Retriever(config.gallery_dir, device="cpu")
+    return TestClient(create_app(retriever, Practice(retriever, config.paths.results_store, seed=0)))
 
 
 def _b64(data: bytes) -> str:
@@ -117,6 +118,44 @@ def test_bad_requests_get_a_clear_4xx_and_the_service_keeps_serving(indexed, cli
     assert client.post("/api/query", json={"sketch": _b64(png)}).status_code == 200
 
 
+def test_a_practical_test_session_is_recorded_as_a_human_episode(indexed, client):
+    """The target's rank after each query, then m@A/m@B/acc@K from evaluation's metric code,
+    as rows analysts query beside the evaluation runs."""
+    from fvlp_core.metrics import sketch_retrieval_metrics
+    from storage.results import ResultsStore
+
+    config, _ = indexed
+    started = client.post("/api/practice").json()
+    assert started["thumbnail"].startswith("data:image/jpeg;base64,")
+    target = started["photo_id"]
+    sketches = [png for photo_id, _, png in iter_sketches(config.episodes_dir, "test") if photo_id == target]
+    ranks = []
+    for png in sketches[:2]:
+        answer = client.post("/api/query", json={"sketch": _b64(png), "session": started["session"]}).json()
+        ranks.append(answer["target_rank"])
+        assert answer["target_rank"] == next(
+            (hit["rank"] for hit in answer["results"] if hit["photo_id"] == started["photo_id"]), answer["target_rank"]
+        )
+    finished = client.post(f"/api/practice/{started['session']}/finish").json()
+    gallery_size = indexed[1]["photos"]
+    assert finished["ranks"] == ranks and finished["m_at_B"] == pytest.approx(
+        sketch_retrieval_metrics(np.array([ranks]), gallery_size)["m_at_B"]
+    )
+    store = ResultsStore(config.paths.results_store)
+    rows = store.query(
+        "SELECT step, value FROM curves WHERE run_id = ? AND variant = 'human' AND metric = 'rank' ORDER BY step",
+        [finished["run_id"]],
+    )
+    assert rows == [(step, float(rank)) for step, rank in enumerate(ranks, start=1)]
+    assert store.query("SELECT flow, status FROM runs WHERE run_id = ?", [finished["run_id"]]) == [
+        ("practice", "finished")
+    ]
+    again = client.post(f"/api/practice/{started['session']}/finish")
+    assert again.status_code == 404 and "no practical-test session" in again.json()["error"]
+    empty = client.post("/api/practice").json()["session"]
+    assert client.post(f"/api/practice/{empty}/finish").status_code == 422
+
+
 def test_oversized_and_non_json_bodies_are_refused(client):
     assert client.post("/api/query", content=b"{" * 10, headers={"content-type": "application/json"}).status_code == 400
     huge = client.post("/api/query", content=b"x" * (5 << 20), headers={"content-type": "application/json"})
@@ -135,15 +174,16 @@ def test_drawing_page_in_headless_chromium_reranks_after_every_stroke(indexed, t
     import uvicorn
     from playwright.sync_api import sync_playwright
 
-    from fvlp_app.server import Retriever, create_app
+    from fvlp_app.server import Practice, Retriever, create_app
+    from storage.results import ResultsStore
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "the browser test needs the OS chromium package (`make test` installs it)"
     config, _ = indexed
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(Retriever(config.gallery_dir, device="cpu")), port=port, log_level="warning")
-    )
+    retriever = Retriever(config.gallery_dir, device="cpu")
+    app = create_app(retriever, Practice(retriever, config.paths.results_store, seed=1))
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -155,8 +195,8 @@ def test_drawing_page_in_headless_chromium_reranks_after_every_stroke(indexed, t
             page.goto(f"http://127.0.0.1:{port}/")
             box = page.locator("#canvas").bounding_box()
             assert box is not None
-            strokes = [((0.3, 0.3), (0.7, 0.3)), ((0.3, 0.3), (0.5, 0.8)), ((0.7, 0.3), (0.5, 0.8))]
-            for drawn, ((x0, y0), (x1, y1)) in enumerate(strokes, start=1):
+
+            def draw(x0: float, y0: float, x1: float, y1: float) -> None:
                 page.mouse.move(box["x"] + x0 * box["width"], box["y"] + y0 * box["height"])
                 page.mouse.down()
                 for t in np.linspace(0, 1, 8)[1:]:
@@ -164,6 +204,10 @@ def test_drawing_page_in_headless_chromium_reranks_after_every_stroke(indexed, t
                         box["x"] + (x0 + t * (x1 - x0)) * box["width"], box["y"] + (y0 + t * (y1 - y0)) * box["height"]
                     )
                 page.mouse.up()
+
+            strokes = [(0.3, 0.3, 0.7, 0.3), (0.3, 0.3, 0.5, 0.8), (0.7, 0.3, 0.5, 0.8)]
+            for drawn, stroke in enumerate(strokes, start=1):
+                draw(*stroke)
                 page.wait_for_selector(f'#status[data-queries="{drawn}"]', timeout=30_000)
                 assert page.locator("#results li").count() == min(10, indexed[1]["photos"])
                 assert page.locator("#strokes").inner_text() == f"({drawn} stroke{'s' if drawn > 1 else ''})"
@@ -171,7 +215,24 @@ def test_drawing_page_in_headless_chromium_reranks_after_every_stroke(indexed, t
             page.wait_for_selector(f'#status[data-queries="{len(strokes) + 1}"]', timeout=30_000)
             assert "sketch+text query" in page.locator("#status").inner_text()
             page.screenshot(path=str(tmp_path / "drawing.png"))
+
+            # A practical test: the page shows a target, each stroke reports its rank, finishing records it.
+            queries = len(strokes) + 1
+            page.click("#practice")
+            page.wait_for_selector("#target-image[src^='data:image/jpeg']", timeout=30_000)
+            for stroke in strokes[:2]:
+                draw(*stroke)
+                queries += 1
+                page.wait_for_selector(f'#status[data-queries="{queries}"]', timeout=30_000)
+                assert int(page.locator("#target-rank").get_attribute("data-rank") or 0) >= 1
+            page.click("#finish")
+            page.wait_for_selector("#recorded:not([data-run-id=''])", timeout=30_000)
+            run_id = page.locator("#recorded").get_attribute("data-run-id")
             browser.close()
+        steps = ResultsStore(config.paths.results_store).query(
+            "SELECT count(*) FROM curves WHERE run_id = ? AND variant = 'human'", [run_id]
+        )
+        assert steps == [(2,)]  # one row per stroke of the session
     finally:
         server.should_exit = True
         thread.join(timeout=10)

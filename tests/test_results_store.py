@@ -225,8 +225,14 @@ def test_analyst_guide_queries_run_as_written(store: ResultsStore) -> None:
     for wm_b in (7.0, 9.0):
         with store.run("evaluate", model_fingerprint="sha256:m") as eval_id:
             store.record_results(eval_id, **_evaluation_rows(wm_b=wm_b))
+    with store.run("practice", {"photo_id": "p1"}, model_fingerprint="sha256:m") as practice_id:
+        store.record_results(
+            practice_id,
+            metrics=[{"split": "practice", "variant": "human", "name": "m_at_B", "value": 50.0}],
+            curves=[{"variant": "human", "step": s, "metric": "rank", "value": float(3 - s)} for s in (1, 2)],
+        )
     snippets = _analyst_snippets()
-    assert len(snippets) >= 10
+    assert len(snippets) >= 11
     conn = duckdb.connect(str(store.path), read_only=True)
     try:
         results = [conn.execute(sql).fetchall() for sql in snippets]
@@ -237,6 +243,7 @@ def test_analyst_guide_queries_run_as_written(store: ResultsStore) -> None:
     assert ("test", "sketch", "wm_at_B", 7.0, 9.0, 2.0) in compared
     assert [(step, loss) for step, _, loss, *_ in loss_curve] == [(1, 2.0), (2, 1.0)]
     assert {row[7] for row in provenance} == {train_id}  # the training run that wrote the scored weights
+    assert [(row[1], row[5], row[6]) for row in results[10]] == [("p1", 50.0, [2, 1])]  # a human episode
 
 
 def test_the_analyst_cli_is_pinned_to_the_version_that_writes_the_store():

@@ -14,6 +14,7 @@ let current = null;        // the stroke being drawn
 let previousRanks = {};    // photo_id -> rank in the last answer
 let queries = 0;           // answers shown (tests wait on it)
 let pending = null;        // the request in flight, aborted when a newer one starts
+let session = null;        // a practical test in progress: {session, photo_id, ranks}
 
 function redraw() {
   context.fillStyle = "#fff";
@@ -83,6 +84,7 @@ async function search() {
   if (pending) pending.abort();
   pending = new AbortController();
   const body = { sketch: canvas.toDataURL("image/png"), description: description.value || null, k: 10 };
+  if (session) body.session = session.session;
   setStatus("Searching...");
   try {
     const response = await fetch("/api/query", {
@@ -97,6 +99,7 @@ async function search() {
       return;
     }
     show(answer);
+    if (session && answer.target_rank !== undefined) showTargetRank(answer.target_rank);
   } catch (error) {
     if (error.name !== "AbortError") setStatus(`request failed: ${error}`, true);
   }
@@ -131,5 +134,45 @@ function show(answer) {
   setStatus(`${answer.variant} query over ${answer.gallery_size} photos`);
   statusLine.dataset.queries = String(queries);
 }
+
+function showTargetRank(rank) {
+  session.ranks.push(rank);
+  const line = document.getElementById("target-rank");
+  line.dataset.rank = String(rank);
+  line.textContent = `Its rank now: #${rank} (after each query: ${session.ranks.join(", ")})`;
+}
+
+// Practical test (the paper's): draw the face shown; its rank after every query is recorded
+// as a human episode in the results store when the drawer finishes.
+document.getElementById("practice").addEventListener("click", async () => {
+  const response = await fetch("/api/practice", { method: "POST" });
+  const answer = await response.json();
+  if (!response.ok) {
+    setStatus(answer.error || `error ${response.status}`, true);
+    return;
+  }
+  document.getElementById("clear").click();
+  session = { ...answer, ranks: [] };
+  document.getElementById("target").hidden = false;
+  document.getElementById("target-image").src = answer.thumbnail;
+  document.getElementById("target-rank").textContent = "Draw the first stroke.";
+  document.getElementById("recorded").textContent = "";
+  document.getElementById("finish").hidden = false;
+});
+
+document.getElementById("finish").addEventListener("click", async () => {
+  if (!session) return;
+  const response = await fetch(`/api/practice/${session.session}/finish`, { method: "POST" });
+  const answer = await response.json();
+  if (!response.ok) {
+    setStatus(answer.error || `error ${response.status}`, true);
+    return;
+  }
+  const recorded = document.getElementById("recorded");
+  recorded.dataset.runId = answer.run_id;
+  recorded.textContent = `Recorded as ${answer.run_id}: m@B ${answer.m_at_B.toFixed(1)} over ${answer.steps} steps.`;
+  document.getElementById("finish").hidden = true;
+  session = null;
+});
 
 redraw();
