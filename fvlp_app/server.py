@@ -123,23 +123,37 @@ def flatten(image: Image.Image) -> Image.Image:
 class Retriever:
     """The gallery index and the model that embeds queries into its space, loaded once."""
 
-    def __init__(self, gallery_dir: Path, checkpoint: Path | None = None, device: str = "auto"):
+    def __init__(
+        self, encoder: Any, photo_ids: list[str], embeddings: np.ndarray, thumbnails: list[bytes], manifest: dict
+    ):
+        self.encoder = encoder
+        self.photo_ids = photo_ids
+        self.thumbnails = thumbnails
+        self.manifest = manifest
+        self.search = GallerySearch(photo_ids, embeddings)
+        self._lock = threading.Lock()  # one query at a time through the model
+
+    @classmethod
+    def load(cls, gallery_dir: Path, checkpoint: Path | None = None, device: str = "auto") -> Retriever:
+        """The gallery built by `fvlp index` and the checkpoint it was built with (another is refused)."""
         from fvlp_core.embed import FVLPEncoder
         from storage.gallery import gallery_embeddings, read_gallery, read_gallery_manifest
 
-        self.manifest = read_gallery_manifest(gallery_dir)
+        manifest = read_gallery_manifest(gallery_dir)
         table = read_gallery(gallery_dir)
-        checkpoint = Path(checkpoint or self.manifest["checkpoint"])
-        if f"sha256:{file_digest(checkpoint)}" != self.manifest["model_fingerprint"]:
+        checkpoint = Path(checkpoint or manifest["checkpoint"])
+        if f"sha256:{file_digest(checkpoint)}" != manifest["model_fingerprint"]:
             raise ValueError(
                 f"{checkpoint} is not the model {gallery_dir} was indexed with "
-                f"({self.manifest['checkpoint']}): rebuild the index with `fvlp index --checkpoint {checkpoint}`"
+                f"({manifest['checkpoint']}): rebuild the index with `fvlp index --checkpoint {checkpoint}`"
             )
-        self.encoder = FVLPEncoder.load(checkpoint, device=device)
-        self.photo_ids = table.column("photo_id").to_pylist()
-        self.thumbnails = table.column("thumbnail").to_pylist()
-        self.search = GallerySearch(self.photo_ids, gallery_embeddings(table))
-        self._lock = threading.Lock()  # one query at a time through the model
+        return cls(
+            FVLPEncoder.load(checkpoint, device=device),
+            table.column("photo_id").to_pylist(),
+            gallery_embeddings(table),
+            table.column("thumbnail").to_pylist(),
+            manifest,
+        )
 
     def thumbnail(self, row: int) -> str:
         return "data:image/jpeg;base64," + base64.b64encode(self.thumbnails[row]).decode()
@@ -314,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         paths = resolve_config(Paths, {"data_root": args.data_root} if args.data_root else {})
-        retriever = Retriever(args.gallery or paths.data_root / "gallery", args.checkpoint, args.device)
+        retriever = Retriever.load(args.gallery or paths.data_root / "gallery", args.checkpoint, args.device)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     import uvicorn

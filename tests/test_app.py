@@ -43,7 +43,7 @@ def client(indexed):
     from fvlp_app.server import Practice, Retriever, create_app
 
     config, _ = indexed
-    retriever = Retriever(config.gallery_dir, device="cpu")
+    retriever = Retriever.load(config.gallery_dir, device="cpu")
     return TestClient(create_app(retriever, Practice(retriever, config.paths.results_store, seed=0)))
 
 
@@ -181,7 +181,7 @@ def test_drawing_page_in_headless_chromium_reranks_after_every_stroke(indexed, t
     assert chromium, "the browser test needs the OS chromium package (`make test` installs it)"
     config, _ = indexed
     port = _free_port()
-    retriever = Retriever(config.gallery_dir, device="cpu")
+    retriever = Retriever.load(config.gallery_dir, device="cpu")
     app = create_app(retriever, Practice(retriever, config.paths.results_store, seed=1))
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
