@@ -5,7 +5,9 @@
 (id, cosine score, rank, JPEG thumbnail as a data URL), ranked with the query evaluation
 scores (:mod:`fvlp_core.retrieval`). ``POST /api/practice`` starts a practical test (a target
 photo to draw); queries naming its ``session`` also answer the target's rank, and
-``POST /api/practice/<session>/finish`` records the session in the results store. Bad
+``POST /api/practice/<session>/finish`` records the session in the results store;
+``GET /api/episodes/<photo_id>`` gives a stored drawing episode to replay step by step (a
+query naming a ``target`` photo answers its rank). Bad
 requests get a 4xx with ``{"error": ...}`` saying what is wrong; nothing in a request names
 a file. The model loads once; queries run one at a time through it (CPU or GPU).
 """
@@ -53,6 +55,7 @@ class Query:
     description: str | None
     k: int
     session: str | None = None  # a practical-test session: the answer carries its target's rank
+    target: str | None = None  # a gallery photo (replay): the answer carries its rank
 
 
 def parse_query(body: bytes) -> Query:
@@ -65,9 +68,12 @@ def parse_query(body: bytes) -> Query:
         raise BadRequest(400, "request body is not JSON") from None
     if not isinstance(request, dict):
         raise BadRequest(400, "request body must be a JSON object")
-    unknown = sorted(set(request) - {"sketch", "description", "k", "session"})
+    unknown = sorted(set(request) - {"sketch", "description", "k", "session", "target"})
     if unknown:
-        raise BadRequest(422, f"unknown field(s) {unknown}; expected sketch, description, k, session")
+        raise BadRequest(422, f"unknown field(s) {unknown}; expected sketch, description, k, session, target")
+    target = request.get("target")
+    if target is not None and not isinstance(target, str):
+        raise BadRequest(422, "target must be a gallery photo id")
     session = request.get("session")
     if session is not None and not isinstance(session, str):
         raise BadRequest(422, "session must be the id /api/practice gave")
@@ -79,7 +85,7 @@ def parse_query(body: bytes) -> Query:
     k = request.get("k", 10)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
         raise BadRequest(422, f"k must be a whole number from 1 to {MAX_K}")
-    return Query(decode_sketch(request.get("sketch")), (description or "").strip() or None, k, session)
+    return Query(decode_sketch(request.get("sketch")), (description or "").strip() or None, k, session, target)
 
 
 def decode_sketch(value: Any) -> Image.Image:
@@ -131,6 +137,7 @@ class Retriever:
         self.thumbnails = thumbnails
         self.manifest = manifest
         self.search = GallerySearch(photo_ids, embeddings)
+        self.rows = {photo_id: row for row, photo_id in enumerate(photo_ids)}
         self._lock = threading.Lock()  # one query at a time through the model
 
     @classmethod
@@ -154,6 +161,30 @@ class Retriever:
             table.column("thumbnail").to_pylist(),
             manifest,
         )
+
+    def row_of(self, photo_id: str) -> int:
+        if photo_id not in self.rows:
+            raise BadRequest(404, f"no photo {photo_id!r} in the gallery")
+        return self.rows[photo_id]
+
+    def episode(self, photo_id: str) -> dict[str, Any]:
+        """A stored drawing episode of a gallery photo (the indexed episodes split), for replay."""
+        from storage.episodes import episode_photos, iter_sketches
+
+        row = self.row_of(photo_id)  # only gallery ids: a request never names a path
+        episodes_dir = self.manifest.get("episodes_dir")
+        if not episodes_dir:
+            raise BadRequest(404, "this gallery was not indexed from an episodes build: nothing to replay")
+        split = self.manifest["split"]
+        steps = sorted((step, png) for pid, step, png in iter_sketches(Path(episodes_dir), split) if pid == photo_id)
+        photos = episode_photos(Path(episodes_dir), split)
+        captions = dict(zip(photos["photo_id"].to_pylist(), photos["caption"].to_pylist()))
+        return {
+            "photo_id": photo_id,
+            "caption": captions.get(photo_id),
+            "thumbnail": self.thumbnail(row),
+            "steps": ["data:image/png;base64," + base64.b64encode(png).decode() for _, png in steps],
+        }
 
     def thumbnail(self, row: int) -> str:
         return "data:image/jpeg;base64," + base64.b64encode(self.thumbnails[row]).decode()
@@ -289,13 +320,28 @@ def create_app(retriever: Retriever, practice: Practice | None = None) -> FastAP
             parsed = parse_query(body)
             if parsed.session is not None and practice is None:
                 raise BadRequest(404, "practical tests are off: start the app with a results store")
+            target_row = None if parsed.target is None else retriever.row_of(parsed.target)
             embedding = retriever.embed(parsed)
             answer = retriever.answer(parsed, embedding)
+            if target_row is not None:
+                answer["target_rank"] = retriever.search.rank_of(embedding, target_row)
             if parsed.session is not None and practice is not None:
                 answer["target_rank"] = practice.record(parsed.session, embedding)
         except BadRequest as err:
             return JSONResponse({"error": str(err)}, err.status)
         return JSONResponse(answer)
+
+    @app.get("/api/episodes")
+    def episodes() -> dict[str, Any]:
+        """Gallery photos a stored episode can be replayed for (the first 200)."""
+        return {"photo_ids": retriever.photo_ids[:200], "replayable": bool(retriever.manifest.get("episodes_dir"))}
+
+    @app.get("/api/episodes/{photo_id}")
+    def episode(photo_id: str) -> Response:
+        try:
+            return JSONResponse(retriever.episode(photo_id))
+        except BadRequest as err:
+            return JSONResponse({"error": str(err)}, err.status)
 
     @app.post("/api/practice")
     def start_practice() -> Response:

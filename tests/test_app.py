@@ -156,6 +156,27 @@ def test_a_practical_test_session_is_recorded_as_a_human_episode(indexed, client
     assert client.post(f"/api/practice/{empty}/finish").status_code == 422
 
 
+def test_a_stored_episode_replays_with_the_true_photo_rank_per_step(indexed, client):
+    config, _ = indexed
+    photo_id = episode_photos(config.episodes_dir, "test")["photo_id"].to_pylist()[0]
+    episode = client.get(f"/api/episodes/{photo_id}").json()
+    stored = sorted((step, png) for pid, step, png in iter_sketches(config.episodes_dir, "test") if pid == photo_id)
+    assert [base64.b64decode(url.split(",", 1)[1]) for url in episode["steps"]] == [png for _, png in stored]
+    ranks = []
+    for url in episode["steps"]:
+        body = {"sketch": url, "description": episode["caption"], "k": 100, "target": photo_id}
+        answer = client.post("/api/query", json=body).json()
+        by_id = {hit["photo_id"]: hit for hit in answer["results"]}
+        assert answer["target_rank"] == by_id[photo_id]["rank"]  # the whole gallery is listed at k = 100
+        ranks.append(answer["target_rank"])
+    assert len(ranks) == 3 and all(1 <= r <= indexed[1]["photos"] for r in ranks)
+    missing = client.get("/api/episodes/nobody")
+    assert missing.status_code == 404 and "no photo 'nobody' in the gallery" in missing.json()["error"]
+    assert client.get("/api/episodes/..%2F..%2Fetc%2Fpasswd").status_code == 404  # ids only, never paths
+    wrong = client.post("/api/query", json={"sketch": episode["steps"][0], "target": "nobody"})
+    assert wrong.status_code == 404
+
+
 def test_oversized_and_non_json_bodies_are_refused(client):
     assert client.post("/api/query", content=b"{" * 10, headers={"content-type": "application/json"}).status_code == 400
     huge = client.post("/api/query", content=b"x" * (5 << 20), headers={"content-type": "application/json"})
@@ -228,6 +249,12 @@ def test_drawing_page_in_headless_chromium_reranks_after_every_stroke(indexed, t
             page.click("#finish")
             page.wait_for_selector("#recorded:not([data-run-id=''])", timeout=30_000)
             run_id = page.locator("#recorded").get_attribute("data-run-id")
+
+            # Replay: a stored episode played step by step, the true photo's rank after each.
+            page.click("#replay")
+            page.wait_for_selector('#replay-ranks[data-done="true"]', timeout=60_000)
+            replayed = (page.locator("#replay-ranks").get_attribute("data-ranks") or "").split(",")
+            assert len(replayed) == 3 and all(1 <= int(r) <= indexed[1]["photos"] for r in replayed)
             browser.close()
         steps = ResultsStore(config.paths.results_store).query(
             "SELECT count(*) FROM curves WHERE run_id = ? AND variant = 'human'", [run_id]

@@ -175,4 +175,64 @@ document.getElementById("finish").addEventListener("click", async () => {
   session = null;
 });
 
+// Replay: a stored episode played step by step as queries (with its caption), and the true
+// photo's rank after each step: the paper's retrieval-vs-completion figure, live.
+async function loadEpisodeList() {
+  const answer = await (await fetch("/api/episodes")).json();
+  const select = document.getElementById("replay-photo");
+  select.replaceChildren(...answer.photo_ids.map((id) => new Option(id, id)));
+  document.getElementById("replay").disabled = !answer.replayable;
+}
+
+function drawImage(url) {
+  return new Promise((resolve) => {
+    const image = new Image();
+    image.onload = () => {
+      context.fillStyle = "#fff";
+      context.fillRect(0, 0, canvas.width, canvas.height);
+      context.drawImage(image, 0, 0, canvas.width, canvas.height);
+      resolve();
+    };
+    image.src = url;
+  });
+}
+
+document.getElementById("replay").addEventListener("click", async () => {
+  const photoId = document.getElementById("replay-photo").value;
+  const response = await fetch(`/api/episodes/${encodeURIComponent(photoId)}`);
+  const episode = await response.json();
+  const line = document.getElementById("replay-ranks");
+  if (!response.ok) {
+    setStatus(episode.error || `error ${response.status}`, true);
+    return;
+  }
+  session = null;
+  strokes.length = 0;
+  previousRanks = {};
+  description.value = episode.caption || "";
+  line.dataset.done = "false";
+  const ranks = [];
+  for (const [index, step] of episode.steps.entries()) {
+    await drawImage(step);
+    const body = { sketch: canvas.toDataURL("image/png"), description: description.value || null, k: 10, target: photoId };
+    const reply = await fetch("/api/query", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const answer = await reply.json();
+    if (!reply.ok) {
+      setStatus(answer.error || `error ${reply.status}`, true);
+      return;
+    }
+    show(answer);
+    ranks.push(answer.target_rank);
+    line.textContent = `${photoId}: rank after step ${ranks.map((r, i) => `${i + 1}: #${r}`).join(", ")}`;
+  }
+  line.dataset.done = "true";
+  line.dataset.ranks = ranks.join(",");
+  strokeCount.textContent = `(replayed ${episode.steps.length} steps)`;
+});
+
+loadEpisodeList();
 redraw();
