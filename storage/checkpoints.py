@@ -55,6 +55,20 @@ def latest_checkpoint(checkpoints_dir: Path, stage: str) -> Path | None:
     return path
 
 
+def finetuned_checkpoint(checkpoints_dir: Path, given: Path | None) -> Path:
+    """``given``, or the latest finished fine-tuning run's checkpoint; a missing one is an error
+    saying what to run."""
+    checkpoint = given or latest_checkpoint(checkpoints_dir, "finetune")
+    if checkpoint is None:
+        raise FileNotFoundError(
+            f"no finished finetune run under {Path(checkpoints_dir) / 'finetune'}: "
+            "run `fvlp finetune` first or pass --checkpoint"
+        )
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    return Path(checkpoint)
+
+
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
     """A weights file that loads without unpickling anything, written whole or not at all."""
     data = safetensors_bytes({name: tensor.contiguous() for name, tensor in tensors.items()})

@@ -27,7 +27,7 @@ from fvlp_core.evaluation import (
     summary_markdown,
 )
 from fvlp_core.png import open_image
-from storage.checkpoints import latest_checkpoint
+from storage.checkpoints import finetuned_checkpoint
 from storage.episodes import iter_sketch_chunks, read_photos
 
 
@@ -43,14 +43,7 @@ def _decode(png: bytes) -> Image.Image:
 
 @task(name="resolve-checkpoint", cache_policy=NO_CACHE)
 def resolve_checkpoint(config: EvaluateConfig) -> dict[str, str]:
-    checkpoint = config.checkpoint or latest_checkpoint(config.paths.checkpoints_dir, "finetune")
-    if checkpoint is None:
-        raise FileNotFoundError(
-            f"no finished finetune run under {config.paths.checkpoints_dir / 'finetune'}: "
-            "run `fvlp finetune` first or pass --checkpoint"
-        )
-    if not Path(checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    checkpoint = finetuned_checkpoint(config.paths.checkpoints_dir, config.checkpoint)
     return {"checkpoint": str(checkpoint), "fingerprint": f"sha256:{file_digest(checkpoint)}"}
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -14,21 +13,9 @@ from prefect.cache_policies import NO_CACHE
 from fvlp_core.config import IndexConfig
 from fvlp_core.digest import file_digest
 from fvlp_core.png import open_image
-from storage.checkpoints import latest_checkpoint
+from storage.checkpoints import finetuned_checkpoint
 from storage.episodes import read_episodes_reference, read_photos
 from storage.gallery import GALLERY_SCHEMA, read_gallery, read_gallery_manifest, write_gallery
-
-
-def resolve_index_checkpoint(config: IndexConfig) -> Path:
-    checkpoint = config.checkpoint or latest_checkpoint(config.paths.checkpoints_dir, "finetune")
-    if checkpoint is None:
-        raise FileNotFoundError(
-            f"no finished finetune run under {config.paths.checkpoints_dir / 'finetune'}: "
-            "run `fvlp finetune` first or pass --checkpoint"
-        )
-    if not Path(checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    return Path(checkpoint)
 
 
 def thumbnail(image: Image.Image, size: int) -> bytes:
@@ -46,7 +33,7 @@ def build_gallery(config: IndexConfig) -> dict[str, Any]:
     from fvlp_core.embed import FVLPEncoder
 
     logger = get_run_logger()
-    checkpoint = resolve_index_checkpoint(config)
+    checkpoint = finetuned_checkpoint(config.paths.checkpoints_dir, config.checkpoint)
     model_fingerprint = f"sha256:{file_digest(checkpoint)}"
     episodes = read_episodes_reference(config.episodes_dir)
     photos = read_photos(config.episodes_dir, split=config.split, columns=["photo_id", "image"])

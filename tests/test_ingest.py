@@ -83,28 +83,6 @@ def test_missing_required_column_names_file_column_and_the_names_looked_for(tmp_
         open_metadata([path])
 
 
-def test_optional_columns_are_derived_measured_or_null(tmp_path: Path):
-    bare = laion_table([1, 2]).select(["URL", "TEXT"])
-    path = write(bare, tmp_path / "bare.parquet")
-    metadata = open_metadata([path])
-    assert metadata.columns == {
-        "SAMPLE_ID": None,
-        "URL": "URL",
-        "TEXT": "TEXT",
-        "WIDTH": None,
-        "HEIGHT": None,
-        "similarity": None,
-    }
-    table = metadata.read_rows(0, 2)
-    ids = table.column("SAMPLE_ID").to_pylist()
-    assert (
-        ids == open_metadata([write(bare, tmp_path / "again.parquet")]).read_rows(0, 2).column("SAMPLE_ID").to_pylist()
-    )
-    assert len(set(ids)) == 2 and all(0 <= i < 2**63 for i in ids)
-    assert table.column("WIDTH").to_pylist() == [None, None]  # filled from the image at fetch time
-    assert table.column("metadata_issues").to_pylist() == [[], []]  # absent is not a row's problem
-
-
 @pytest.mark.parametrize(
     "column, values, expected",
     [
