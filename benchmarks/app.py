@@ -9,9 +9,12 @@ model's space; the model has random weights, which do not change its cost) it ti
 * product: the bare gallery-by-query matrix product;
 
 and prints p50 / p95 of each and the ratio request / (encode + product): what the service adds
-on top of the work it cannot avoid.
+on top of the work it cannot avoid. Galleries of ``--approximate-from`` photos or more are
+also served through the HNSW index `fvlp index` builds there (faiss), with its build time and
+recall@10 against exact search.
 
 Usage: python -m benchmarks.app [--sizes 1000 10000 100000] [--queries 30] [--model fvlp-vit-tiny]
+       [--approximate-from 100000]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from PIL import Image, ImageDraw
 from fvlp_app.server import Retriever, create_app
 from fvlp_core.embed import FVLPEncoder
 from fvlp_core.models import FVLPFusion
+from fvlp_core.retrieval import GallerySearch, approximate_recall, build_hnsw, probe_queries
 
 
 def canvas_png(seed: int) -> bytes:
@@ -52,6 +56,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--model", default="fvlp-vit-tiny")
+    parser.add_argument("--approximate-from", type=int, default=100_000)
     args = parser.parse_args()
     torch.manual_seed(0)
     encoder = FVLPEncoder(FVLPFusion(args.model).eval(), args.model, "finetune", torch.device("cpu"))
@@ -66,27 +71,40 @@ def main() -> None:
         rng = np.random.default_rng(size)
         embeddings = rng.standard_normal((size, dim)).astype(np.float32)
         embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-        retriever = Retriever(encoder, [f"p{i}" for i in range(size)], embeddings, [thumbnail.getvalue()] * size, {})
-        client = TestClient(create_app(retriever))
-        timings: dict[str, list[float]] = {"request": [], "encode": [], "product": []}
-        client.post("/api/query", json={"sketch": base64.b64encode(sketches[0]).decode(), "description": description})
-        for png in sketches:  # interleaved: each query's parts are timed right after it
-            body = {"sketch": base64.b64encode(png).decode(), "description": description, "k": 10}
-            start = time.perf_counter()
-            answer = client.post("/api/query", json=body)
-            timings["request"].append(time.perf_counter() - start)
-            assert answer.status_code == 200, answer.text
-            image = Image.open(io.BytesIO(png)).convert("RGB")
-            start = time.perf_counter()
-            query = encoder.encode_sketch_queries([image], [description])[1][0].numpy()
-            timings["encode"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            _ = embeddings @ query
-            timings["product"].append(time.perf_counter() - start)
-        shown = {name: percentiles(values) for name, values in timings.items()}
-        parts = shown["encode"][0] + shown["product"][0]
-        cells = " ".join(f"{p50:7.1f} / {p95:6.1f}" for p50, p95 in shown.values())
-        print(f"{size:>8} {cells} {shown['request'][0] / parts:>25.2f}x")
+        ids = [f"p{i}" for i in range(size)]
+        for approximate in (False, True) if size >= args.approximate_from else (False,):
+            index, note = None, ""
+            if approximate:
+                start = time.perf_counter()
+                index = build_hnsw(embeddings)
+                built = time.perf_counter() - start
+                recall = approximate_recall(GallerySearch(ids, embeddings, index), probe_queries(embeddings, 1000))
+                note = f"  HNSW (built in {built:.0f} s, recall@10 {recall:.3f})"
+            retriever = Retriever(encoder, ids, embeddings, [thumbnail.getvalue()] * size, {}, index)
+            measure(TestClient(create_app(retriever)), encoder, embeddings, sketches, description, size, note)
+
+
+def measure(client, encoder, embeddings, sketches, description, size: int, note: str) -> None:
+    """Time the requests and, right after each, its bare parts; print one table row."""
+    timings: dict[str, list[float]] = {"request": [], "encode": [], "product": []}
+    client.post("/api/query", json={"sketch": base64.b64encode(sketches[0]).decode(), "description": description})
+    for png in sketches:  # interleaved: each query's parts are timed right after it
+        body = {"sketch": base64.b64encode(png).decode(), "description": description, "k": 10}
+        start = time.perf_counter()
+        answer = client.post("/api/query", json=body)
+        timings["request"].append(time.perf_counter() - start)
+        assert answer.status_code == 200, answer.text
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+        start = time.perf_counter()
+        query = encoder.encode_sketch_queries([image], [description])[1][0].numpy()
+        timings["encode"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        _ = embeddings @ query
+        timings["product"].append(time.perf_counter() - start)
+    shown = {name: percentiles(values) for name, values in timings.items()}
+    parts = shown["encode"][0] + shown["product"][0]
+    cells = " ".join(f"{p50:7.1f} / {p95:6.1f}" for p50, p95 in shown.values())
+    print(f"{size:>8} {cells} {shown['request'][0] / parts:>25.2f}x{note}")
 
 
 if __name__ == "__main__":

@@ -130,13 +130,19 @@ class Retriever:
     """The gallery index and the model that embeds queries into its space, loaded once."""
 
     def __init__(
-        self, encoder: Any, photo_ids: list[str], embeddings: np.ndarray, thumbnails: list[bytes], manifest: dict
+        self,
+        encoder: Any,
+        photo_ids: list[str],
+        embeddings: np.ndarray,
+        thumbnails: list[bytes],
+        manifest: dict,
+        approximate: Any = None,
     ):
         self.encoder = encoder
         self.photo_ids = photo_ids
         self.thumbnails = thumbnails
         self.manifest = manifest
-        self.search = GallerySearch(photo_ids, embeddings)
+        self.search = GallerySearch(photo_ids, embeddings, approximate)
         self.rows = {photo_id: row for row, photo_id in enumerate(photo_ids)}
         self._lock = threading.Lock()  # one query at a time through the model
 
@@ -144,7 +150,7 @@ class Retriever:
     def load(cls, gallery_dir: Path, checkpoint: Path | None = None, device: str = "auto") -> Retriever:
         """The gallery built by `fvlp index` and the checkpoint it was built with (another is refused)."""
         from fvlp_core.embed import FVLPEncoder
-        from storage.gallery import gallery_embeddings, read_gallery, read_gallery_manifest
+        from storage.gallery import gallery_embeddings, read_approximate_index, read_gallery, read_gallery_manifest
 
         manifest = read_gallery_manifest(gallery_dir)
         table = read_gallery(gallery_dir)
@@ -160,6 +166,7 @@ class Retriever:
             gallery_embeddings(table),
             table.column("thumbnail").to_pylist(),
             manifest,
+            read_approximate_index(gallery_dir),
         )
 
     def row_of(self, photo_id: str) -> int:

@@ -485,6 +485,14 @@ class IndexConfig(EpisodesInput):
     batch_size: int = Field(128, ge=1, description="Photos per encoder batch")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     thumbnail_size: int = Field(96, ge=16, le=512, description="Longer side of each stored thumbnail (pixels)")
+    approximate_above: int = Field(
+        100_000,
+        ge=1,
+        description="Galleries with more photos get an approximate HNSW index (faiss) as well; its recall@10 "
+        "against exact search is measured and recorded",
+    )
+    hnsw_neighbours: int = Field(32, ge=4, le=256, description="HNSW graph neighbours per photo (faiss M)")
+    hnsw_ef_search: int = Field(128, ge=10, description="HNSW search breadth: higher is slower and closer to exact")
 
     @property
     def gallery_dir(self) -> Path:

@@ -26,10 +26,12 @@ class Hit:
 
 @dataclass
 class GallerySearch:
-    """Exact search: every gallery embedding scored against the query."""
+    """Exact search: every gallery embedding scored against the query; with ``approximate``
+    (a faiss index over the same embeddings, for large galleries) the top photos come from it."""
 
     photo_ids: Sequence[str]
     embeddings: np.ndarray  # [N, D], L2-normalised
+    approximate: Any = None  # faiss index, inner product, rows in gallery order
 
     def __post_init__(self) -> None:
         if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.photo_ids):
@@ -40,6 +42,19 @@ class GallerySearch:
 
     def top(self, query: np.ndarray, k: int) -> list[Hit]:
         """The ``k`` best photos, best first (ties keep gallery order, as evaluation's ranks count them)."""
+        if self.approximate is not None:
+            return self._top_approximate(query, k)
+        return self.top_exact(query, k)
+
+    def _top_approximate(self, query: np.ndarray, k: int) -> list[Hit]:
+        k = max(0, min(k, len(self.photo_ids)))
+        if k == 0:
+            return []
+        scores, rows = self.approximate.search(np.asarray(query, dtype=np.float32)[None, :], k)
+        found = [(float(score), int(row)) for score, row in zip(scores[0], rows[0]) if row >= 0]
+        return [Hit(row, score, rank) for rank, (score, row) in enumerate(found, start=1)]
+
+    def top_exact(self, query: np.ndarray, k: int) -> list[Hit]:
         scores = self.scores(query)
         k = max(0, min(k, len(scores)))
         if k == 0:
@@ -59,3 +74,34 @@ def sketch_query(encoder: Any, sketch: Image.Image, description: str | None) -> 
     only, fused = encoder.encode_sketch_queries([sketch], [description or ""])
     chosen = fused if description else only
     return np.asarray(chosen.detach().cpu().numpy() if hasattr(chosen, "detach") else chosen, dtype=np.float32)[0]
+
+
+def build_hnsw(embeddings: np.ndarray, neighbours: int = 32, ef_construction: int = 80, ef_search: int = 128) -> Any:
+    """An HNSW graph (faiss, inner product) over normalised embeddings, rows in gallery order."""
+    import faiss
+
+    index = faiss.IndexHNSWFlat(embeddings.shape[1], neighbours, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+    index.hnsw.efSearch = ef_search
+    return index
+
+
+def approximate_recall(search: GallerySearch, queries: np.ndarray, k: int = 10) -> float:
+    """Share of the exact top-``k`` photos the approximate index also returns, over ``queries``."""
+    found = 0
+    for query in queries:
+        exact = {hit.row for hit in search.top_exact(query, k)}
+        found += len(exact & {hit.row for hit in search.top(query, k)})
+    return found / (len(queries) * min(k, len(search.photo_ids)))
+
+
+def probe_queries(embeddings: np.ndarray, count: int, seed: int = 0, noise: float = 0.3) -> np.ndarray:
+    """Queries near gallery photos to measure recall with: a photo's embedding plus a random
+    offset of length ``noise`` (a drawing is near its photo, not on it), renormalised."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(embeddings), size=min(count, len(embeddings)), replace=False)
+    offsets = rng.standard_normal((len(rows), embeddings.shape[1])).astype(np.float32)
+    offsets *= noise / np.linalg.norm(offsets, axis=1, keepdims=True)
+    queries = embeddings[rows] + offsets
+    return queries / np.linalg.norm(queries, axis=1, keepdims=True)

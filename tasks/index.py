@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from PIL import Image
 from prefect import get_run_logger, task
@@ -13,9 +14,17 @@ from prefect.cache_policies import NO_CACHE
 from fvlp_core.config import IndexConfig
 from fvlp_core.digest import file_digest
 from fvlp_core.png import open_image
+from fvlp_core.retrieval import GallerySearch, approximate_recall, build_hnsw, probe_queries
 from storage.checkpoints import finetuned_checkpoint
 from storage.episodes import read_episodes_reference, read_photos
-from storage.gallery import GALLERY_SCHEMA, read_gallery, read_gallery_manifest, write_gallery
+from storage.gallery import (
+    GALLERY_SCHEMA,
+    gallery_embeddings,
+    read_gallery,
+    read_gallery_manifest,
+    write_approximate_index,
+    write_gallery,
+)
 
 
 def thumbnail(image: Image.Image, size: int) -> bytes:
@@ -24,6 +33,19 @@ def thumbnail(image: Image.Image, size: int) -> bytes:
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
+
+
+def approximate_index(config: IndexConfig, embeddings: np.ndarray, photo_ids: list[str]) -> tuple[Any, dict] | None:
+    """An HNSW index for a gallery over ``approximate_above`` photos, with its recall@10 against
+    exact search measured on 1,000 queries near gallery photos; None for smaller galleries."""
+    if len(photo_ids) <= config.approximate_above:
+        return None
+    index = build_hnsw(embeddings, config.hnsw_neighbours, ef_search=config.hnsw_ef_search)
+    queries = probe_queries(embeddings, 1000)
+    recall = approximate_recall(GallerySearch(photo_ids, embeddings, index), queries, k=10)
+    get_run_logger().info("HNSW index over %d photos: recall@10 %.3f against exact search", len(photo_ids), recall)
+    settings = {"kind": "hnsw", "neighbours": config.hnsw_neighbours, "ef_search": config.hnsw_ef_search}
+    return index, {**settings, "recall_at_10": recall, "recall_queries": len(queries)}
 
 
 @task(name="build-gallery", cache_policy=NO_CACHE)
@@ -60,6 +82,8 @@ def build_gallery(config: IndexConfig) -> dict[str, Any]:
         schema=GALLERY_SCHEMA,
     )
     rows = pa.concat_tables([kept.select(GALLERY_SCHEMA.names).cast(GALLERY_SCHEMA), added])
+    approximate = approximate_index(config, gallery_embeddings(rows), rows.column("photo_id").to_pylist())
+    write_approximate_index(config.gallery_dir, approximate[0] if approximate else None)
     write_gallery(
         config.gallery_dir,
         rows,
@@ -72,6 +96,7 @@ def build_gallery(config: IndexConfig) -> dict[str, Any]:
             "episodes_fingerprint": episodes["fingerprint"],
             "split": config.split,
             "settings": config.model_dump(mode="json", exclude={"paths"}),
+            "approximate": approximate[1] if approximate else None,
         },
     )
     logger.info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import socket
 import threading
@@ -60,6 +61,26 @@ def test_index_embeds_each_photo_once_per_model(indexed):
     again = index_flow(config)
     assert (again["photos"], again["embedded"], again["kept"]) == (photos, 0, photos)
     assert again["model_fingerprint"] == first["model_fingerprint"]
+
+
+def test_a_large_gallery_gets_an_approximate_index_with_its_measured_recall(indexed, tmp_path):
+    """Above ``approximate_above`` photos an HNSW index is built, its recall@10 against exact search
+    measured and recorded; the app then takes the top photos from it."""
+    from flows.index import index_flow
+    from fvlp_app.server import Retriever
+
+    config, _ = indexed
+    large = config.model_copy(update={"gallery": tmp_path / "gallery", "approximate_above": 2})
+    index_flow(large)
+    manifest = json.loads((tmp_path / "gallery" / "manifest.json").read_text())
+    assert manifest["approximate"]["kind"] == "hnsw" and manifest["approximate"]["recall_at_10"] == 1.0
+    retriever = Retriever.load(tmp_path / "gallery", device="cpu")
+    assert retriever.search.approximate is not None
+    query = retriever.search.embeddings[0]
+    assert [h.row for h in retriever.search.top(query, 5)] == [h.row for h in retriever.search.top_exact(query, 5)]
+    index_flow(config.model_copy(update={"gallery": tmp_path / "gallery"}))  # back under the threshold
+    assert not (tmp_path / "gallery" / "hnsw.faiss").exists()
+    assert Retriever.load(tmp_path / "gallery", device="cpu").search.approximate is None
 
 
 def test_an_app_query_scores_exactly_as_evaluation_scores_that_episode_step(indexed, client):
