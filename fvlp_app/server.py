@@ -288,7 +288,7 @@ class Practice:
         with store.run(
             "practice",
             config=config,
-            dataset_fingerprint=manifest.get("episodes_fingerprint"),
+            dataset_fingerprint=manifest.get("data_fingerprint"),
             model_fingerprint=manifest.get("model_fingerprint"),
         ) as run_id:
             store.record_results(run_id, metrics=metrics, curves=curves)

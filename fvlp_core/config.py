@@ -477,10 +477,16 @@ class EvaluateConfig(EpisodesInput):
 
 
 class IndexConfig(EpisodesInput):
-    """A gallery index: the photos of an episodes split embedded with a fine-tuned checkpoint."""
+    """A gallery index: photos embedded with a fine-tuned checkpoint, for `fvlp app`."""
 
     checkpoint: Path | None = Field(None, description="Fine-tuned checkpoint (default: the latest finetune run)")
-    split: str = Field("test", description="Episode split whose photos make the gallery")
+    source: Literal["episodes", "faces", "folder"] = Field(
+        "episodes",
+        description="Gallery photos: an episodes split (replayable), the cleaned faces, or a folder of photos "
+        "(each cropped to its main face by the clean stage's detector and crop settings)",
+    )
+    photos: Path | None = Field(None, description="Folder of photos, subfolders included (source=folder)")
+    split: str = Field("test", description="Episode split whose photos make the gallery (source=episodes)")
     gallery: Path | None = Field(None, description="Gallery index folder (default: gallery in the data root)")
     batch_size: int = Field(128, ge=1, description="Photos per encoder batch")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -497,6 +503,12 @@ class IndexConfig(EpisodesInput):
     @property
     def gallery_dir(self) -> Path:
         return self.gallery or self.paths.data_root / "gallery"
+
+    @model_validator(mode="after")
+    def _photos_for_a_folder(self) -> IndexConfig:
+        if (self.source == "folder") != (self.photos is not None):
+            raise ValueError("--photos names the folder of source=folder, and only then")
+        return self
 
 
 PIPELINE_STAGES = ("ingest", "clean", "pretrain", "episodes", "finetune", "evaluate")

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from fvlp_core.config import IndexConfig
+from fvlp_core.config import CleanConfig, IndexConfig
+from fvlp_core.detection.backends import detector_for
+from fvlp_core.detection.crop import crop_face
+from fvlp_core.detection.images import ImageRejected, decode_rgb
 from fvlp_core.digest import file_digest
+from fvlp_core.fetch import IMAGE_EXTENSIONS
 from fvlp_core.png import open_image
 from fvlp_core.retrieval import GallerySearch, approximate_recall, build_hnsw, probe_queries
 from storage.checkpoints import finetuned_checkpoint
+from storage.clean import faces_dir, read_clean_manifest, read_faces
 from storage.episodes import read_episodes_reference, read_photos
+from storage.files import content_fingerprint
 from storage.gallery import (
     GALLERY_SCHEMA,
     gallery_embeddings,
@@ -25,6 +35,8 @@ from storage.gallery import (
     write_approximate_index,
     write_gallery,
 )
+from storage.shards import dataset_fingerprint
+from tasks.clean_worker import detector_spec
 
 
 def thumbnail(image: Image.Image, size: int) -> bytes:
@@ -48,40 +60,116 @@ def approximate_index(config: IndexConfig, embeddings: np.ndarray, photo_ids: li
     return index, {**settings, "recall_at_10": recall, "recall_queries": len(queries)}
 
 
+@dataclass
+class GallerySource:
+    """The photos a gallery can hold: their ids, and how to get the images of some of them."""
+
+    label: str  # recorded in each row's ``source``
+    photo_ids: list[str]
+    fingerprint: str  # content fingerprint of the data the photos come from
+    load: Callable[[list[str]], tuple[list[Image.Image], dict[str, str]]]  # images of ids, and ids skipped (why)
+    episodes: dict[str, str] | None = None  # episodes folder and split, for replay
+
+
+def episodes_source(config: IndexConfig) -> GallerySource:
+    photos = read_photos(config.episodes_dir, split=config.split, columns=["photo_id", "image"])
+    if photos.num_rows == 0:
+        raise ValueError(f"{config.episodes_dir}: split {config.split!r} has no photos to index")
+    images = dict(zip(photos.column("photo_id").to_pylist(), photos.column("image").to_pylist()))
+    return GallerySource(
+        f"episodes:{config.episodes_dir.resolve()}:{config.split}",
+        list(images),
+        read_episodes_reference(config.episodes_dir)["fingerprint"],
+        lambda ids: ([open_image(images[i]).convert("RGB") for i in ids], {}),
+        {"episodes_dir": str(config.episodes_dir.resolve()), "split": config.split},
+    )
+
+
+def faces_source(config: IndexConfig) -> GallerySource:
+    """The cleaned faces: already cropped by the clean stage."""
+    faces = read_faces(config.paths.clean_dir, ["SAMPLE_ID", "crop"])
+    crops = dict(zip(map(str, faces.column("SAMPLE_ID").to_pylist()), faces.column("crop").to_pylist()))
+    return GallerySource(
+        f"faces:{config.paths.clean_dir.resolve()}",
+        list(crops),
+        dataset_fingerprint(faces_dir(config.paths.clean_dir)),
+        lambda ids: ([open_image(crops[i]).convert("RGB") for i in ids], {}),
+    )
+
+
+def folder_source(config: IndexConfig) -> GallerySource:
+    """Photos in a folder, each cut to its main face as the clean stage cuts it (the clean run's
+    detector, crop size and margin when the data root has one, else the clean defaults)."""
+    folder = Path(config.photos or "")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"photo folder not found: {folder}")
+    files = {
+        str(path.relative_to(folder)): path
+        for path in sorted(folder.rglob("*"))
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and not path.is_symlink()
+    }
+    clean = CleanConfig.model_validate(
+        {"paths": config.paths, **read_clean_manifest(config.paths.clean_dir).get("settings", {})}
+    )
+
+    def load(ids: list[str]) -> tuple[list[Image.Image], dict[str, str]]:
+        detector = detector_for(detector_spec(clean))
+        images, skipped = [], {}
+        for photo_id in ids:
+            try:
+                rgb = decode_rgb(files[photo_id].read_bytes(), clean.max_image_pixels)
+            except ImageRejected as err:
+                skipped[photo_id] = f"{err.rule}: {err}"
+                continue
+            faces = detector.detect(rgb)
+            if len(faces) == 0:
+                skipped[photo_id] = "no_face: the detector found no face"
+                continue
+            landmarks = None if faces.landmarks is None else faces.landmarks[0]
+            crop = crop_face(rgb, faces.boxes[0], landmarks, clean.crop_size, clean.crop_margin)
+            images.append(Image.fromarray(crop))
+        return images, skipped
+
+    return GallerySource(f"folder:{folder.resolve()}", list(files), content_fingerprint(files.values()), load)
+
+
+SOURCES = {"episodes": episodes_source, "faces": faces_source, "folder": folder_source}
+
+
 @task(name="build-gallery", cache_policy=NO_CACHE)
 def build_gallery(config: IndexConfig) -> dict[str, Any]:
-    """Embed the split's photos into ``config.gallery_dir``; photos a gallery built with the same
-    model already holds are kept, not embedded again."""
+    """Embed the source's photos into ``config.gallery_dir``; photos a gallery built with the same
+    model from the same source already holds are kept, not embedded again; a photo that cannot
+    be used (no face, not an image) is listed in the manifest's ``skipped`` with the reason."""
     from fvlp_core.embed import FVLPEncoder
 
     logger = get_run_logger()
     checkpoint = finetuned_checkpoint(config.paths.checkpoints_dir, config.checkpoint)
     model_fingerprint = f"sha256:{file_digest(checkpoint)}"
-    episodes = read_episodes_reference(config.episodes_dir)
-    photos = read_photos(config.episodes_dir, split=config.split, columns=["photo_id", "image"])
-    if photos.num_rows == 0:
-        raise ValueError(f"{config.episodes_dir}: split {config.split!r} has no photos to index")
+    source = SOURCES[config.source](config)
     previous = read_gallery_manifest(config.gallery_dir)
     kept = pa.schema(GALLERY_SCHEMA).empty_table()
-    if previous.get("model_fingerprint") == model_fingerprint:
+    if previous.get("model_fingerprint") == model_fingerprint and previous.get("source") == source.label:
         kept = read_gallery(config.gallery_dir)
+        kept = kept.filter(pc.is_in(kept["photo_id"], value_set=pa.array(source.photo_ids, pa.string())))
     have = set(kept.column("photo_id").to_pylist())
-    wanted = [i for i, p in enumerate(photos.column("photo_id").to_pylist()) if p not in have]
-    new = photos.take(pa.array(wanted, pa.int64()))
+    wanted = [p for p in source.photo_ids if p not in have]
+    images, skipped = source.load(wanted)
+    used = [p for p in wanted if p not in skipped]
     encoder = FVLPEncoder.load(checkpoint, device=config.device, batch_size=config.batch_size)
-    images = [open_image(b).convert("RGB") for b in new.column("image").to_pylist()]
     embeddings = encoder.encode_images(images).numpy() if images else None
-    source = f"episodes:{config.episodes_dir.resolve()}:{config.split}"
     added = pa.table(
         {
-            "photo_id": new.column("photo_id"),
+            "photo_id": pa.array(used, pa.string()),
             "embedding": pa.array([] if embeddings is None else list(embeddings), pa.list_(pa.float32())),
             "thumbnail": pa.array([thumbnail(image, config.thumbnail_size) for image in images], pa.binary()),
-            "source": pa.array([source] * new.num_rows, pa.string()),
+            "source": pa.array([source.label] * len(used), pa.string()),
         },
         schema=GALLERY_SCHEMA,
     )
     rows = pa.concat_tables([kept.select(GALLERY_SCHEMA.names).cast(GALLERY_SCHEMA), added])
+    if rows.num_rows == 0:
+        raise ValueError(f"{source.label}: no usable photo to index ({len(skipped)} skipped: {skipped})")
     approximate = approximate_index(config, gallery_embeddings(rows), rows.column("photo_id").to_pylist())
     write_approximate_index(config.gallery_dir, approximate[0] if approximate else None)
     write_gallery(
@@ -92,19 +180,22 @@ def build_gallery(config: IndexConfig) -> dict[str, Any]:
             "checkpoint": str(checkpoint.resolve()),
             "model_name": encoder.model_name,
             "dim": int(encoder.embed_dim),
-            "episodes_dir": str(config.episodes_dir.resolve()),
-            "episodes_fingerprint": episodes["fingerprint"],
-            "split": config.split,
+            "source": source.label,
+            "data_fingerprint": source.fingerprint,
+            **(source.episodes or {}),
+            "skipped": {**(previous.get("skipped", {}) if kept.num_rows else {}), **skipped},
             "settings": config.model_dump(mode="json", exclude={"paths"}),
             "approximate": approximate[1] if approximate else None,
         },
     )
     logger.info(
-        "gallery %s: %d photos (%d embedded now, %d kept) with %s",
+        "gallery %s: %d photos (%d embedded now, %d kept, %d skipped) from %s with %s",
         config.gallery_dir,
         rows.num_rows,
         added.num_rows,
         kept.num_rows,
+        len(skipped),
+        source.label,
         checkpoint,
     )
     return {
@@ -112,5 +203,6 @@ def build_gallery(config: IndexConfig) -> dict[str, Any]:
         "photos": rows.num_rows,
         "embedded": added.num_rows,
         "kept": kept.num_rows,
+        "skipped": len(skipped),
         "model_fingerprint": model_fingerprint,
     }

@@ -83,6 +83,47 @@ def test_a_large_gallery_gets_an_approximate_index_with_its_measured_recall(inde
     assert Retriever.load(tmp_path / "gallery", device="cpu").search.approximate is None
 
 
+def test_a_gallery_of_the_cleaned_faces_or_of_a_folder_of_photos(indexed, tmp_path, client):
+    """Cleaned faces are indexed as cropped; a folder's photos go through the clean stage's
+    detector and crop, and a photo without a usable face is listed with the reason."""
+    from fastapi.testclient import TestClient
+    from skimage import data as skimage_data
+
+    from flows.index import index_flow
+    from fvlp_app.server import Retriever, create_app
+    from storage.clean import read_faces
+    from tests.clean_fixtures import GROUP_PHOTO, PORTRAIT, group_faces, jpeg
+
+    config, _ = indexed
+    faces = config.model_copy(update={"gallery": tmp_path / "faces", "source": "faces"})
+    assert index_flow(faces)["photos"] == read_faces(config.paths.clean_dir, ["SAMPLE_ID"]).num_rows
+
+    folder = tmp_path / "photos"
+    (folder / "party").mkdir(parents=True)
+    (folder / "portrait.png").write_bytes(PORTRAIT.read_bytes())
+    (folder / "party" / "group.jpg").write_bytes(GROUP_PHOTO.read_bytes())  # six faces: the best one is kept
+    (folder / "party" / "guest.jpg").write_bytes(jpeg(group_faces()[2]))
+    (folder / "notes.jpg").write_text("not a photo")
+    (folder / "coffee.png").write_bytes(_png(Image.fromarray(skimage_data.coffee())))  # no face
+    photos = config.model_copy(update={"gallery": tmp_path / "folder", "source": "folder", "photos": folder})
+    first = index_flow(photos)
+    assert (first["photos"], first["skipped"]) == (3, 2)
+    manifest = json.loads((tmp_path / "folder" / "manifest.json").read_text())
+    assert manifest["skipped"]["coffee.png"].startswith("no_face")
+    assert manifest["skipped"]["notes.jpg"].startswith("undecodable_image")
+    assert (index_flow(photos)["embedded"], index_flow(photos)["kept"]) == (0, 3)
+    app = TestClient(create_app(Retriever.load(tmp_path / "folder", device="cpu")))
+    answer = app.post("/api/query", json={"sketch": _b64(PORTRAIT.read_bytes()), "k": 3}).json()
+    assert {hit["photo_id"] for hit in answer["results"]} == {"portrait.png", "party/group.jpg", "party/guest.jpg"}
+    assert "not indexed from an episodes build" in app.get("/api/episodes/portrait.png").json()["error"]
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_an_app_query_scores_exactly_as_evaluation_scores_that_episode_step(indexed, client):
     """One code path: the app's score of every gallery photo for a drawing step equals the
     similarity evaluation computes for the same sketch, caption and photo."""
