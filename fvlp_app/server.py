@@ -176,7 +176,7 @@ class Retriever:
 
     def episode(self, photo_id: str) -> dict[str, Any]:
         """A stored drawing episode of a gallery photo (the indexed episodes split), for replay."""
-        from storage.episodes import episode_photos, iter_sketches
+        from storage.episodes import iter_sketches, read_photos
 
         row = self.row_of(photo_id)  # only gallery ids: a request never names a path
         episodes_dir = self.manifest.get("episodes_dir")
@@ -184,7 +184,7 @@ class Retriever:
             raise BadRequest(404, "this gallery was not indexed from an episodes build: nothing to replay")
         split = self.manifest["split"]
         steps = sorted((step, png) for pid, step, png in iter_sketches(Path(episodes_dir), split) if pid == photo_id)
-        photos = episode_photos(Path(episodes_dir), split)
+        photos = read_photos(Path(episodes_dir), split=split, columns=["photo_id", "caption"])  # no images
         captions = dict(zip(photos["photo_id"].to_pylist(), photos["caption"].to_pylist()))
         return {
             "photo_id": photo_id,

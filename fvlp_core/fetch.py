@@ -155,13 +155,15 @@ class ImageIndex:
                 by_id.setdefault(sample_id, []).append(name)
         return cls(by_id, missing_field)
 
-    def not_found(self, sample_id: int, where: str, id_field: str) -> FetchResult:
-        hint = (
-            f" ({self.sidecars_without_id} sidecar .json file(s) have no {id_field!r} field; --id-col names it)"
-            if self.sidecars_without_id
-            else ""
-        )
-        return FetchResult("not_found", error=f"no image for SAMPLE_ID {sample_id} in {where}{hint}")
+
+def not_found(sample_id: int, where: str, id_field: str, sidecars_without_id: int) -> FetchResult:
+    """``not_found``, with a hint when sidecars lacked the id field (the likely cause)."""
+    hint = (
+        f" ({sidecars_without_id} sidecar .json file(s) have no {id_field!r} field; --id-col names it)"
+        if sidecars_without_id
+        else ""
+    )
+    return FetchResult("not_found", error=f"no image for SAMPLE_ID {sample_id} in {where}{hint}")
 
 
 def _ambiguous(sample_id: int, names: list[str]) -> FetchResult:
@@ -248,7 +250,7 @@ class FolderFetcher:
     def _fetch_one(self, sample_id: int) -> FetchResult:
         names = self.index.by_id.get(sample_id, [])
         if not names:
-            return self.index.not_found(sample_id, str(self.folder), self.id_field)
+            return not_found(sample_id, str(self.folder), self.id_field, self.index.sidecars_without_id)
         if len(names) > 1:
             return _ambiguous(sample_id, names)
         path = self.folder / names[0]
@@ -442,7 +444,7 @@ class TarFetcher:
             )
         if not members:
             where = str(self.tar_paths[0]) if len(self.tar_paths) == 1 else f"{len(self.tar_paths)} tars"
-            return ImageIndex({}, self.sidecars_without_id).not_found(sample_id, where, self.id_field)
+            return not_found(sample_id, where, self.id_field, self.sidecars_without_id)
         if len(members) > 1:
             return _ambiguous(sample_id, [self._where(m) for m in members])
         member = members[0]
