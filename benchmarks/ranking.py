@@ -1,114 +1,191 @@
-"""Batched ranking vs the naive per-sketch loop, and vs the bare similarity product.
+"""Ranking at gallery scale: time against the machine's GEMM rate, and memory added.
 
-Scales: FS2K-SDE1 test (450 photos x 50 steps, 256-d embeddings) and the same queries
-against a gallery 100x larger (45,000 photos). For each scale it prints, measured side by
-side on the same random L2-normalised embeddings:
+Evaluation ranks every sketch step (450 episodes x 50 steps = 22,500 queries, 256-d) against
+the gallery; caption<->photo recall ranks every caption against every photo and back. Both
+run through ``fvlp_core.metrics.scan_similarities``: tiles of the similarity matrix, a
+comparison and a count per tile, the gallery read a block of rows at a time.
 
-* naive: the reference procedure, one sketch at a time (gallery @ q, count >=). At large
-  scale it is timed on a sample of sketches and extrapolated linearly (it is a loop of
-  identical iterations), which the output says;
-* batched: ``fvlp_core.metrics.rank_true_items`` (block matrix products + one comparison);
-* product: the bare (E*T x D) @ (D x N) similarity product, computed in the same blocks
-  (the floor batched ranking must approach).
+For each gallery size this prints, measured side by side in one process:
 
-Usage: python -m benchmarks.ranking [--device cpu|cuda] [--repeats 3] [--naive-sample 2000]
+* ranking: ``rank_true_items`` (the evaluation's call);
+* GEMM floor: the bare matrix products of the same tiles, nothing else (the physical limit:
+  no ranking can do less arithmetic); ratio = ranking / floor;
+* before: the previous implementation (queries in blocks of 2^26 similarities against one
+  transposed copy of the whole gallery, then compare and count), for the before/after;
+* memory added over the inputs: the process's peak resident set (Linux VmHWM, reset just
+  before the call) minus its resident set before it, each method in a fresh child process.
+
+Ranks are checked against the per-query loop in float64 on a sample of queries first.
+``--recall`` adds caption<->photo recall (one caption per photo) at its own sizes.
+
+Usage: python -m benchmarks.ranking [--sizes 45000 150000 450000] [--recall 10000 30000 100000]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from fvlp_core.metrics import rank_true_items
+from fvlp_core.metrics import (
+    GALLERY_BLOCK,
+    QUERY_BLOCK,
+    rank_captions_and_photos,
+    rank_true_items,
+)
 
 EPISODES, STEPS, DIM = 450, 50, 256
 
 
-def _embeddings(rows: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    x = rng.standard_normal((rows, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+def _embeddings(rows: int, seed: int) -> torch.Tensor:
+    x = torch.randn(rows, DIM, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.normalize(x, dim=1)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def _inputs(gallery_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    queries = _embeddings(EPISODES * STEPS, 1).reshape(EPISODES, STEPS, DIM)
+    gallery = _embeddings(gallery_size, 2)
+    true_index = torch.from_numpy(np.random.default_rng(0).choice(gallery_size, EPISODES, replace=False))
+    return queries, gallery, true_index
 
 
-def _best_of(repeats: int, run, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        run()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+def gemm_floor(queries: torch.Tensor, gallery: torch.Tensor) -> None:
+    flat = queries.reshape(-1, DIM)
+    tile = torch.empty(QUERY_BLOCK, GALLERY_BLOCK)
+    for q_start in range(0, flat.shape[0], QUERY_BLOCK):
+        q_rows = flat[q_start : q_start + QUERY_BLOCK]
+        for g_start in range(0, gallery.shape[0], GALLERY_BLOCK):
+            g_rows = gallery[g_start : g_start + GALLERY_BLOCK]
+            torch.mm(q_rows, g_rows.t(), out=tile[: q_rows.shape[0], : g_rows.shape[0]])
 
 
-def naive_ranks(queries: torch.Tensor, gallery: torch.Tensor, true_index: torch.Tensor) -> torch.Tensor:
-    """One sketch at a time, as the reference evaluation loop does."""
-    flat = queries.reshape(-1, queries.shape[-1])
-    targets = true_index.repeat_interleave(queries.shape[1])
-    ranks = torch.empty(flat.shape[0], dtype=torch.int64, device=flat.device)
-    for i in range(flat.shape[0]):
-        sims = gallery @ flat[i]
-        ranks[i] = (sims >= sims[targets[i]]).sum()
-    return ranks
-
-
-def bare_product(queries: torch.Tensor, gallery: torch.Tensor, max_block_elements: int = 1 << 26) -> None:
-    flat = queries.reshape(-1, queries.shape[-1])
+def before(queries: torch.Tensor, gallery: torch.Tensor, true_index: torch.Tensor) -> np.ndarray:
+    """The implementation this benchmark replaced, kept here as the 'before' measurement."""
+    flat = queries.reshape(-1, DIM)
+    targets = true_index.repeat_interleave(STEPS)
+    block = max(1, (1 << 26) // gallery.shape[0])
+    ranks = torch.empty(flat.shape[0], dtype=torch.int64)
     g_t = gallery.T.contiguous()
-    block = max(1, max_block_elements // gallery.shape[0])
     for start in range(0, flat.shape[0], block):
-        flat[start : start + block] @ g_t
+        sims = flat[start : start + block] @ g_t
+        true_sim = sims.gather(1, targets[start : start + block, None])
+        ranks[start : start + block] = (sims >= true_sim).sum(dim=1)
+    return ranks.numpy()
 
 
-def bench(gallery_size: int, device: torch.device, repeats: int, naive_sample: int, rng: np.random.Generator) -> None:
-    queries = torch.from_numpy(_embeddings(EPISODES * STEPS, DIM, rng).reshape(EPISODES, STEPS, DIM)).to(device)
-    gallery = torch.from_numpy(_embeddings(gallery_size, DIM, rng)).to(device)
-    true_index = torch.from_numpy(rng.choice(gallery_size, EPISODES, replace=False)).to(device)
+def naive_ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """One query at a time, as the reference evaluation loop does."""
+    return np.array([int((gallery @ q >= (gallery @ q)[t]).sum()) for q, t in zip(queries, targets)])
 
-    batched = _best_of(repeats, lambda: rank_true_items(queries, gallery, true_index), device)
-    product = _best_of(repeats, lambda: bare_product(queries, gallery), device)
 
-    sketches = EPISODES * STEPS
-    sample_episodes = max(1, min(EPISODES, naive_sample // STEPS))
-    sampled = sample_episodes < EPISODES
-    naive_run = lambda: naive_ranks(queries[:sample_episodes], gallery, true_index[:sample_episodes])  # noqa: E731
-    naive = _best_of(1 if sampled else repeats, naive_run, device) * EPISODES / sample_episodes
+def _resident_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
-    # The two must agree before their times mean anything. The check runs in float64: in
-    # float32 the loop's matrix-vector and the batch's matrix-matrix kernels round
-    # differently, which flips a rank by one at near-ties (a few per thousand at N=45,000).
-    q64, g64 = queries[:sample_episodes].double(), gallery.double()
-    check = rank_true_items(q64, g64, true_index[:sample_episodes]).reshape(-1)
-    reference = naive_ranks(q64, g64, true_index[:sample_episodes]).cpu().numpy()
-    if not np.array_equal(check, reference):
-        raise AssertionError(f"batched and naive ranks disagree on {int((check != reference).sum())} sketches")
 
-    note = f" (naive extrapolated from {sample_episodes * STEPS} of {sketches} sketches)" if sampled else ""
-    print(f"gallery N={gallery_size:>6}, {EPISODES} episodes x {STEPS} steps, D={DIM}, device={device}{note}")
-    print(f"  batched ranks == naive loop ranks on all {len(check)} checked sketches (float64 check)")
-    print(f"  naive per-sketch loop : {naive:9.3f} s")
-    print(f"  batched ranking       : {batched:9.3f} s   naive/batched  = {naive / batched:8.1f}x")
-    print(f"  bare matrix product   : {product:9.3f} s   batched/product = {batched / product:8.2f}x")
+def _added_memory_mib(run: Callable[[], object]) -> float:
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+    resident = _resident_kib("VmRSS")
+    run()
+    return (_resident_kib("VmHWM") - resident) / 1024
+
+
+def _child(method: str, size: int) -> None:
+    """Measure one method's added memory in this fresh process; print it as JSON."""
+    if method == "recall":
+        images, texts = _embeddings(size, 3), _embeddings(size, 4)
+        mib = _added_memory_mib(lambda: rank_captions_and_photos(texts, images, np.arange(size)))
+    else:
+        queries, gallery, true_index = _inputs(size)
+        run = {
+            "ranking": lambda: rank_true_items(queries, gallery, true_index),
+            "before": lambda: before(queries, gallery, true_index),
+        }
+        mib = _added_memory_mib(run[method])
+    print(json.dumps({"added_mib": mib}))
+
+
+def added_memory(method: str, size: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ranking", "--child", method, str(size)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["added_mib"])
+
+
+def _timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def bench_ranking(size: int, repeats: int) -> None:
+    queries, gallery, true_index = _inputs(size)
+    sample = torch.arange(0, EPISODES * STEPS, 23)  # 979 queries across every episode
+    flat = queries.reshape(-1, DIM)[sample].double()
+    targets = true_index.repeat_interleave(STEPS)[sample]
+    checked = rank_true_items(flat, gallery.double(), targets)
+    if not np.array_equal(checked, naive_ranks(flat, gallery.double(), targets)):
+        raise AssertionError("ranking disagrees with the per-query loop")
+
+    times: dict[str, list[float]] = {"ranking": [], "floor": [], "before": []}
+    for _ in range(repeats):  # interleaved, so load on the machine hits all alike
+        times["ranking"].append(_timed(lambda: rank_true_items(queries, gallery, true_index)))
+        times["floor"].append(_timed(lambda: gemm_floor(queries, gallery)))
+        times["before"].append(_timed(lambda: before(queries, gallery, true_index)))
+    best = {name: min(values) for name, values in times.items()}
+    memory = {method: added_memory(method, size) for method in ("ranking", "before")}
+    gflops = 2 * EPISODES * STEPS * size * DIM / best["floor"] / 1e9
+    print(f"gallery {size:>7,} photos, {EPISODES * STEPS:,} queries, D={DIM} (ranks == per-query loop on 979)")
+    print(f"  GEMM floor : {best['floor']:8.2f} s  ({gflops:.0f} GFLOP/s)")
+    print(
+        f"  ranking    : {best['ranking']:8.2f} s  {best['ranking'] / best['floor']:.2f}x the floor, "
+        f"{memory['ranking']:7.0f} MiB added"
+    )
+    print(
+        f"  before     : {best['before']:8.2f} s  {best['before'] / best['floor']:.2f}x the floor, "
+        f"{memory['before']:7.0f} MiB added"
+    )
+
+
+def bench_recall(size: int) -> None:
+    images, texts = _embeddings(size, 3), _embeddings(size, 4)
+    seconds = _timed(lambda: rank_captions_and_photos(texts, images, np.arange(size)))
+    inputs_mib = 2 * size * DIM * 4 / 2**20
+    print(
+        f"caption<->photo recall, {size:>7,} photos and captions: {seconds:7.2f} s both ways, "
+        f"{added_memory('recall', size):5.0f} MiB added over {inputs_mib:.0f} MiB of embeddings "
+        f"(a dense matrix: {size * size * 4 / 2**30:.1f} GiB)"
+    )
 
 
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        _child(sys.argv[2], int(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--naive-sample", type=int, default=2000, help="Sketches the naive loop runs at 100x scale")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[45_000, 150_000, 450_000])
+    parser.add_argument("--recall", type=int, nargs="*", default=[10_000, 30_000, 100_000])
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    rng = np.random.default_rng(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    bench(EPISODES, device, args.repeats, naive_sample=EPISODES * STEPS, rng=rng)
-    bench(EPISODES * 100, device, args.repeats, naive_sample=args.naive_sample, rng=rng)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, tiles {QUERY_BLOCK} x {GALLERY_BLOCK}")
+    for size in args.sizes:
+        bench_ranking(size, args.repeats)
+    for size in args.recall:
+        bench_recall(size)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ from PIL import Image
 
 from fvlp_core.metrics import (
     ACC_KS,
+    CaptionPhotoRanking,
+    rank_captions_and_photos,
     rank_true_items,
+    recall_at,
     reranked_text_image_recall,
     sketch_retrieval_metrics,
     step_curves,
@@ -68,10 +71,12 @@ class Gallery:
 
 @dataclass
 class MatchScores:
-    """ITM logits of each query's top-k candidates by embedding similarity, both directions."""
+    """Caption<->photo ranks with each query's top-k candidates by embedding similarity, and
+    the ITM logits of those candidate pairs, both directions."""
 
-    text_to_image: tuple[np.ndarray, np.ndarray]  # (candidate photo rows [C, k], logits [C, k])
-    image_to_text: tuple[np.ndarray, np.ndarray]  # (candidate caption rows [N, k], logits [N, k])
+    ranking: CaptionPhotoRanking
+    text_to_image: np.ndarray  # logits [C, k] of ranking.text_to_image.top_rows
+    image_to_text: np.ndarray  # logits [P, k] of ranking.image_to_text.top_rows
 
 
 @dataclass
@@ -113,17 +118,17 @@ def match_candidates(
     encoder: MatchingEncoder, gallery: Gallery, images: Sequence[Image.Image], k: int, batch_size: int
 ) -> MatchScores:
     """The reference's re-ranking input: for every caption its top-``k`` photos and for every
-    photo its top-``k`` captions by embedding similarity, each pair scored by the ITM head.
-    Patch tokens are computed once per photo, and a pair both directions nominate is scored
-    once; pairs go through the head ``batch_size`` at a time."""
-    similarity = gallery.texts @ gallery.images.T
-    t2i_rows = np.argsort(-similarity, axis=1, kind="stable")[:, : min(k, similarity.shape[1])]
-    i2t_rows = np.argsort(-similarity.T, axis=1, kind="stable")[:, : min(k, similarity.shape[0])]
+    photo with a caption its top-``k`` captions by embedding similarity (one blocked pass each
+    way, which also gives the plain ranks), each pair scored by the ITM head. Patch tokens are
+    computed once per photo, and a pair both directions nominate is scored once; pairs go
+    through the head ``batch_size`` at a time."""
+    ranking = rank_captions_and_photos(gallery.texts, gallery.images, gallery.text_photo, top_k=k)
+    t2i_rows, i2t_rows = ranking.text_to_image.top_rows, ranking.image_to_text.top_rows
     tokens = torch.cat([encoder.encode_image_tokens(list(b)) for b in _batched(list(images), batch_size)])
 
     photos = len(gallery.photo_ids)
     t2i_captions = np.broadcast_to(np.arange(len(gallery.captions))[:, None], t2i_rows.shape)
-    i2t_photos = np.broadcast_to(np.arange(photos)[:, None], i2t_rows.shape)
+    i2t_photos = np.broadcast_to(ranking.image_rows[:, None], i2t_rows.shape)
     pair_codes = np.concatenate([(t2i_captions * photos + t2i_rows).ravel(), (i2t_rows * photos + i2t_photos).ravel()])
     unique, back = np.unique(pair_codes, return_inverse=True)
     captions_of, photos_of = unique // photos, unique % photos
@@ -138,8 +143,7 @@ def match_candidates(
     ]
     scores = (np.concatenate(parts) if parts else np.zeros(0, np.float32))[back]
     return MatchScores(
-        (t2i_rows, scores[: t2i_rows.size].reshape(t2i_rows.shape)),
-        (i2t_rows, scores[t2i_rows.size :].reshape(i2t_rows.shape)),
+        ranking, scores[: t2i_rows.size].reshape(t2i_rows.shape), scores[t2i_rows.size :].reshape(i2t_rows.shape)
     )
 
 
@@ -272,13 +276,14 @@ def evaluate_embeddings(
             **step_curves(ranks, size),
         }
     text_image: dict[str, dict[str, float]] = {}
-    if len(gallery.captions):
+    if matches is not None:  # its ranking holds the plain ranks too: no second pass
+        plain = matches.ranking
+        text_image["text-image"] = recall_at(plain.text_to_image.ranks, plain.image_to_text.ranks)
+        text_image["text-image-itm"] = reranked_text_image_recall(
+            plain, gallery.text_photo, matches.text_to_image, matches.image_to_text
+        )
+    elif len(gallery.captions):
         text_image["text-image"] = text_image_recall(gallery.texts, gallery.images, gallery.text_photo)
-        if matches is not None:
-            similarity = gallery.texts @ gallery.images.T
-            text_image["text-image-itm"] = reranked_text_image_recall(
-                similarity, gallery.text_photo, matches.text_to_image, matches.image_to_text
-            )
     return EvaluationResult(size, len(episodes.true_index), steps, sketch, curves, text_image, len(gallery.captions))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -83,27 +84,127 @@ def _as_tensor(x: np.ndarray | torch.Tensor, device: torch.device | None = None)
     return tensor.to(device) if device is not None else tensor
 
 
+# Similarities within this many float ulps of the true item's count as ties: the true
+# similarity is computed once (in float64) and every other item's by a matrix kernel whose
+# rounding depends on its shape, so an exact comparison could split a genuine tie.
+TIE_ULPS = 16
+QUERY_BLOCK = 2048
+GALLERY_BLOCK = 1024  # a 2048 x 1024 float32 tile (8 MiB) keeps compare + count near the GEMM
+
+
+@dataclass
+class SimilarityScan:
+    """What one blocked pass over queries x gallery similarities found, per query."""
+
+    ranks: np.ndarray  # (Q,) 1-based rank of the true item, ties ranking it last
+    top_rows: np.ndarray  # (Q, k) gallery rows of the k most similar items, best first
+    top_scores: np.ndarray  # (Q, k) their similarities
+
+
+def _true_similarities(
+    queries: torch.Tensor, gallery: torch.Tensor, true_index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's similarity to its own item in float64, and |query| * |item| (the scale of
+    its rounding error), computed block by block so memory stays small."""
+    sims = torch.empty(queries.shape[0], dtype=torch.float64, device=queries.device)
+    scale = torch.empty_like(sims)
+    for start in range(0, queries.shape[0], QUERY_BLOCK):
+        stop = start + QUERY_BLOCK
+        q, g = queries[start:stop].double(), gallery[true_index[start:stop]].double()
+        sims[start:stop] = (q * g).sum(dim=1)
+        scale[start:stop] = q.norm(dim=1) * g.norm(dim=1)
+    return sims, scale
+
+
+def _count_per_row(mask: torch.Tensor) -> torch.Tensor:
+    """How many entries of each row of a (n, m) bool tensor are True."""
+    if mask.shape[1] % 8 == 0 and mask.shape[1] // 8 <= 255:
+        # Eight bools per int64: summing m/8 of them adds each byte lane at most 255 times,
+        # so no carry crosses lanes; then the eight lanes are added. ~30x cheaper than a
+        # byte-wise sum, which would otherwise cost a third of the tile's matrix product.
+        lanes = mask.view(torch.int64).sum(dim=1)
+        return lanes.view(torch.uint8).reshape(-1, 8).sum(dim=1, dtype=torch.int64)
+    return mask.view(torch.uint8).sum(dim=1, dtype=torch.int64)
+
+
+def scan_similarities(
+    queries: np.ndarray | torch.Tensor,
+    gallery: np.ndarray | torch.Tensor,
+    true_index: np.ndarray | torch.Tensor,
+    top_k: int = 0,
+    query_block: int = QUERY_BLOCK,
+    gallery_block: int = GALLERY_BLOCK,
+) -> SimilarityScan:
+    """Rank each query's true gallery item, and optionally find its ``top_k`` items, in one
+    pass over the (Q x N) similarities, ``query_block x gallery_block`` at a time.
+
+    ``queries``: (Q, D); ``gallery``: (N, D), read one block of rows at a time (a memory-mapped
+    array works) and never copied or transposed whole; ``true_index``: (Q,) gallery rows.
+    Rank = 1 + the number of OTHER items whose similarity is >= the true item's (less
+    ``TIE_ULPS`` ulps), so ties rank the true item last. Memory added over the inputs is one
+    tile and its mask, whatever N is.
+    """
+    q = _as_tensor(queries)
+    g = _as_tensor(gallery, q.device).to(q.dtype)
+    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
+        raise ValueError(f"queries {tuple(q.shape)} and gallery {tuple(g.shape)} disagree on the embedding size")
+    target = _as_tensor(
+        np.asarray(true_index, dtype=np.int64) if not isinstance(true_index, torch.Tensor) else true_index, q.device
+    ).long()
+    if target.shape != (q.shape[0],):
+        raise ValueError(f"true_index shape {tuple(target.shape)} does not match {q.shape[0]} queries")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= g.shape[0]):
+        raise ValueError(f"true_index values must lie in 0..{g.shape[0] - 1}")
+    k = min(top_k, g.shape[0])
+
+    true_sim, scale = _true_similarities(q, g, target)
+    threshold = (true_sim - TIE_ULPS * torch.finfo(q.dtype).eps * scale).to(q.dtype)
+    ahead = torch.zeros(q.shape[0], dtype=torch.int64, device=q.device)
+    top_scores = torch.empty((q.shape[0], k), dtype=q.dtype, device=q.device)
+    top_rows = torch.empty((q.shape[0], k), dtype=torch.int64, device=q.device)
+    tile_shape = (min(query_block, q.shape[0]), min(gallery_block, g.shape[0]))
+    tile = torch.empty(tile_shape, dtype=q.dtype, device=q.device)
+    mask = torch.empty(tile_shape, dtype=torch.bool, device=q.device)
+    for q_start in range(0, q.shape[0], query_block):
+        q_rows = q[q_start : q_start + query_block]
+        n = q_rows.shape[0]
+        block_threshold = threshold[q_start : q_start + n, None]
+        block_target = target[q_start : q_start + n]
+        count = torch.zeros(n, dtype=torch.int64, device=q.device)
+        best_scores = torch.empty((n, 0), dtype=q.dtype, device=q.device)
+        best_rows = torch.empty((n, 0), dtype=torch.int64, device=q.device)
+        for g_start in range(0, g.shape[0], gallery_block):
+            g_rows = g[g_start : g_start + gallery_block]
+            m = g_rows.shape[0]
+            sims, above = tile[:n, :m], mask[:n, :m]
+            torch.mm(q_rows, g_rows.t(), out=sims)  # the transposed view, not a copy
+            torch.ge(sims, block_threshold, out=above)
+            count += _count_per_row(above)
+            # The true item itself is the "1 +" of the rank: take it back out of the count.
+            own = ((block_target >= g_start) & (block_target < g_start + m)).nonzero().squeeze(1)
+            count[own] -= above[own, block_target[own] - g_start].long()
+            if k:
+                scores, rows = torch.topk(sims, min(k, m), dim=1)
+                merged = torch.cat([best_scores, scores], dim=1)
+                best_scores, picked = torch.topk(merged, min(k, merged.shape[1]), dim=1)
+                best_rows = torch.gather(torch.cat([best_rows, rows + g_start], dim=1), 1, picked)
+        ahead[q_start : q_start + n] = count
+        top_scores[q_start : q_start + n] = best_scores
+        top_rows[q_start : q_start + n] = best_rows
+    return SimilarityScan((ahead + 1).cpu().numpy(), top_rows.cpu().numpy(), top_scores.cpu().numpy())
+
+
 def rank_true_items(
     queries: np.ndarray | torch.Tensor,
     gallery: np.ndarray | torch.Tensor,
     true_index: np.ndarray | torch.Tensor | Sequence[int],
-    max_block_elements: int = 1 << 26,
+    query_block: int = QUERY_BLOCK,
+    gallery_block: int = GALLERY_BLOCK,
 ) -> np.ndarray:
-    """1-based rank of each query's true gallery item, for every query at once.
-
-    ``queries``: (..., D) embeddings, e.g. (episodes, steps, D); ``gallery``: (N, D);
-    ``true_index``: the gallery row of each query's true item, shaped like the leading
-    query dimensions or like its first dimension (one per episode, broadcast over steps).
-    Similarity is the dot product (embeddings are L2-normalised upstream). Rank = number
-    of gallery items with similarity >= the true item's, so ties rank the true item last.
-
-    Queries go through as matrix products in blocks of at most ``max_block_elements``
-    similarities, so memory stays bounded at any gallery size.
-    """
+    """1-based rank of each query's true gallery item (``scan_similarities``), for queries of
+    any leading shape, e.g. (episodes, steps, D); ``true_index`` is shaped like the leading
+    query dimensions or like the first one (one per episode, broadcast over steps)."""
     q = _as_tensor(queries)
-    g = _as_tensor(gallery, q.device).to(q.dtype)
-    if g.ndim != 2 or q.shape[-1] != g.shape[1]:
-        raise ValueError(f"queries (..., {q.shape[-1]}) and gallery {tuple(g.shape)} disagree on the embedding size")
     lead = q.shape[:-1]
     target = _as_tensor(
         np.asarray(true_index, dtype=np.int64) if not isinstance(true_index, torch.Tensor) else true_index, q.device
@@ -113,20 +214,53 @@ def rank_true_items(
             target = target.reshape(-1, *([1] * (len(lead) - 1))).expand(lead)
         else:
             raise ValueError(f"true_index shape {tuple(target.shape)} does not match queries {tuple(lead)}")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= g.shape[0]):
-        raise ValueError(f"true_index values must lie in 0..{g.shape[0] - 1}")
+    scan = scan_similarities(q.reshape(-1, q.shape[-1]), gallery, target.reshape(-1), 0, query_block, gallery_block)
+    return scan.ranks.reshape(tuple(lead))
 
-    flat_q = q.reshape(-1, q.shape[-1])
-    flat_t = target.reshape(-1)
-    block = max(1, max_block_elements // max(1, g.shape[0]))
-    ranks = torch.empty(flat_q.shape[0], dtype=torch.int64, device=q.device)
-    g_t = g.T.contiguous()
-    for start in range(0, flat_q.shape[0], block):
-        sims = flat_q[start : start + block] @ g_t
-        # The true similarity comes from the same product, so it ties with itself exactly.
-        true_sim = sims.gather(1, flat_t[start : start + block, None])
-        ranks[start : start + block] = (sims >= true_sim).sum(dim=1)
-    return ranks.reshape(lead).cpu().numpy()
+
+@dataclass
+class CaptionPhotoRanking:
+    """Caption->photo and photo->caption ranks (and top-k candidates) from one blocked pass each.
+
+    A photo's caption rank is its best-placed own caption's; photos without a caption are not
+    queries, so ``image_to_text`` has one row per entry of ``image_rows``.
+    """
+
+    text_to_image: SimilarityScan  # one row per caption; the true item is the photo it describes
+    image_rows: np.ndarray  # gallery rows of the photos that have a caption
+    image_to_text: SimilarityScan  # one row per such photo; the true item is its best own caption
+
+
+def rank_captions_and_photos(
+    text_embeddings: np.ndarray | torch.Tensor,
+    image_embeddings: np.ndarray | torch.Tensor,
+    text_to_image: np.ndarray | Sequence[int],
+    top_k: int = 0,
+) -> CaptionPhotoRanking:
+    """``text_to_image[i]`` is the image row that text ``i`` describes (an image may have
+    several texts, or none)."""
+    mapping = np.asarray(text_to_image, dtype=np.int64)
+    texts = _as_tensor(text_embeddings)
+    images = _as_tensor(image_embeddings, texts.device).to(texts.dtype)
+    if mapping.shape != (texts.shape[0],):
+        raise ValueError(f"text_to_image needs one entry per text ({texts.shape[0]}), got shape {mapping.shape}")
+    t2i = scan_similarities(texts, images, mapping, top_k)
+    # The own caption an image is most similar to is the one its rank is counted against.
+    own = _true_similarities(texts, images, torch.from_numpy(mapping).to(texts.device))[0].cpu().numpy()
+    order = np.lexsort((-own, mapping))
+    first = order[np.r_[True, mapping[order][1:] != mapping[order][:-1]]] if len(order) else order
+    image_rows = mapping[first]
+    queries = images if len(image_rows) == images.shape[0] else images[torch.from_numpy(image_rows).to(texts.device)]
+    return CaptionPhotoRanking(t2i, image_rows, scan_similarities(queries, texts, first, top_k))
+
+
+def recall_at(t2i: np.ndarray, i2t: np.ndarray, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """R@K (percent) from caption->photo and photo->caption ranks."""
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"t2i_r_at_{k}"] = 100.0 * float((t2i <= k).mean())
+        out[f"i2t_r_at_{k}"] = 100.0 * float((i2t <= k).mean())
+    return out
 
 
 def text_image_recall(
@@ -135,32 +269,10 @@ def text_image_recall(
     text_to_image: np.ndarray | Sequence[int],
     ks: Sequence[int] = RECALL_KS,
 ) -> dict[str, float]:
-    """Text->image and image->text R@K (percent), with the same ">=" tie rule.
-
-    ``text_to_image[i]`` is the image row that text ``i`` describes (an image may have
-    several texts). Image->text counts an image as found at K when ANY of its texts ranks
-    within K; images without a text are skipped.
-    """
-    mapping = np.asarray(text_to_image, dtype=np.int64)
-    texts = _as_tensor(text_embeddings)
-    images = _as_tensor(image_embeddings, texts.device).to(texts.dtype)
-    if mapping.shape != (texts.shape[0],):
-        raise ValueError(f"text_to_image needs one entry per text ({texts.shape[0]}), got shape {mapping.shape}")
-    t2i = rank_true_items(texts, images, mapping)
-
-    # Image -> text: rank each (image, own text) pair among all texts, keep the best per image.
-    sims = (images @ texts.T).cpu().numpy()
-    own = sims[mapping, np.arange(len(mapping))]
-    pair_ranks = (sims[mapping] >= own[:, None]).sum(axis=1)
-    best = np.full(images.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(best, mapping, pair_ranks)
-    i2t = best[best != np.iinfo(np.int64).max]
-
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"t2i_r_at_{k}"] = 100.0 * float((t2i <= k).mean())
-        out[f"i2t_r_at_{k}"] = 100.0 * float((i2t <= k).mean())
-    return out
+    """Text->image and image->text R@K (percent), with the same ">=" tie rule: an image counts
+    as found at K when ANY of its texts ranks within K; images without a text are skipped."""
+    ranking = rank_captions_and_photos(text_embeddings, image_embeddings, text_to_image)
+    return recall_at(ranking.text_to_image.ranks, ranking.image_to_text.ranks, ks)
 
 
 def matching_scores(positive: np.ndarray, negative: np.ndarray) -> dict[str, float]:
@@ -174,45 +286,27 @@ def matching_scores(positive: np.ndarray, negative: np.ndarray) -> dict[str, flo
     return {"accuracy": 100.0 * float(accuracy), "auc": 100.0 * float(wins / (len(positive) * len(negative)))}
 
 
+def _reranked(scan: SimilarityScan, logits: np.ndarray, is_true: np.ndarray) -> np.ndarray:
+    """The true item's place among the re-scored candidates (ITM logit + similarity), else its
+    similarity rank: an item outside the top k keeps its order below them."""
+    rescored = logits + scan.top_scores
+    true_score = np.where(is_true, rescored, -np.inf).max(axis=1, initial=-np.inf)
+    return np.where(is_true.any(axis=1), (rescored >= true_score[:, None]).sum(axis=1), scan.ranks)
+
+
 def reranked_text_image_recall(
-    similarity: np.ndarray,
+    ranking: CaptionPhotoRanking,
     text_to_image: np.ndarray | Sequence[int],
-    t2i_match: tuple[np.ndarray, np.ndarray],
-    i2t_match: tuple[np.ndarray, np.ndarray],
+    text_to_image_logits: np.ndarray,
+    image_to_text_logits: np.ndarray,
     ks: Sequence[int] = RECALL_KS,
 ) -> dict[str, float]:
-    """R@K after the reference's re-ranking: each query's top-k candidates by ``similarity``
-    (texts x images) are re-ordered by ITM logit + similarity; the rest keep their order below.
-
-    ``t2i_match`` = (candidate image rows [T, k], their ITM logits [T, k]) per text;
-    ``i2t_match`` = (candidate text rows [N, k], their logits [N, k]) per image. Ties rank the
-    true item last, as everywhere.
-    """
+    """R@K after the reference's re-ranking: each query's top-k candidates (``ranking``'s) are
+    re-ordered by ITM logit + similarity; the rest keep their order below. The logits are the
+    ITM head's for ``ranking.text_to_image.top_rows`` [C, k] and ``ranking.image_to_text.top_rows``
+    [P, k]. Ties rank the true item last, as everywhere."""
     mapping = np.asarray(text_to_image, dtype=np.int64)
-    t2i_rows, t2i_logits = t2i_match
-    i2t_rows, i2t_logits = i2t_match
-    texts = np.arange(len(mapping))
-    # Text -> image: the true image's place among the re-scored candidates, else its plain rank.
-    plain_t2i = (similarity >= similarity[texts, mapping][:, None]).sum(axis=1)
-    rescored = t2i_logits + np.take_along_axis(similarity, t2i_rows, axis=1)
-    is_true = t2i_rows == mapping[:, None]
-    true_score = np.where(is_true, rescored, -np.inf).max(axis=1)
-    t2i = np.where(is_true.any(axis=1), (rescored >= true_score[:, None]).sum(axis=1), plain_t2i)
-
-    # Image -> text: the best-placed of the image's own texts, the same way.
-    columns = similarity.T  # images x texts
-    images = np.unique(mapping)
-    own = mapping[None, :] == images[:, None]  # images (with a text) x texts
-    best_plain = np.where(own, columns[images], -np.inf).max(axis=1)
-    plain_i2t = (columns[images] >= best_plain[:, None]).sum(axis=1)
-    rows, logits = i2t_rows[images], i2t_logits[images]
-    rescored_i2t = logits + np.take_along_axis(columns[images], rows, axis=1)
-    is_own = mapping[rows] == images[:, None]
-    best_own = np.where(is_own, rescored_i2t, -np.inf).max(axis=1)
-    i2t = np.where(is_own.any(axis=1), (rescored_i2t >= best_own[:, None]).sum(axis=1), plain_i2t)
-
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"t2i_r_at_{k}"] = 100.0 * float((t2i <= k).mean())
-        out[f"i2t_r_at_{k}"] = 100.0 * float((i2t <= k).mean())
-    return out
+    t2i_scan, i2t_scan = ranking.text_to_image, ranking.image_to_text
+    t2i = _reranked(t2i_scan, text_to_image_logits, t2i_scan.top_rows == mapping[:, None])
+    i2t = _reranked(i2t_scan, image_to_text_logits, mapping[i2t_scan.top_rows] == ranking.image_rows[:, None])
+    return recall_at(t2i, i2t, ks)

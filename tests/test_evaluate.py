@@ -260,7 +260,9 @@ def test_itm_candidates_score_each_pair_once_and_as_the_head_would_alone() -> No
     matches = match_candidates(encoder, gallery, images, k=3, batch_size=5)
 
     tokens = encoder.encode_image_tokens(images)
-    (t2i_rows, t2i_logits), (i2t_rows, i2t_logits) = matches.text_to_image, matches.image_to_text
+    t2i_rows, i2t_rows = matches.ranking.text_to_image.top_rows, matches.ranking.image_to_text.top_rows
+    t2i_logits, i2t_logits = matches.text_to_image, matches.image_to_text
+    assert list(matches.ranking.image_rows) == list(range(6))  # every photo has a caption
     for caption in range(len(gallery.captions)):
         for slot, photo in enumerate(t2i_rows[caption]):
             alone = match_logits([gallery.captions[caption]], tokens[[photo]])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fvlp_core.metrics import (
+    rank_captions_and_photos,
     rank_true_items,
     reranked_text_image_recall,
     sketch_retrieval_metrics,
@@ -100,9 +101,10 @@ def test_batched_ranking_equals_naive_loop(quantised: bool) -> None:
         queries /= np.linalg.norm(queries, axis=2, keepdims=True)
     true_index = rng.integers(0, gallery.shape[0], size=25)
     expected = _naive_ranks(queries, gallery, true_index)
-    # A tiny block size forces several blocks, including a ragged last one.
-    for block in (1 << 26, 7 * gallery.shape[0]):
-        np.testing.assert_array_equal(rank_true_items(queries, gallery, true_index, max_block_elements=block), expected)
+    # Tiny blocks force several tiles both ways, including ragged last ones.
+    for query_block, gallery_block in ((2048, 1024), (7, 9), (5, 16), (1, 1)):
+        found = rank_true_items(queries, gallery, true_index, query_block=query_block, gallery_block=gallery_block)
+        np.testing.assert_array_equal(found, expected)
     if quantised:
         assert (expected > 1).any()
 
@@ -126,18 +128,46 @@ def test_text_image_recall_by_hand() -> None:
     assert found["i2t_r_at_10"] == pytest.approx(100.0)
 
 
+def test_caption_photo_ranking_equals_the_dense_matrix() -> None:
+    rng = np.random.default_rng(3)
+    images = rng.standard_normal((30, 16))
+    texts = rng.standard_normal((50, 16))
+    captions_of = rng.integers(0, 25, size=50)  # photos 25..29 (and any unpicked) have no caption
+    similarity = texts @ images.T
+    ranking = rank_captions_and_photos(texts, images, captions_of, top_k=5)
+
+    own = similarity[np.arange(50), captions_of]
+    np.testing.assert_array_equal(ranking.text_to_image.ranks, (similarity >= own[:, None]).sum(axis=1))
+    np.testing.assert_array_equal(ranking.text_to_image.top_rows, np.argsort(-similarity, axis=1)[:, :5])
+    np.testing.assert_allclose(ranking.text_to_image.top_scores, -np.sort(-similarity, axis=1)[:, :5])
+    with_caption = np.unique(captions_of)
+    np.testing.assert_array_equal(ranking.image_rows, with_caption)
+    best_own = [
+        min((similarity[:, p] >= similarity[c, p]).sum() for c in np.flatnonzero(captions_of == p))
+        for p in with_caption
+    ]
+    np.testing.assert_array_equal(ranking.image_to_text.ranks, best_own)
+    np.testing.assert_array_equal(
+        ranking.image_to_text.top_rows, np.argsort(-similarity.T[with_caption], axis=1)[:, :5]
+    )
+
+
 def test_itm_reranking_reorders_the_top_k_and_leaves_the_rest_by_hand() -> None:
+    # Caption embeddings against identity photo embeddings: similarity = the caption rows.
     similarity = np.array([[0.9, 0.8, 0.1], [0.7, 0.6, 0.5], [0.2, 0.3, 0.9]])  # 3 captions x 3 photos
     captions_of = np.array([0, 1, 1])  # photo 1 has two captions; photo 2 none
-    t2i = (np.array([[0, 1], [0, 1], [2, 1]]), np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0]]))
-    i2t = (np.array([[0, 1], [0, 1], [2, 1]]), np.array([[-5.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
-    found = reranked_text_image_recall(similarity, captions_of, t2i, i2t)
+    ranking = rank_captions_and_photos(similarity, np.eye(3), captions_of, top_k=2)
+    np.testing.assert_array_equal(ranking.text_to_image.top_rows, [[0, 1], [0, 1], [2, 1]])
+    np.testing.assert_array_equal(ranking.image_rows, [0, 1])  # photo 2 has no caption: not a query
+    np.testing.assert_array_equal(ranking.image_to_text.top_rows, [[0, 1], [0, 1]])
+    t2i_logits = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
+    i2t_logits = np.array([[-5.0, 0.0], [0.0, 0.0]])
+    found = reranked_text_image_recall(ranking, captions_of, t2i_logits, i2t_logits)
     # Captions 1 and 2 were second by similarity; ITM lifts their photo to first.
     assert found["t2i_r_at_1"] == pytest.approx(100.0)
     # Photo 0's caption drops to second behind a -5 ITM logit; photo 1's best own caption is second.
     assert (found["i2t_r_at_1"], found["i2t_r_at_5"]) == (0.0, 100.0)
     # With k = 1, a true photo outside the candidates keeps its similarity rank (2 for captions 1, 2).
-    top1 = reranked_text_image_recall(
-        similarity, captions_of, (t2i[0][:, :1], t2i[1][:, :1]), (i2t[0][:, :1], i2t[1][:, :1])
-    )
-    assert top1["t2i_r_at_1"] == pytest.approx(100 / 3) and top1["t2i_r_at_5"] == 100.0
+    top1 = rank_captions_and_photos(similarity, np.eye(3), captions_of, top_k=1)
+    found = reranked_text_image_recall(top1, captions_of, t2i_logits[:, :1], i2t_logits[:, :1])
+    assert found["t2i_r_at_1"] == pytest.approx(100 / 3) and found["t2i_r_at_5"] == 100.0
