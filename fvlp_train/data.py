@@ -18,7 +18,7 @@ import torch
 
 from fvlp_core.transforms import image_bytes_tensor
 from storage.clean import face_sample_ids, face_shards, read_face_pairs
-from storage.episodes import episode_lengths, episode_photos, read_sketch_steps
+from storage.episodes import SketchSteps, episode_lengths, episode_photos
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -165,6 +165,7 @@ class SketchEpisodeStream:
                 f"{episodes_dir}: photo_id {without[0]} ({split}) has no sketches ({len(without)} such photos)"
             )
         self.lengths = {p: lengths[p] for p in self.photo_ids}
+        self.sketch_steps = SketchSteps(episodes_dir, split)
         self.rows = len(self.photo_ids)
         if len(self.photo_ids) < plan.global_batch:
             raise ValueError(
@@ -184,10 +185,8 @@ class SketchEpisodeStream:
             self.plan.my_rows(order[i : i + self.plan.global_batch])
             for i in range(start_batch * self.plan.global_batch, count, self.plan.global_batch)
         ]
-        if not mine:
-            return
-        sketches = read_sketch_steps(self.episodes_dir, self.split, {p: steps[p] for rows in mine for p in rows})
         for rows in mine:
+            sketches = self.sketch_steps.read({p: steps[p] for p in rows})  # this batch's steps only
             captions = [self.captions[p] for p in rows]
             yield {
                 "photos": torch.stack([self._tensor(self.photos[p], f"photo_id {p}", epoch) for p in rows]),

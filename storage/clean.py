@@ -266,18 +266,34 @@ def read_face_pairs(shard: Path) -> pa.Table:
     return table
 
 
-def read_face_crops(clean_dir: Path, sample_ids: Sequence[int]) -> dict[int, bytes]:
-    """PNG crops of ``sample_ids`` (one shard in memory at a time); a missing id is an error."""
-    wanted = pa.array(sorted(set(int(s) for s in sample_ids)), type=pa.int64())
-    crops: dict[int, bytes] = {}
-    for path in face_shards(clean_dir):
-        table = read_shard(path, ["SAMPLE_ID", "crop"])
-        table = table.filter(pc.is_in(table["SAMPLE_ID"], value_set=wanted))
-        crops.update(zip(table["SAMPLE_ID"].to_pylist(), table["crop"].to_pylist()))
-    missing = [s for s in wanted.to_pylist() if s not in crops]
-    if missing:
-        raise KeyError(f"{faces_dir(clean_dir)}: no crop for SAMPLE_ID {missing[0]} ({len(missing)} missing)")
-    return crops
+class FaceCrops:
+    """PNG crops by SAMPLE_ID.
+
+    It knows which shard holds each id (from the shards' SAMPLE_ID columns) and keeps the
+    crops of the last shard it read, so a caller asking in shard order (sort by
+    ``shard_of``) reads every shard once, with one shard's crops in memory at a time.
+    """
+
+    def __init__(self, clean_dir: Path):
+        self.clean_dir = Path(clean_dir)
+        self.shards = face_shards(self.clean_dir)
+        self.shard_of = {sample_id: n for n, path in enumerate(self.shards) for sample_id in face_sample_ids(path)}
+        self._cached: tuple[int, dict[int, bytes]] = (-1, {})
+
+    def read(self, sample_ids: Sequence[int]) -> dict[int, bytes]:
+        """Crops of ``sample_ids``; an id no shard holds is an error."""
+        wanted = sorted({int(s) for s in sample_ids})
+        missing = [s for s in wanted if s not in self.shard_of]
+        if missing:
+            raise KeyError(f"{faces_dir(self.clean_dir)}: no crop for SAMPLE_ID {missing[0]} ({len(missing)} missing)")
+        crops: dict[int, bytes] = {}
+        for number in sorted({self.shard_of[s] for s in wanted}):
+            if self._cached[0] != number:
+                table = read_shard(self.shards[number], ["SAMPLE_ID", "crop"])
+                self._cached = (number, dict(zip(table["SAMPLE_ID"].to_pylist(), table["crop"].to_pylist())))
+            shard = self._cached[1]
+            crops.update((s, shard[s]) for s in wanted if self.shard_of[s] == number)
+        return crops
 
 
 def read_ground_truth_if_any(source_dir: Path) -> pd.DataFrame | None:

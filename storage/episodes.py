@@ -69,7 +69,9 @@ def write_episode_chunk(
             f"only sketches: {sorted(sketch_ids - set(photo_ids))[:5]})"
         )
     write_shard(
-        pa.Table.from_pylist(list(sketches), schema=SKETCH_SCHEMA), shard_path(sketches_dir(episodes_dir), index)
+        pa.Table.from_pylist(list(sketches), schema=SKETCH_SCHEMA),
+        shard_path(sketches_dir(episodes_dir), index),
+        row_group_per="photo_id",  # SketchSteps reads one photo's sketches without the rest
     )
     write_shard(pa.Table.from_pylist(list(photos), schema=PHOTO_SCHEMA), shard_path(photos_dir(episodes_dir), index))
 
@@ -194,16 +196,53 @@ def episode_lengths(episodes_dir: Path, split: str) -> dict[str, int]:
     return lengths
 
 
-def read_sketch_steps(episodes_dir: Path, split: str, wanted: dict[str, int]) -> dict[str, bytes]:
-    """The sketch image at step ``wanted[photo_id]`` for every photo in ``wanted``."""
-    found = {}
-    for photo_id, step, image in iter_sketches(episodes_dir, split):
-        if wanted.get(photo_id) == step:
-            found[photo_id] = image
-    missing = sorted(set(wanted) - set(found))
-    if missing:
-        raise DatasetError(
-            f"{sketches_dir(episodes_dir)}: no sketch for photo_id {missing[0]} step "
-            f"{wanted[missing[0]]} ({len(missing)} missing)"
-        )
-    return found
+class SketchSteps:
+    """Single sketch steps of one split, read by photo id.
+
+    Each photo's sketches are one row group of their shard (``write_episode_chunk``), so the
+    shards' statistics say where a photo is and a read decodes only the photos asked for. A
+    build written before that layout still reads correctly, a row group at a time.
+    """
+
+    def __init__(self, episodes_dir: Path, split: str):
+        self.episodes_dir = Path(episodes_dir)
+        self.split = split
+        self.shards = list_shards(sketches_dir(self.episodes_dir))
+        self.row_groups: dict[str, set[tuple[int, int]]] = {}  # photo_id -> {(shard, row group)}
+        for number, path in enumerate(self.shards):
+            metadata = pq.ParquetFile(path).metadata
+            columns = {metadata.schema.column(i).name: i for i in range(metadata.num_columns)}
+            for group in range(metadata.num_row_groups):
+                for photo_id in self._photo_ids(path, metadata.row_group(group), group, columns):
+                    self.row_groups.setdefault(photo_id, set()).add((number, group))
+
+    def _photo_ids(self, path: Path, group_meta: Any, group: int, columns: dict[str, int]) -> list[str]:
+        """Photo ids of ``split`` in one row group: from its statistics when it holds one photo."""
+        ids, splits = (group_meta.column(columns[name]).statistics for name in ("photo_id", "split"))
+        if ids is not None and splits is not None and ids.has_min_max and splits.has_min_max:
+            if ids.min == ids.max and splits.min == splits.max:
+                return [ids.min] if splits.min == self.split else []
+        table = pq.ParquetFile(path).read_row_group(group, columns=["photo_id", "split"])
+        return sorted(set(_split_filter(table, self.split).column("photo_id").to_pylist()))
+
+    def read(self, wanted: dict[str, int]) -> dict[str, bytes]:
+        """The sketch image at step ``wanted[photo_id]`` for every photo in ``wanted``."""
+        by_shard: dict[int, set[int]] = {}
+        for photo_id in wanted:
+            for number, group in self.row_groups.get(photo_id, ()):
+                by_shard.setdefault(number, set()).add(group)
+        found: dict[str, bytes] = {}
+        for number, groups in sorted(by_shard.items()):
+            table = pq.ParquetFile(self.shards[number]).read_row_groups(
+                sorted(groups), columns=["photo_id", "split", "step", "image"]
+            )
+            for photo_id, split, step, image in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+                if split == self.split and wanted.get(photo_id) == step:
+                    found[photo_id] = image
+        missing = sorted(set(wanted) - set(found))
+        if missing:
+            raise DatasetError(
+                f"{sketches_dir(self.episodes_dir)}: no {self.split} sketch for photo_id {missing[0]} step "
+                f"{wanted[missing[0]]} ({len(missing)} missing)"
+            )
+        return found

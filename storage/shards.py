@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage import files
@@ -27,14 +28,26 @@ def shard_path(dataset_dir: Path, index: int) -> Path:
     return Path(dataset_dir) / f"shard-{index:05d}.parquet"
 
 
-def write_shard(table: pa.Table, path: Path, schema: pa.Schema | None = None) -> Path:
-    """Write ``table`` to ``path`` atomically (temp file + rename), casting to ``schema`` if given."""
+def write_shard(table: pa.Table, path: Path, schema: pa.Schema | None = None, row_group_per: str | None = None) -> Path:
+    """Write ``table`` to ``path`` atomically (temp file + rename), casting to ``schema`` if given.
+
+    ``row_group_per``: a column; each run of equal values in it becomes its own row group, so
+    a reader finds one value's rows from the file's statistics and decodes only those.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if schema is not None:
         table = table.select(schema.names).cast(schema)
     tmp = files.temp_path(path)
-    pq.write_table(table, tmp, compression="zstd")
+    if row_group_per is None or table.num_rows == 0:
+        pq.write_table(table, tmp, compression="zstd")
+    else:
+        values = table.column(row_group_per)
+        changes = pc.not_equal(values.slice(1), values.slice(0, table.num_rows - 1))
+        starts = [0, *(pc.indices_nonzero(changes).to_numpy() + 1).tolist(), table.num_rows]
+        with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
+            for start, stop in zip(starts, starts[1:]):
+                writer.write_table(table.slice(start, stop - start), row_group_size=stop - start)
     files.commit(tmp, path)
     return path
 

@@ -37,7 +37,7 @@ from fvlp_core.config import EpisodesConfig
 from fvlp_core.episodes import corpus_episode, photo_episode
 from fvlp_core.fs2k import detect_layout, fs2k_counts, input_files, load_fs2k_sde, select_steps
 from fvlp_core.png import decode_png, encode_png, png_from_file
-from storage.clean import face_shards, read_clean_manifest, read_face_crops, read_face_index
+from storage.clean import FaceCrops, face_shards, read_clean_manifest, read_face_index
 from storage.episodes import (
     clear_episodes_manifest,
     complete_chunks,
@@ -52,7 +52,7 @@ from storage.files import stat_fingerprint
 from storage.shards import write_manifest
 from storage.source import GROUND_TRUTH_FILE, read_ground_truth
 
-EPISODES_VERSION = "2"  # bump when the generated drawings change
+EPISODES_VERSION = "3"  # bump when the generated drawings or the shard layout change
 CHUNK_PHOTOS = 64
 TEST_SHARE = 0.3  # real photos: share of faces put in the test split
 
@@ -96,15 +96,12 @@ def hashed_split(sample_id: int, test_share: float = TEST_SHARE) -> str:
 
 
 def _face_chunk(
-    clean_dir: Path, rows: list[dict[str, Any]], steps: int, corpus: Any | None, margin: float
+    face_crops: FaceCrops, rows: list[dict[str, Any]], steps: int, corpus: Any | None, margin: float
 ) -> tuple[list, list, int]:
-    """Episodes of cleaned faces: exact corpus strokes when ``corpus`` is given, else edge line art.
-
-    Crops are read per chunk, so memory holds one chunk's images at a time.
-    """
+    """Episodes of cleaned faces: exact corpus strokes when ``corpus`` is given, else edge line art."""
     from fvlp_core.corpus import face_strokes
 
-    crops = read_face_crops(clean_dir, [row["SAMPLE_ID"] for row in rows])
+    crops = face_crops.read([row["SAMPLE_ID"] for row in rows])
     photos, sketches, unaligned = [], [], 0
     for row in rows:
         photo_id = str(int(row["SAMPLE_ID"]))
@@ -246,8 +243,11 @@ def build_episodes(config: EpisodesConfig) -> dict[str, Any]:
             ]
         if not items:
             raise ValueError(f"no usable cleaned face in {clean_dir} (skipped: {skipped})")
+        face_crops = FaceCrops(clean_dir)
+        # Chunks follow the face shards, so building them reads each shard's crops once.
+        items.sort(key=lambda row: face_crops.shard_of.get(int(row["SAMPLE_ID"]), -1))
         margin = corpus.get("crop_margin", 0.0)
-        build = lambda chunk: _face_chunk(clean_dir, chunk, steps, drawer, margin)  # noqa: E731
+        build = lambda chunk: _face_chunk(face_crops, chunk, steps, drawer, margin)  # noqa: E731
 
     done = complete_chunks(episodes_dir)
     chunk_count = (len(items) + CHUNK_PHOTOS - 1) // CHUNK_PHOTOS

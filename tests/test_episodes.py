@@ -23,6 +23,7 @@ from fvlp_core.episodes import (
 )
 from fvlp_core.png import encode_png
 from storage.episodes import complete_chunks, iter_sketch_chunks, read_photos, write_episode_chunk
+from storage.shards import DatasetError
 
 
 def _ink(frame: np.ndarray) -> int:
@@ -174,3 +175,81 @@ def test_gallery_photo_choice_accounts_for_every_face() -> None:
     assert [(row["SAMPLE_ID"], row["split"]) for row in chosen] == [(11, "test")]
     assert skipped == {"no_identity": 1, "no_split": 1, "other_photo_of_identity": 2}
     assert len(chosen) + sum(skipped.values()) == len(faces)
+
+
+def _sketch_rows(photo_ids: list[str], split: str, steps: int) -> list[dict]:
+    return [
+        {"photo_id": p, "split": split, "step": t, "image": f"{p}/{t}".encode()}
+        for p in photo_ids
+        for t in range(steps)
+    ]
+
+
+def test_sketch_steps_decode_only_the_photos_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.parquet as pq
+
+    from storage.episodes import SketchSteps, sketches_dir
+    from storage.shards import shard_path
+
+    ids = ["p1", "p2", "p3"]
+    photos = [
+        {"photo_id": p, "split": "train", "image": b"x", "caption": "c", "captions": ["c"], "source": "generated"}
+        for p in ids
+    ]
+    write_episode_chunk(tmp_path, 0, photos, _sketch_rows(ids, "train", 4))
+    assert pq.ParquetFile(shard_path(sketches_dir(tmp_path), 0)).num_row_groups == 3  # one per photo
+
+    read_groups: list[list[int]] = []
+    original = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(
+        pq.ParquetFile,
+        "read_row_groups",
+        lambda self, groups, **kw: read_groups.append(groups) or original(self, groups, **kw),
+    )
+    steps = SketchSteps(tmp_path, "train")
+    assert steps.read({"p2": 3}) == {"p2": b"p2/3"}
+    assert read_groups == [[1]]  # p2's row group only
+    with pytest.raises(DatasetError, match="no train sketch for photo_id p9 step 0"):
+        steps.read({"p9": 0})
+    assert SketchSteps(tmp_path, "test").row_groups == {}
+
+
+def test_sketch_steps_read_a_build_written_before_one_row_group_per_photo(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from storage.episodes import SKETCH_SCHEMA, SketchSteps, sketches_dir
+    from storage.shards import shard_path, write_shard
+
+    rows = _sketch_rows(["a", "b"], "test", 3) + _sketch_rows(["c"], "train", 3)
+    write_shard(pa.Table.from_pylist(rows, schema=SKETCH_SCHEMA), shard_path(sketches_dir(tmp_path), 0))
+    steps = SketchSteps(tmp_path, "test")
+    assert set(steps.row_groups) == {"a", "b"}
+    assert steps.read({"a": 0, "b": 2}) == {"a": b"a/0", "b": b"b/2"}
+
+
+def test_face_crops_asked_in_shard_order_read_each_shard_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    import storage.clean as clean_storage
+    from storage.shards import shard_path, write_shard
+
+    shards = [
+        write_shard(pa.table({"SAMPLE_ID": ids, "crop": [str(i).encode() for i in ids]}), shard_path(tmp_path, n))
+        for n, ids in enumerate(([5, 1, 9], [2, 7]))
+    ]
+    monkeypatch.setattr(clean_storage, "face_shards", lambda clean_dir: shards)
+    reads: list[Path] = []
+    read_shard = clean_storage.read_shard
+    monkeypatch.setattr(
+        clean_storage, "read_shard", lambda path, columns=None: reads.append(path) or read_shard(path, columns)
+    )
+    crops = clean_storage.FaceCrops(tmp_path)
+    reads.clear()  # the SAMPLE_ID index is built once; count the crop reads
+    ordered = sorted([9, 7, 1, 2, 5], key=crops.shard_of.__getitem__)
+    found = {}
+    for start in range(0, 5, 2):  # chunks of two, as the episodes build asks
+        found.update(crops.read(ordered[start : start + 2]))
+    assert found == {i: str(i).encode() for i in (1, 2, 5, 7, 9)}
+    assert reads == shards
+    with pytest.raises(KeyError, match="no crop for SAMPLE_ID 4"):
+        crops.read([4])
