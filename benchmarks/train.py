@@ -59,14 +59,14 @@ def make_steps(model_name: str, batch: int, device: torch.device, autocast_dtype
 
     def pretrain_step(seed: int) -> None:
         with autocast():
-            loss = pretrain(images, text, groups, seed=seed)["loss"]
+            loss = sum(pretrain(images, text, groups, seed=seed).values())
         loss.backward()
         optimizers["pretrain"].step()
         optimizers["pretrain"].zero_grad(set_to_none=True)
 
     def finetune_step(seed: int) -> None:
         with autocast():
-            loss = fusion(images, images, text, groups, seed=seed)["loss"]
+            loss = sum(fusion(images, images, text, groups, groups, seed=seed).values())
         loss.backward()
         optimizers["finetune"].step()
         optimizers["finetune"].zero_grad(set_to_none=True)
