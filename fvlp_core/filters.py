@@ -15,6 +15,7 @@ import json
 import re
 import unicodedata
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -147,7 +148,7 @@ def spam_category(text: str) -> str | None:
     if len(_HASHTAGS.findall(text)) >= 3:
         return "hashtags"
     words = [w.lower() for w in _WORD.findall(text)]
-    if len(words) >= 4 and max(pd.Series(words).value_counts()) >= max(4, len(words) // 2):
+    if len(words) >= 4 and max(Counter(words).values()) >= max(4, len(words) // 2):
         return "repetition"
     return None
 
@@ -221,6 +222,7 @@ _RNG = np.random.default_rng(20240611)
 _HASH_A = _RNG.integers(1, 2**32, MINHASH_PERMUTATIONS, dtype=np.uint64) | np.uint64(1)
 _HASH_B = _RNG.integers(0, 2**32, MINHASH_PERMUTATIONS, dtype=np.uint64)
 _MASK32 = np.uint64(0xFFFFFFFF)
+BAND_KEY = np.dtype([("high", "<u8"), ("low", "<u8")])  # one band: 4 x 32-bit MinHash values
 
 
 def minhash(normalised: str) -> list[int]:
@@ -268,8 +270,11 @@ def near_duplicates(signatures: list[list[int]]) -> tuple[np.ndarray, np.ndarray
     matrix = np.array([signatures[i] for i in rows], dtype=np.uint32)
     width = MINHASH_PERMUTATIONS // MINHASH_BANDS
     for band in range(MINHASH_BANDS):
-        keys = pd.Series([bytes(r) for r in matrix[:, band * width : (band + 1) * width]])
-        first = keys.groupby(keys, sort=False).transform(lambda s: s.index[0]).to_numpy()
+        # A band's 4 x 32 bits as one sortable 128-bit key; unique's first occurrence is the
+        # earliest row of each bucket (a Python-level groupby here was 63% of the decide step).
+        keys = np.ascontiguousarray(matrix[:, band * width : (band + 1) * width]).view(BAND_KEY).ravel()
+        _, first_of_key, key_of_row = np.unique(keys, return_index=True, return_inverse=True)
+        first = first_of_key[key_of_row.ravel()]
         later = first != np.arange(len(rows))
         if not later.any():
             continue
