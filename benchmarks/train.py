@@ -41,7 +41,7 @@ def make_steps(model_name: str, batch: int, device: torch.device, autocast_dtype
     groups = torch.arange(batch, device=device)
     clip_loss = open_clip.ClipLoss()
     optimizers = {
-        name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
+        name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5, fused=True)  # as the engine
         for name, m in (("bare", bare), ("pretrain", pretrain), ("finetune", fusion))
     }
 

