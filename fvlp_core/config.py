@@ -191,7 +191,11 @@ class CleanConfig(StrictModel):
     min_face_fraction: float = Field(0.1, ge=0, le=1, description="face_too_small: sqrt(face box area / image area)")
     min_sharpness: float = Field(15.0, ge=0, description="too_blurry: variance of Laplacian of the face crop")
     max_duplicate_distance: int = Field(
-        6, ge=-1, le=64, description="duplicate_image: Hamming distance of perceptual hashes to an earlier image"
+        6,
+        ge=-1,
+        le=11,
+        description="duplicate_image: Hamming distance of perceptual hashes to an earlier image (-1: off; "
+        "at most 11: among a million unrelated images, about 20,000 pairs already lie within 11 bits)",
     )
     crop_size: int = Field(224, ge=32, description="Side of the square face crop")
     crop_margin: float = Field(0.25, ge=0, le=1, description="Context around the face in the crop, per side")

@@ -253,7 +253,7 @@ def measure_captions(values: list[Any]) -> dict[str, list]:
     }
 
 
-def near_duplicates(signatures: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+def near_duplicates(signatures: list[list[int]] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each row (in corpus order), the earliest row it nearly duplicates and their estimated Jaccard.
 
     Rows sharing a MinHash band are candidates; each is compared with the earliest row of
@@ -263,11 +263,14 @@ def near_duplicates(signatures: list[list[int]]) -> tuple[np.ndarray, np.ndarray
     n = len(signatures)
     duplicate_of = np.full(n, -1, dtype=np.int64)
     similarity = np.zeros(n, dtype=np.float64)
-    present = np.array([len(s) == MINHASH_PERMUTATIONS for s in signatures], dtype=bool)
-    if present.sum() < 2:
+    if isinstance(signatures, np.ndarray):  # (n, 64), every row captioned: no per-row Python objects
+        rows = np.arange(n)
+        matrix = np.ascontiguousarray(signatures, dtype=np.uint32)
+    else:
+        rows = np.flatnonzero([len(s) == MINHASH_PERMUTATIONS for s in signatures])
+        matrix = np.array([signatures[i] for i in rows], dtype=np.uint32).reshape(len(rows), MINHASH_PERMUTATIONS)
+    if len(rows) < 2:
         return duplicate_of, similarity
-    rows = np.flatnonzero(present)
-    matrix = np.array([signatures[i] for i in rows], dtype=np.uint32)
     width = MINHASH_PERMUTATIONS // MINHASH_BANDS
     for band in range(MINHASH_BANDS):
         # A band's 4 x 32 bits as one sortable 128-bit key; unique's first occurrence is the
@@ -286,36 +289,72 @@ def near_duplicates(signatures: list[list[int]]) -> tuple[np.ndarray, np.ndarray
     return duplicate_of, similarity
 
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+# Multi-index hashing: the 64 hash bits as 4 chunks of 16. Two hashes within distance d
+# differ in at most d // 4 bits of at least one chunk (pigeonhole), so looking each chunk up
+# in the buckets of every value within d // 4 flipped bits finds every pair within d.
+HASH_CHUNKS = 4
+CHUNK_BITS = 16
+MAX_INDEXED_DISTANCE = 11  # d // 4 <= 2: at most 137 bucket probes per chunk
+_CHUNK_VALUES = 1 << CHUNK_BITS
+_FLIP_MASKS = {
+    flips: np.array([m for m in range(_CHUNK_VALUES) if m.bit_count() <= flips], dtype=np.int64) for flips in range(3)
+}
 
 
-def image_duplicates(hashes: list[int | None], block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """For each row, the earliest earlier row with the nearest perceptual hash and their Hamming distance.
+def image_duplicates(hashes: list[int | None], max_distance: int, block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, the earliest earlier row with the nearest perceptual hash within
+    ``max_distance`` bits, and their Hamming distance.
 
-    Exhaustive over earlier rows, in blocks (exact; fine to a few hundred thousand rows;
-    beyond that, multi-index hashing over hash chunks would find the same pairs). Rows
-    without a hash, and the first row, get index -1 and distance 64.
+    Rows without a hash, the first row, and rows with no earlier hash that close get index -1
+    and distance 64. Candidates come from multi-index hashing, ``block`` rows at a time, so
+    time grows with the rows times their bucket neighbours (about n / 65,536 per probe) and
+    memory with the block, not with all pairs.
     """
+    if not -1 <= max_distance <= MAX_INDEXED_DISTANCE:
+        raise ValueError(f"max_distance must lie in -1..{MAX_INDEXED_DISTANCE}, got {max_distance}")
     n = len(hashes)
     duplicate_of = np.full(n, -1, dtype=np.int64)
     distance = np.full(n, 64, dtype=np.int64)
     rows = np.array([i for i, h in enumerate(hashes) if h is not None], dtype=np.int64)
-    if len(rows) < 2:
+    if len(rows) < 2 or max_distance < 0:
         return duplicate_of, distance
     values = np.array([hashes[i] for i in rows], dtype=np.int64).view(np.uint64)
+    masks = _FLIP_MASKS[max_distance // HASH_CHUNKS]
+    chunks = [
+        ((values >> np.uint64(CHUNK_BITS * c)) & np.uint64(_CHUNK_VALUES - 1)).astype(np.int64)
+        for c in range(HASH_CHUNKS)
+    ]
+    buckets = []  # per chunk: rows sorted by chunk value, and where each value's run starts
+    for key in chunks:
+        order = np.argsort(key, kind="stable")
+        counts = np.bincount(key, minlength=_CHUNK_VALUES)
+        buckets.append((order, np.cumsum(counts) - counts, counts))
+
     for start in range(1, len(rows), block):
-        chunk = values[start : start + block]
-        earlier = values[: start + len(chunk)]
-        xor = (chunk[:, None] ^ earlier[None, :]).view(np.uint8).reshape(len(chunk), len(earlier), 8)
-        dist = _POPCOUNT[xor].sum(axis=2, dtype=np.int64)
-        # Only strictly earlier rows count: mask the diagonal and everything after it.
-        dist[np.arange(len(chunk))[:, None] <= (np.arange(len(earlier))[None, :] - start)] = 64
-        nearest = dist.argmin(axis=1)  # argmin takes the first (earliest) of equal distances
-        best = dist[np.arange(len(chunk)), nearest]
-        found = best < 64
-        targets = rows[start : start + len(chunk)]
-        duplicate_of[targets[found]] = rows[nearest[found]]
-        distance[targets] = best
+        queries = np.arange(start, min(start + block, len(rows)))
+        found_query, found_row, found_distance = [], [], []
+        for key, (order, first, counts) in zip(chunks, buckets):
+            probes = (key[queries][:, None] ^ masks[None, :]).ravel()
+            sizes = counts[probes]
+            query = np.repeat(np.repeat(queries, len(masks)), sizes)
+            within_bucket = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+            row = order[np.repeat(first[probes], sizes) + within_bucket]
+            earlier = row < query
+            query, row = query[earlier], row[earlier]
+            bits = np.bitwise_count(values[query] ^ values[row]).astype(np.int64)
+            close = bits <= max_distance
+            found_query.append(query[close])
+            found_row.append(row[close])
+            found_distance.append(bits[close])
+        query, row, bits = (np.concatenate(parts) for parts in (found_query, found_row, found_distance))
+        if not len(query):
+            continue
+        # Nearest first, then earliest: the first pair of each query after this sort is its answer.
+        pick = np.lexsort((row, bits, query))
+        query, row, bits = query[pick], row[pick], bits[pick]
+        head = np.r_[True, query[1:] != query[:-1]]
+        duplicate_of[rows[query[head]]] = rows[row[head]]
+        distance[rows[query[head]]] = bits[head]
     return duplicate_of, distance
 
 

@@ -207,7 +207,7 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
     # Duplicates need the whole corpus: earlier rows (shard order, then row order) win.
     _, similarity = near_duplicates(measurements["caption_minhash"].tolist())
     measurements["duplicate_similarity"] = similarity
-    _, distance = image_duplicates(phashes)
+    _, distance = image_duplicates(phashes, config.max_duplicate_distance)
     measurements["duplicate_distance"] = distance
     decided = decide(measurements, config, agreement_applied)
     measurements = measurements.join(decided)

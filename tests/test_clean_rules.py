@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -104,9 +105,37 @@ def test_near_duplicate_captions_point_at_the_earliest_copy():
 def test_image_duplicates_find_nearest_earlier_hash():
     base = 0x0F0F_F0F0_1234_5678
     hashes = [base, 0x7777_0000_FFFF_1111, None, base ^ 0b101, base]
-    duplicate_of, distance = image_duplicates(hashes, block=2)
-    assert duplicate_of.tolist() == [-1, 0, -1, 0, 0]
-    assert distance[3] == 2 and distance[4] == 0 and distance[2] == 64
+    duplicate_of, distance = image_duplicates(hashes, max_distance=6, block=2)
+    assert duplicate_of.tolist() == [-1, -1, -1, 0, 0]  # row 1 is far from row 0: no duplicate
+    assert distance.tolist() == [64, 64, 64, 2, 0]
+    assert image_duplicates(hashes, max_distance=-1)[0].tolist() == [-1] * 5
+    with pytest.raises(ValueError, match="-1..11"):
+        image_duplicates(hashes, max_distance=12)
+
+
+@pytest.mark.parametrize("max_distance", [0, 3, 6, 11])
+def test_image_duplicates_equal_an_exhaustive_scan(max_distance: int) -> None:
+    rng = np.random.default_rng(max_distance)
+    unsigned: list[int] = []
+    for i in range(400):
+        if i and rng.random() < 0.4:  # a near copy of an earlier hash, 0-14 bits flipped
+            flips = rng.choice(64, int(rng.integers(0, 15)), replace=False)
+            unsigned.append(unsigned[int(rng.integers(0, i))] ^ sum(1 << int(b) for b in flips))
+        else:
+            unsigned.append(int(rng.integers(0, 2**32)) << 32 | int(rng.integers(0, 2**32)))
+    # Stored as Arrow's signed int64, some rows without a hash.
+    hashes = [None if rng.random() < 0.05 else u - (1 << 64) * (u >> 63) for u in unsigned]
+    expected_of, expected_distance = [-1] * 400, [64] * 400
+    for i, h in enumerate(hashes):
+        near = [((h ^ e) & (2**64 - 1)).bit_count() for e in hashes[:i] if h is not None and e is not None]
+        earlier = [j for j, e in enumerate(hashes[:i]) if h is not None and e is not None]
+        if near and min(near) <= max_distance:
+            expected_distance[i] = min(near)
+            expected_of[i] = earlier[near.index(min(near))]  # the earliest of the nearest
+    duplicate_of, distance = image_duplicates(hashes, max_distance, block=37)
+    assert duplicate_of.tolist() == expected_of
+    assert distance.tolist() == expected_distance
+    assert sum(d <= max_distance for d in expected_distance) > 3  # duplicates at every radius
 
 
 def _measurements(**overrides) -> pd.DataFrame:
