@@ -225,8 +225,9 @@ def decide_shards(config: CleanConfig, jobs: list[ShardJob]) -> dict[str, Any]:
     generation = new_generation()
     per_shard = []
     caption_sources = {"template": 0, "original": 0}  # which caption each kept face got
+    by_shard = dict(tuple(measurements.groupby("shard", sort=False)))  # one pass, not a filter per shard
     for job in jobs:
-        rows = measurements[measurements["shard"] == job.index]
+        rows = by_shard.get(job.index, measurements.iloc[:0])
         decisions = {
             "SAMPLE_ID": rows["SAMPLE_ID"].to_numpy(dtype=np.int64),
             "raw_shard": rows["raw_shard"].tolist(),
@@ -323,8 +324,7 @@ def _attributes_for_kept(config: CleanConfig, frame: pd.DataFrame, jobs: list[Sh
     missing = [int(s) for s in kept["SAMPLE_ID"] if int(s) not in names]
     source = {"ground_truth": len(names), "attribute_head": 0}
     if missing:
-        crops = _crops_by_id(jobs, set(missing) | (set(truth["SAMPLE_ID"].astype(int)) if truth is not None else set()))
-        head = _attribute_head(config, truth, crops, set(missing))
+        head = _attribute_head(config, truth, jobs, set(missing))
         if head is None:
             logger.warning(
                 "%d kept rows have no ground-truth attributes and no attribute head is available: "
@@ -332,12 +332,13 @@ def _attributes_for_kept(config: CleanConfig, frame: pd.DataFrame, jobs: list[Sh
                 len(missing),
             )
         else:
-            present = [s for s in missing if s in crops]
-            probabilities = predict_probabilities(head, [crops[s] for s in present])
-            predicted, genders = confident_attributes(probabilities, config.attribute_min_prob)
-            for sid, attrs, gender in zip(present, predicted, genders):
-                names[sid], male[sid] = attrs, gender
-            source["attribute_head"] = len(present)
+            for job in jobs:  # one shard's decoded crops in memory at a time
+                crops = _crops_by_id([job], set(missing))
+                probabilities = predict_probabilities(head, list(crops.values()))
+                predicted, genders = confident_attributes(probabilities, config.attribute_min_prob)
+                for sid, attrs, gender in zip(crops, predicted, genders):
+                    names[sid], male[sid] = attrs, gender
+                source["attribute_head"] += len(crops)
     return KeptAttributes(names, male, identity, source)
 
 
@@ -348,14 +349,14 @@ def _crops_by_id(jobs: list[ShardJob], wanted: set[int]) -> dict[int, np.ndarray
     return crops
 
 
-def _attribute_head(config: CleanConfig, truth: pd.DataFrame | None, crops: dict[int, np.ndarray], missing: set[int]):
+def _attribute_head(config: CleanConfig, truth: pd.DataFrame | None, jobs: list[ShardJob], missing: set[int]):
     """A configured head, else one trained now on crops that have ground truth (saved for later runs)."""
     logger = get_run_logger()
     if config.attribute_head is not None:
         return load_attribute_head(config.attribute_head)
-    train_ids = (
-        [] if truth is None else [int(s) for s in truth["SAMPLE_ID"] if int(s) in crops and int(s) not in missing]
-    )
+    with_truth = set() if truth is None else set(truth["SAMPLE_ID"].astype(int)) - missing
+    crops = _crops_by_id(jobs, with_truth) if with_truth else {}
+    train_ids = [] if truth is None else [int(s) for s in truth["SAMPLE_ID"] if int(s) in crops]
     latest = config.paths.checkpoints_dir / "attribute_head" / "attribute_head.pt"
     if len(train_ids) < 32:
         if latest.exists():
