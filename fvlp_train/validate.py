@@ -41,6 +41,8 @@ def _batched(items: list, size: int = EVAL_BATCH):
 def validate_pretrain(model: FVLPPretrain, config: PretrainConfig, device: torch.device) -> dict[str, float]:
     crops, captions = [], []
     for shard in face_shards(config.paths.clean_dir):
+        if len(crops) >= MAX_HELD_OUT_PAIRS:
+            break  # enough pairs: the remaining shards' crops are never read
         table = read_face_pairs(shard)
         for sample_id, crop, caption in zip(*(table.column(c).to_pylist() for c in ("SAMPLE_ID", "crop", "caption"))):
             if is_held_out(sample_id, config.holdout_fraction) and len(crops) < MAX_HELD_OUT_PAIRS:
