@@ -325,7 +325,7 @@ def test_finetune_keeps_the_epoch_best_on_validation_photos_it_never_trains_on(d
     from fvlp_train.data import is_held_out
 
     pre = train("pretrain", pretrain_config(data_root, epochs=1))
-    config = finetune_config(data_root, pre["checkpoint"], run_id="selecting", epochs=3)
+    config = finetune_config(data_root, pre["checkpoint"], run_id="selecting", epochs=3, validate_every=1)
     held_out = [f"p{i:03d}" for i in range(16) if is_held_out(f"p{i:03d}", VALIDATION_FRACTION)]
     stream = SketchEpisodeStream(
         config.episodes_dir, get_tokenizer("fvlp-vit-tiny"), 32, 0, StreamPlan(4), held_out_fraction=VALIDATION_FRACTION
