@@ -1,10 +1,11 @@
 """Training throughput: our pretraining and fine-tuning steps next to a bare open_clip step.
 
-The bare step is open_clip's own recipe on the same backbone and batch: CLIP forward,
-``open_clip.ClipLoss``, backward, AdamW. Ours add momentum encoders + queues + ITM
-(pretraining), or multi-scale fusion over photos AND sketches + ITSC + ITM (fine-tuning).
-Steps are measured in interleaved rounds, so load from other processes hits every
-variant alike; the ratio is what to read.
+The bare step is open_clip's own recipe on the same backbone and batch: CLIP forward (its
+captions padded to the whole context, as open_clip tokenizes; ours are cut after the longest
+caption, see ``fvlp_core.models.factory.Tokenizer``), ``open_clip.ClipLoss``, backward, AdamW.
+Ours add momentum encoders + queues + ITM (pretraining), or multi-scale fusion over photos
+AND sketches + ITSC + ITM (fine-tuning). Steps are measured in interleaved rounds, so load
+from other processes hits every variant alike; the ratio is what to read.
 
     python benchmarks/train.py                      # fvlp-vit-tiny, CPU
     python benchmarks/train.py --model ViT-B-16 --device cuda --batch-size 64
@@ -37,7 +38,9 @@ def make_steps(model_name: str, batch: int, device: torch.device, autocast_dtype
     fusion = FVLPFusion(model_name).to(device)
     size = image_size(bare)
     images = torch.randn(batch, 3, size, size, device=device)
-    text = get_tokenizer(model_name)([CAPTIONS[i % 2] + f" {i}" for i in range(batch)]).to(device)
+    captions = [CAPTIONS[i % 2] + f" {i}" for i in range(batch)]
+    text = get_tokenizer(model_name)(captions).to(device)  # ours: cut after the longest caption
+    full_text = open_clip.get_tokenizer(model_name)(captions).to(device)  # open_clip pads to the context
     groups = torch.arange(batch, device=device)
     clip_loss = open_clip.ClipLoss()
     optimizers = {
@@ -51,7 +54,7 @@ def make_steps(model_name: str, batch: int, device: torch.device, autocast_dtype
     def bare_step(seed: int) -> None:
         with autocast():
             image_features = bare.encode_image(images, normalize=True)
-            text_features = bare.encode_text(text, normalize=True)
+            text_features = bare.encode_text(full_text, normalize=True)
             loss = clip_loss(image_features, text_features, bare.logit_scale.exp())
         loss.backward()
         optimizers["bare"].step()

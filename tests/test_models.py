@@ -252,3 +252,23 @@ def test_both_sketch_queries_come_from_one_image_pass_and_match_the_single_queri
     assert passes == [3, 1]  # each sketch through the image tower once
     assert torch.allclose(only, encoder.encode_sketches(images), atol=1e-6)
     assert torch.allclose(fused, encoder.encode_sketches(images, captions), atol=1e-6)
+
+
+def test_tokenizer_cuts_padding_without_changing_text_features_or_matching() -> None:
+    """Captions end at their end-of-text token under a causal mask: cutting the batch after its
+    longest caption gives the features and match logits of the full context."""
+    from fvlp_core.models.factory import encode_text_tokens
+
+    torch.manual_seed(0)
+    model = FVLPPretrain("fvlp-vit-tiny").eval()
+    captions = ["a young woman with arched eyebrows", "a bald man with a beard, glasses and a big smile"]
+    cut = get_tokenizer("fvlp-vit-tiny")(captions)
+    full = open_clip.get_tokenizer("fvlp-vit-tiny")(captions)
+    assert cut.shape[1] == int(full.argmax(dim=-1).max()) + 1 < full.shape[1]
+    assert torch.equal(cut, full[:, : cut.shape[1]])
+    image_tokens = torch.randn(2, 65, 192)
+    with torch.no_grad():
+        features = encode_text_tokens(model.backbone, cut)[0], encode_text_tokens(model.backbone, full)[0]
+        logits = model.grounded(model.backbone, cut, image_tokens), model.grounded(model.backbone, full, image_tokens)
+    torch.testing.assert_close(*features, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(*logits, atol=1e-5, rtol=1e-5)

@@ -14,6 +14,7 @@ from typing import Any
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import resize_pos_embed, resize_text_pos_embed
 from open_clip.transformer import text_global_pool
@@ -161,8 +162,45 @@ def create_backbone(model_name: str, init_checkpoint: Path | None = None) -> ope
     return model
 
 
-def get_tokenizer(model_name: str):
-    return open_clip.get_tokenizer(model_name)
+class Tokenizer:
+    """open_clip's tokenizer, each batch cut after its longest caption's end-of-text token.
+
+    The text towers here pool the end-of-text token (the highest id) under a causal mask, so
+    nothing after it reaches the pooled feature or the matching head: the padding is compute
+    for nothing (a 20-token caption in a 77-token context is three quarters padding). Cutting
+    here, on the CPU, needs no device sync in the training step.
+    """
+
+    def __init__(self, model_name: str):
+        self.tokenize = open_clip.get_tokenizer(model_name)
+        self.trims = model_config(model_name)["text_cfg"].get("pool_type", "argmax") == "argmax"
+
+    def __call__(self, texts: str | list[str]) -> torch.Tensor:
+        tokens = self.tokenize(texts)
+        if not self.trims or tokens.numel() == 0:
+            return tokens
+        return tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]
+
+
+def get_tokenizer(model_name: str) -> Tokenizer:
+    return Tokenizer(model_name)
+
+
+def causal_text_input(
+    backbone: open_clip.CLIP, text: torch.Tensor, detached: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token + position embeddings of ``text`` [B, L] (L up to the context length: see
+    ``Tokenizer``) and the causal mask cut to L; ``detached`` reads the embeddings without
+    gradient (the matching head's use of the shared text tower)."""
+    cast_dtype = backbone.transformer.get_cast_dtype()
+    length = text.shape[1]
+    tokens, positions = backbone.token_embedding.weight, backbone.positional_embedding[:length]
+    if detached:
+        tokens, positions = tokens.detach(), positions.detach()
+    mask = backbone.attn_mask
+    return F.embedding(text, tokens).to(cast_dtype) + positions.to(cast_dtype), (
+        None if mask is None else mask[:length, :length]
+    )
 
 
 def configured_image_size(model_name: str) -> int:
@@ -201,9 +239,8 @@ def encode_image_tokens(
 
 def encode_text_tokens(model: open_clip.CLIP, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(projected pooled text feature, token states after the final LayerNorm)."""
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding.to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask)
+    x, mask = causal_text_input(model, text)
+    x = model.transformer(x, attn_mask=mask)
     tokens = model.ln_final(x)
     pooled = text_global_pool(tokens, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     projection = model.text_projection

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 from torch.func import functional_call
 
+from fvlp_core.models.factory import causal_text_input
 from fvlp_core.models.losses import matching_loss, sample_hard_negatives
 
 
@@ -48,12 +48,10 @@ class ImageGroundedTextEncoder(nn.Module):
 
     def forward(self, backbone: open_clip.CLIP, text: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         """Match logits [B, 2] for ``text`` ids [B, L] against ``image_tokens`` [B, N, image_width]."""
-        cast_dtype = backbone.transformer.get_cast_dtype()
-        token_embedding = backbone.token_embedding.weight.detach()
-        x = F.embedding(text, token_embedding).to(cast_dtype) + backbone.positional_embedding.detach().to(cast_dtype)
+        x, mask = causal_text_input(backbone, text, detached=True)
         image = self.image_proj(image_tokens)
         for self_block, cross_block in zip(backbone.transformer.resblocks, self.cross_blocks):
-            x = functional_call(self_block, _detached(self_block), (x,), {"attn_mask": backbone.attn_mask})
+            x = functional_call(self_block, _detached(self_block), (x,), {"attn_mask": mask})
             x = cross_block(x, k_x=image, v_x=image)
         x = self.ln_final(x)
         # The causal text encoder's end-of-text token (highest id) has seen the whole caption.
