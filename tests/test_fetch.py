@@ -235,3 +235,49 @@ def test_embedded_fetcher_reports_unknown_ids():
 )
 def test_public_address_rule(address: str, public: bool):
     assert is_public_address(address) is public
+
+
+def _real_photos() -> list[Path]:
+    import insightface
+    import skimage
+
+    folders = [Path(insightface.__file__).parent / "data" / "images", Path(skimage.__file__).parent / "data"]
+    return sorted(p for folder in folders for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+
+
+def test_header_size_reads_real_jpeg_and_png_headers_as_pil_does():
+    from fvlp_core.fetch import header_size
+
+    photos = _real_photos()
+    assert len(photos) > 10
+    for path in photos:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            expected = image.size
+        assert header_size(data) == expected, path.name
+        assert check_image(data, len(data)).size == expected
+    # Re-encoded as the other format and as progressive JPEG (another start-of-frame marker).
+    pixels = Image.open(photos[0]).convert("RGB")
+    for kwargs in ({"format": "PNG"}, {"format": "JPEG", "progressive": True}):
+        buffer = io.BytesIO()
+        pixels.save(buffer, **kwargs)
+        assert header_size(buffer.getvalue()) == pixels.size
+
+
+def test_header_fast_path_keeps_pils_verdicts_on_broken_headers():
+    png = png_bytes(16)
+    bad_crc = png[:29] + bytes([png[29] ^ 0xFF]) + png[30:]
+    assert check_image(bad_crc, 10_000).status == "not_image"  # PIL checks the IHDR CRC too
+    assert check_image(png[:20], 10_000).status == "not_image"  # cut inside IHDR
+    jpeg = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(jpeg, format="JPEG")
+    assert check_image(jpeg.getvalue()[:6], 10_000).status == "not_image"  # cut before the frame header
+    # A header claiming more pixels than PIL's decompression-bomb bound is refused unread.
+    frame = jpeg.getvalue().index(b"\xff\xc0")
+    huge = bytearray(jpeg.getvalue())
+    huge[frame + 5 : frame + 9] = (60_000).to_bytes(2, "big") + (60_000).to_bytes(2, "big")
+    refused = check_image(bytes(huge), 10_000)
+    assert refused.status == "too_large" and "decompression bomb" in (refused.error or "")
+    zero = bytearray(jpeg.getvalue())
+    zero[frame + 5 : frame + 7] = (0).to_bytes(2, "big")
+    assert check_image(bytes(zero), 10_000).status == "not_image"
