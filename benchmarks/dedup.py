@@ -15,15 +15,14 @@ Usage: python -m benchmarks.dedup [--sizes 20000 100000 1000000] [--max-distance
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
+from benchmarks.memory import peak_added_mib
 from fvlp_core.filters import MINHASH_PERMUTATIONS, image_duplicates, near_duplicates
 
 COPY_SHARE = 0.3
@@ -53,25 +52,15 @@ def synthetic_corpus(rows: int, seed: int = 0) -> tuple[np.ndarray, list[int | N
     return signatures, hashes.tolist(), source
 
 
-def _resident_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _child(rule: str, rows: int, max_distance: int) -> None:
     signatures, hashes, source = synthetic_corpus(rows)
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
-    resident = _resident_kib("VmRSS")
-    started = time.perf_counter()
-    if rule == "caption":
-        duplicate_of, _ = near_duplicates(signatures)
-    else:
-        duplicate_of, _ = image_duplicates(hashes, max_distance)
-    seconds = time.perf_counter() - started
-    added = (_resident_kib("VmHWM") - resident) / 1024
+
+    def timed() -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        found = near_duplicates(signatures) if rule == "caption" else image_duplicates(hashes, max_distance)
+        return found[0], time.perf_counter() - started
+
+    (duplicate_of, seconds), added = peak_added_mib(timed)
     planted = source >= 0
     found = float((duplicate_of[planted] >= 0).mean())
     others = int(((duplicate_of >= 0) & ~planted).sum())

@@ -24,17 +24,16 @@ Usage: python -m benchmarks.ranking [--sizes 45000 150000 450000] [--recall 1000
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.memory import peak_added_mib
 from fvlp_core.metrics import (
     GALLERY_BLOCK,
     QUERY_BLOCK,
@@ -86,33 +85,18 @@ def naive_ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Ten
     return np.array([int((gallery @ q >= (gallery @ q)[t]).sum()) for q, t in zip(queries, targets)])
 
 
-def _resident_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _added_memory_mib(run: Callable[[], object]) -> float:
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
-    resident = _resident_kib("VmRSS")
-    run()
-    return (_resident_kib("VmHWM") - resident) / 1024
-
-
 def _child(method: str, size: int) -> None:
     """Measure one method's added memory in this fresh process; print it as JSON."""
     if method == "recall":
         images, texts = _embeddings(size, 3), _embeddings(size, 4)
-        mib = _added_memory_mib(lambda: rank_captions_and_photos(texts, images, np.arange(size)))
+        _, mib = peak_added_mib(lambda: rank_captions_and_photos(texts, images, np.arange(size)))
     else:
         queries, gallery, true_index = _inputs(size)
         run = {
             "ranking": lambda: rank_true_items(queries, gallery, true_index),
             "before": lambda: before(queries, gallery, true_index),
         }
-        mib = _added_memory_mib(run[method])
+        _, mib = peak_added_mib(run[method])
     print(json.dumps({"added_mib": mib}))
 
 
