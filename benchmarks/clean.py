@@ -14,10 +14,15 @@ Needs an ingested embedded corpus (``fvlp ingest``). Prints, side by side on the
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import insightface
 import numpy as np
@@ -147,44 +152,94 @@ def task_overhead(rows: pa.Table, images: list[np.ndarray], config: CleanConfig,
     )
 
 
+@contextmanager
+def dask_processes(workers: int, folder: Path) -> Iterator[str]:
+    """``dask scheduler`` and ``dask worker --nworkers N --nthreads 1`` as separate processes,
+    as an operator starts them (README, Scale-out); yields the scheduler's address."""
+    dask = str(Path(sys.executable).parent / "dask")
+    scheduler_file = folder / f"scheduler-{workers}.json"
+    scheduler_file.unlink(missing_ok=True)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    processes = [
+        subprocess.Popen(
+            [dask, "scheduler", "--scheduler-file", str(scheduler_file), "--port", "0", "--dashboard-address", ":0"],
+            **quiet,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not scheduler_file.exists():
+            if time.monotonic() > deadline or processes[0].poll() is not None:
+                raise RuntimeError("dask scheduler did not start")
+            time.sleep(0.2)
+        command = [dask, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", str(workers)]
+        processes.append(subprocess.Popen([*command, "--nthreads", "1"], **quiet))
+        yield json.loads(scheduler_file.read_text())["address"]
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=60)
+
+
+@contextmanager
+def cluster_client(kind: str, workers: int, config: CleanConfig, folder: Path) -> Iterator[Any]:
+    if kind == "LocalCluster":
+        with dask_client(config.model_copy(update={"workers": workers})) as client:
+            yield client
+        return
+    with (
+        dask_processes(workers, folder) as address,
+        dask_client(config.model_copy(update={"dask_address": address})) as client,
+    ):
+        client.wait_for_workers(workers, timeout=120)
+        yield client
+
+
 def dask_scaling(rows: pa.Table, config: CleanConfig, work: Path, shards: int, repeats: int) -> None:
     raw = work / "dask" / "raw"
     per = -(-rows.num_rows // shards)
     paths = [write_shard(rows.slice(i * per, per), shard_path(raw, i)) for i in range(shards)]
     settings = measure_settings(config)
     print(
-        f"\n3. Dask LocalCluster measuring throughput ({rows.num_rows} rows in {shards} shards, best of {repeats}; "
+        f"\n3. Dask measuring throughput ({rows.num_rows} rows in {shards} shards, best of {repeats}; "
         "worker start-up and model loading excluded by a warm-up round)"
     )
-    results = {}
-    for workers in (1, 2):
-        with dask_client(config.model_copy(update={"workers": workers})) as client:
-            warm = [
-                client.submit(
-                    measure_shard,
-                    str(paths[0]),
-                    str(work / "dask" / f"warm-{workers}-{k}.parquet"),
-                    settings,
-                    pure=False,
-                    workers=[w],
-                )
-                for k, w in enumerate(client.scheduler_info()["workers"])
-            ]
-            client.gather(warm)
-
-            def measure_all(workers: int = workers) -> None:
-                outs = [work / "dask" / f"m-{workers}-{i}.parquet" for i in range(shards)]
-                for out in outs:
-                    out.unlink(missing_ok=True)
-                client.gather(
-                    client.map(
-                        measure_shard, [str(p) for p in paths], [str(o) for o in outs], settings=settings, pure=False
+    for kind in ("LocalCluster", "dask scheduler + dask worker processes"):
+        results = {}
+        for workers in (1, 2):
+            with cluster_client(kind, workers, config, work / "dask") as client:
+                warm = [
+                    client.submit(
+                        measure_shard,
+                        str(paths[0]),
+                        str(work / "dask" / f"warm-{workers}-{k}.parquet"),
+                        settings,
+                        pure=False,
+                        workers=[w],
                     )
-                )
+                    for k, w in enumerate(client.scheduler_info()["workers"])
+                ]
+                client.gather(warm)
 
-            results[workers] = best_rate(rows.num_rows, measure_all, repeats)
-        print(f"   {workers} worker(s): {results[workers]:7.1f} rows/s")
-    print(f"   2-worker speed-up: {results[2] / results[1]:.2f}x")
+                def measure_all(workers: int = workers) -> None:
+                    outs = [work / "dask" / f"m-{workers}-{i}.parquet" for i in range(shards)]
+                    for out in outs:
+                        out.unlink(missing_ok=True)
+                    client.gather(
+                        client.map(
+                            measure_shard,
+                            [str(p) for p in paths],
+                            [str(o) for o in outs],
+                            settings=settings,
+                            pure=False,
+                        )
+                    )
+
+                results[workers] = best_rate(rows.num_rows, measure_all, repeats)
+        print(
+            f"   {kind}: 1 worker {results[1]:7.1f} rows/s, 2 workers {results[2]:7.1f} rows/s, "
+            f"speed-up {results[2] / results[1]:.2f}x"
+        )
 
 
 def attribute_head_quality(config: CleanConfig, truth) -> None:
