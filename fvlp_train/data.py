@@ -9,10 +9,13 @@ Each rank takes its own slice of every global batch (batch_size x world_size row
 from __future__ import annotations
 
 import hashlib
+import queue
 import random
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -202,3 +205,50 @@ class SketchEpisodeStream:
         # Augmentation draws are seeded by (seed, epoch, record): a resumed run replays them.
         rng = random.Random(f"{self.seed}-{epoch}-{record}") if self.augment else None
         return image_bytes_tensor(data, self.image_size, record, rng)
+
+
+Batch = dict[str, torch.Tensor]
+
+
+def prefetched(batches: Iterator[Batch], depth: int = 2, pin_memory: bool = False) -> Iterator[Batch]:
+    """``batches``, produced by a background thread up to ``depth`` ahead of the consumer, so
+    reading and decoding the next batch overlaps the current step (PNG decoding and tensor
+    ops release the GIL); with ``pin_memory`` (CUDA) the copy to the device can be async.
+    Same batches in the same order; an error in the producer is raised in the consumer."""
+    slots: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if pin_memory:
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                if not put(("batch", batch)):
+                    return
+            put(("done", None))
+        except BaseException as err:  # handed to the consumer, which raises it
+            put(("error", err))
+
+    producer = threading.Thread(target=produce, name="fvlp-prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            kind, item = slots.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                assert isinstance(item, BaseException)
+                raise item
+            yield cast(Batch, item)
+    finally:
+        stop.set()  # the consumer stopped early: let the producer finish
+        producer.join()

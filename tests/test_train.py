@@ -475,3 +475,32 @@ def test_a_failed_training_child_names_its_error_in_the_task_failure(tmp_path, p
     message = str(failure.value)
     assert "pretrain run no-data failed (exit 1)" in message
     assert "no face shards in" in message and "run the clean stage first" in message
+
+
+def test_prefetched_batches_keep_order_raise_producer_errors_and_stop_early():
+    from fvlp_train.data import prefetched
+
+    batches = [{"x": torch.full((2,), float(i))} for i in range(7)]
+    got = list(prefetched(iter(batches), depth=2))
+    assert [int(b["x"][0]) for b in got] == list(range(7))
+
+    def broken():
+        yield batches[0]
+        raise ValueError("shard-00003.parquet: photo_id 7 has no sketch")
+
+    stream = prefetched(broken())
+    assert int(next(stream)["x"][0]) == 0
+    with pytest.raises(ValueError, match="photo_id 7"):
+        next(stream)
+
+    produced = []
+
+    def endless():
+        for i in range(10**6):
+            produced.append(i)
+            yield {"x": torch.zeros(1)}
+
+    early = prefetched(endless(), depth=2)
+    next(early)
+    early.close()  # the consumer stops: the producer thread ends instead of running on
+    assert len(produced) <= 5
