@@ -296,9 +296,12 @@ HASH_CHUNKS = 4
 CHUNK_BITS = 16
 MAX_INDEXED_DISTANCE = 11  # d // 4 <= 2: at most 137 bucket probes per chunk
 _CHUNK_VALUES = 1 << CHUNK_BITS
-_FLIP_MASKS = {
-    flips: np.array([m for m in range(_CHUNK_VALUES) if m.bit_count() <= flips], dtype=np.int64) for flips in range(3)
-}
+
+
+@lru_cache(maxsize=3)
+def _flip_masks(flips: int) -> np.ndarray:
+    """Every chunk value with at most ``flips`` bits set (XOR with it = a probe)."""
+    return np.array([m for m in range(_CHUNK_VALUES) if m.bit_count() <= flips], dtype=np.int64)
 
 
 def image_duplicates(hashes: list[int | None], max_distance: int, block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
@@ -319,7 +322,7 @@ def image_duplicates(hashes: list[int | None], max_distance: int, block: int = 8
     if len(rows) < 2 or max_distance < 0:
         return duplicate_of, distance
     values = np.array([hashes[i] for i in rows], dtype=np.int64).view(np.uint64)
-    masks = _FLIP_MASKS[max_distance // HASH_CHUNKS]
+    masks = _flip_masks(max_distance // HASH_CHUNKS)
     chunks = [
         ((values >> np.uint64(CHUNK_BITS * c)) & np.uint64(_CHUNK_VALUES - 1)).astype(np.int64)
         for c in range(HASH_CHUNKS)
