@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-from benchmarks.memory import peak_added_mib
+from benchmarks.isolated import peak_added_mib, run_isolated
 from fvlp_core.filters import MINHASH_PERMUTATIONS, image_duplicates, near_duplicates
 
 COPY_SHARE = 0.3
@@ -68,13 +67,7 @@ def _child(rule: str, rows: int, max_distance: int) -> None:
 
 
 def measure(rule: str, rows: int, max_distance: int) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.dedup", "--child", rule, str(rows), str(max_distance)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_isolated("benchmarks.dedup", rule, rows, max_distance)
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks.isolated import run_isolated
+
 POLICIES = ("PASSIVE", "ACTIVE")
 
 
@@ -36,15 +38,8 @@ def _child(steps: int) -> None:
 
 
 def _measure(policy: str, steps: int) -> float:
-    env = {**os.environ, "OMP_WAIT_POLICY": policy}
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.omp_wait", "--child", str(steps)],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_step"])
+    found = run_isolated("benchmarks.omp_wait", steps, env={"OMP_WAIT_POLICY": policy})
+    return float(found["seconds_per_step"])
 
 
 def _rounds(rounds: int, steps: int) -> dict[str, float]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from benchmarks.memory import peak_added_mib
+from benchmarks.isolated import peak_added_mib, run_isolated
 from fvlp_core.metrics import (
     GALLERY_BLOCK,
     QUERY_BLOCK,
@@ -82,7 +81,11 @@ def before(queries: torch.Tensor, gallery: torch.Tensor, true_index: torch.Tenso
 
 def naive_ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
     """One query at a time, as the reference evaluation loop does."""
-    return np.array([int((gallery @ q >= (gallery @ q)[t]).sum()) for q, t in zip(queries, targets)])
+    ranks = []
+    for query, target in zip(queries, targets):
+        similarities = gallery @ query
+        ranks.append(int((similarities >= similarities[target]).sum()))
+    return np.array(ranks)
 
 
 def _child(method: str, size: int) -> None:
@@ -101,13 +104,7 @@ def _child(method: str, size: int) -> None:
 
 
 def added_memory(method: str, size: int) -> float:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.ranking", "--child", method, str(size)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["added_mib"])
+    return float(run_isolated("benchmarks.ranking", method, size)["added_mib"])
 
 
 def _timed(run: Callable[[], object]) -> float:

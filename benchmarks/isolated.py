@@ -1,11 +1,16 @@
-"""Memory a call adds over what the process already holds (Linux only)."""
+"""Measurements that need a process of their own: a fresh child per figure, and the memory
+a call adds over what its process already holds (Linux only)."""
 
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -26,3 +31,16 @@ def peak_added_mib(run: Callable[[], T]) -> tuple[T, float]:
     resident = _status_kib("VmRSS")
     result = run()
     return result, (_status_kib("VmHWM") - resident) / 1024
+
+
+def run_isolated(module: str, *args: object, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``python -m <module> --child <args>`` in a fresh process and return the JSON object
+    it prints last (the child's measurement)."""
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--child", *map(str, args)],
+        env={**os.environ, **(env or {})},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
