@@ -210,19 +210,20 @@ class SketchSteps:
         self.shards = list_shards(sketches_dir(self.episodes_dir))
         self.row_groups: dict[str, set[tuple[int, int]]] = {}  # photo_id -> {(shard, row group)}
         for number, path in enumerate(self.shards):
-            metadata = pq.ParquetFile(path).metadata
-            columns = {metadata.schema.column(i).name: i for i in range(metadata.num_columns)}
-            for group in range(metadata.num_row_groups):
-                for photo_id in self._photo_ids(path, metadata.row_group(group), group, columns):
+            shard = pq.ParquetFile(path)
+            for group in range(shard.metadata.num_row_groups):
+                for photo_id in self._photo_ids(shard, group):
                     self.row_groups.setdefault(photo_id, set()).add((number, group))
 
-    def _photo_ids(self, path: Path, group_meta: Any, group: int, columns: dict[str, int]) -> list[str]:
+    def _photo_ids(self, shard: pq.ParquetFile, group: int) -> list[str]:
         """Photo ids of ``split`` in one row group: from its statistics when it holds one photo."""
-        ids, splits = (group_meta.column(columns[name]).statistics for name in ("photo_id", "split"))
+        metadata = shard.metadata.row_group(group)
+        columns = {metadata.column(i).path_in_schema: i for i in range(metadata.num_columns)}
+        ids, splits = (metadata.column(columns[name]).statistics for name in ("photo_id", "split"))
         if ids is not None and splits is not None and ids.has_min_max and splits.has_min_max:
             if ids.min == ids.max and splits.min == splits.max:
                 return [ids.min] if splits.min == self.split else []
-        table = pq.ParquetFile(path).read_row_group(group, columns=["photo_id", "split"])
+        table = shard.read_row_group(group, columns=["photo_id", "split"])
         return sorted(set(_split_filter(table, self.split).column("photo_id").to_pylist()))
 
     def read(self, wanted: dict[str, int]) -> dict[str, bytes]:
