@@ -29,6 +29,7 @@ from fvlp_core.checkpoint import checkpoint_config, load_checkpoint
 from fvlp_core.config import FinetuneConfig, PretrainConfig, TrainConfig
 from fvlp_core.models import create_model, get_tokenizer
 from fvlp_core.models.factory import configured_image_size
+from fvlp_core.models.fusion import inference_state
 from fvlp_train.checkpoint import save_checkpoint, write_run_config
 from fvlp_train.data import FacePairStream, SketchEpisodeStream, StreamPlan, prefetched
 from fvlp_train.validate import selection_episodes, validate_finetune, validate_pretrain
@@ -226,14 +227,15 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
         )
 
     def save(at_step: int, metrics: dict[str, float] | None = None, selected: bool = False) -> None:
-        """The resumable checkpoint, or (``selected``) the kept epoch's weights without optimizer state."""
+        """The resumable checkpoint, or (``selected``) the kept epoch's weights: no optimizer
+        state, momentum encoders or queues (a ViT-B-16's selected.pt is then 0.6 GiB, not 1.7)."""
         if runtime.is_main:
             save_checkpoint(
                 folder / SELECTED_NAME if selected else checkpoint_path,
                 stage=stage,
                 architecture=architecture,
                 config_json=config_json,
-                model=model.state_dict(),
+                model=inference_state(model.state_dict()) if selected else model.state_dict(),
                 optimizer={} if selected else optimizer.state_dict(),
                 scheduler={} if selected else scheduler.state_dict(),
                 step=at_step,

@@ -57,6 +57,9 @@ def test_paper_recipe_fine_tunes_vit_b16_from_openai_weights_on_an_fs2k_root(pre
     assert int((model["photo_key_queue"] != EMPTY_GROUP).sum()) == 4 and int(model["queue_ptr"]) == 4
     assert any(key.startswith("momentum_encoders.backbone.visual") for key in model)
 
+    # The handed-on weights leave the training-only momentum encoders and queues behind.
+    selected = load_checkpoint(run / "selected.pt")["model"]
+    assert not any(key.startswith(("momentum_encoders.", "photo_key_queue")) for key in selected)
     encoder = FVLPEncoder.load(run / "selected.pt", device="cpu")
     assert encoder.image_size == 224
     sketch = torch.zeros(1, 3, 224, 224)

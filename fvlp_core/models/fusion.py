@@ -54,6 +54,11 @@ TRAINING_ONLY_STATE = (
 )
 
 
+def inference_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without what only resuming training reads (:data:`TRAINING_ONLY_STATE`)."""
+    return {name: value for name, value in state.items() if not name.startswith(TRAINING_ONLY_STATE)}
+
+
 class SpatialAttention(nn.Module):
     """1x1 conv -> BN -> ReLU -> 1x1 conv -> softmax over positions; x + x*mask; global max pool."""
 
@@ -166,8 +171,7 @@ class FVLPFusion(nn.Module):
         """The trained model from its checkpoint ``state``, without the training-only momentum
         encoders and queues (half the memory of a ViT-B-16 with them)."""
         model = cls(**{**architecture, "queue_size": 0, "alpha": 0.0})
-        kept = {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_STATE)}
-        missing, unexpected = model.load_state_dict(kept, strict=False)
+        missing, unexpected = model.load_state_dict(inference_state(state), strict=False)
         missing = [k for k in missing if not k.startswith(TRAINING_ONLY_STATE)]
         if missing or unexpected:
             raise CheckpointError(
