@@ -7,7 +7,8 @@ no network time is measured), then times, on the same machine and the same data:
                 shard sizes and compression: the floor any Parquet writer pays;
 * ingest core:  the plan plus ``fetch_shard`` per shard without Prefect (metadata
                 validation, file reads, image header checks, atomic shard writes);
-* ingest flow:  ``ingest_flow`` end to end (Prefect task runs, progress bar, manifest).
+* ingest flow:  ``ingest_flow`` end to end (Prefect task runs, progress bar, manifest),
+                with the default ``parallel_shards`` and with one shard at a time.
 
 Each figure is the best of ``--repeats`` runs into a fresh folder. The ratio is ingest rows/s
 divided by pyarrow rows/s (1.0 would mean ingest costs no more than writing the bytes).
@@ -96,13 +97,14 @@ def main() -> None:
         scratch = Path(tmp)
         metadata, images = make_inputs(scratch, args.rows)
 
-        def config(out: Path) -> IngestConfig:
+        def config(out: Path, **settings) -> IngestConfig:
             return IngestConfig(
                 paths=Paths(data_root=out),
                 source="folder",
                 metadata=[metadata],
                 images=images,
                 shard_size=args.shard_size,
+                **settings,
             )
 
         def ingest_core(out: Path) -> None:
@@ -115,6 +117,9 @@ def main() -> None:
 
         def ingest_prefect_flow(out: Path) -> None:
             ingest_flow(config(out))
+
+        def ingest_flow_one_shard_at_a_time(out: Path) -> None:
+            ingest_flow(config(out, parallel_shards=1))
 
         ingest_prefect_flow(scratch / "warm-up")  # starts the local Prefect server, outside the timings
         finished = read_dataset(config(scratch / "warm-up").paths.raw_dir)
@@ -131,6 +136,7 @@ def main() -> None:
             "pyarrow write": best_seconds(pyarrow_write, scratch, args.repeats),
             "ingest core": best_seconds(ingest_core, scratch, args.repeats),
             "ingest flow": best_seconds(ingest_prefect_flow, scratch, args.repeats),
+            "flow, 1 shard": best_seconds(ingest_flow_one_shard_at_a_time, scratch, args.repeats),
         }
 
     image_mb = sum(len(b) for b in finished.column("image").to_pylist()) / 1e6

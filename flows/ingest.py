@@ -12,15 +12,18 @@ status-count artifacts. With
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import PrefectFuture, wait
 from tqdm.auto import tqdm
 
 from fvlp_core.config import IngestConfig, flow_config
 from fvlp_core.fetch import open_fetcher
+from storage.raw import ShardSpec
 from storage.results import ResultsStore
 from tasks.ingest import (
     IngestPlan,
@@ -92,15 +95,29 @@ def fetch_pending_shards(plan: IngestPlan, config: IngestConfig, corpus: Any) ->
         key="ingest-progress",
         description="Share of the input rows in complete raw shards",
     )
+    # Up to parallel_shards shard tasks run at once (threads: fetching waits on files and
+    # sockets, Parquet writing releases the GIL); results are taken in plan order.
+    running: deque[tuple[ShardSpec, PrefectFuture]] = deque()
     try:
         with tqdm(total=plan.metadata.total_rows, initial=done_rows, unit="row", desc="ingest") as bar:
-            for spec in plan.pending:
-                written[spec.index] = ingest_shard(plan, spec, fetcher)
+
+            def finish_oldest() -> None:
+                nonlocal done_rows
+                spec, future = running.popleft()
+                written[spec.index] = future.result()
                 bar.set_postfix(shards=f"{len(plan.shards) - len(plan.pending) + len(written)}/{len(plan.shards)}")
                 bar.update(spec.rows)
                 done_rows += spec.rows
                 update_progress_artifact(progress, progress=100.0 * done_rows / max(plan.metadata.total_rows, 1))
+
+            for spec in plan.pending:
+                running.append((spec, ingest_shard.submit(plan, spec, fetcher)))
+                if len(running) >= config.parallel_shards:
+                    finish_oldest()
+            while running:
+                finish_oldest()
     finally:
+        wait([future for _, future in running])  # after a failure: no shard still reads from the fetcher
         fetcher.close()
     return written
 

@@ -128,6 +128,9 @@ class IngestConfig(StrictModel):
         10_000_000, gt=0, description="Images larger than this get fetch_status too_large (any source)"
     )
     render_workers: int = Field(2, ge=1, description="Processes rendering embedded images (source=embedded)")
+    parallel_shards: int = Field(
+        2, ge=1, description="Shards fetched and written at once (a slow URL then holds up one shard, not the run)"
+    )
     http: HttpFetchConfig = HttpFetchConfig()
 
     @field_validator("metadata", "images", mode="before")
@@ -382,6 +385,7 @@ class EpisodesConfig(EpisodesInput):
         description="FS2K-SDE layout: fvlp-reference (annotation/ + images/), slfir (comp/ + sketch-seq/), "
         "fvlp (train.json/test.json); auto detects it",
     )
+    workers: int = Field(2, ge=1, description="Processes drawing and encoding episode chunks")
 
 
 class FinetuneConfig(TrainConfig, EpisodesInput):

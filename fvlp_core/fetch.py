@@ -265,20 +265,23 @@ class EmbeddedFetcher:
         self.max_bytes = max_bytes
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()  # shards fetched from several threads share one pool
 
     def fetch(self, requests: Sequence[FetchRequest]) -> list[FetchResult]:
         ids = [r.sample_id for r in requests]
         if self.workers == 1:
             return [embedded_result(self.corpus, i, self.max_bytes) for i in ids]
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=multiprocessing.get_context("spawn"),  # fork is unsafe beside Prefect's threads
-                initializer=_init_render_worker,
-                initargs=(self.corpus,),
-            )
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),  # fork is unsafe beside Prefect's threads
+                    initializer=_init_render_worker,
+                    initargs=(self.corpus,),
+                )
+            pool = self._pool
         chunk = max(1, len(ids) // (4 * self.workers))
-        return list(self._pool.map(_render_in_worker, ids, [self.max_bytes] * len(ids), chunksize=chunk))
+        return list(pool.map(_render_in_worker, ids, [self.max_bytes] * len(ids), chunksize=chunk))
 
     def close(self) -> None:
         if self._pool is not None:

@@ -228,7 +228,7 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
 
     def save(at_step: int, metrics: dict[str, float] | None = None, selected: bool = False) -> None:
         """The resumable checkpoint, or (``selected``) the kept epoch's weights: no optimizer
-        state, momentum encoders or queues (a ViT-B-16's selected.pt is then 0.6 GiB, not 1.7)."""
+        state, momentum encoders or queues (about half the file of a ViT-B-16 run with them)."""
         if runtime.is_main:
             save_checkpoint(
                 folder / SELECTED_NAME if selected else checkpoint_path,

@@ -25,7 +25,10 @@ shard, so an interrupted build resumes at the first missing chunk.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +99,11 @@ def hashed_split(sample_id: int, test_share: float = TEST_SHARE) -> str:
 
 
 def _face_chunk(
-    face_crops: FaceCrops, rows: list[dict[str, Any]], steps: int, corpus: Any | None, margin: float
+    rows: list[dict[str, Any]], crops: dict[int, bytes], steps: int, corpus: Any | None, margin: float
 ) -> tuple[list, list, int]:
     """Episodes of cleaned faces: exact corpus strokes when ``corpus`` is given, else edge line art."""
     from fvlp_core.corpus import face_strokes
 
-    crops = face_crops.read([row["SAMPLE_ID"] for row in rows])
     photos, sketches, unaligned = [], [], 0
     for row in rows:
         photo_id = str(int(row["SAMPLE_ID"]))
@@ -174,6 +176,33 @@ def _chunks(items: list[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
         yield index, items[start : start + size]
 
 
+ChunkBuilder = Callable[..., tuple[list, list, int]]  # photo rows, sketch rows, unaligned drawings
+ChunkJob = tuple[int, ChunkBuilder, tuple[Any, ...]]
+
+
+def built_chunks(jobs: Iterator[ChunkJob], workers: int) -> Iterator[tuple[int, tuple[list, list, int]]]:
+    """``(index, fn(*args))`` of each job, in job order.
+
+    Drawing and PNG encoding are CPU-bound Python, so with ``workers > 1`` the jobs run in
+    that many spawned processes (fork is unsafe beside Prefect's threads), at most
+    ``workers + 1`` ahead of the one being written so memory stays a few chunks.
+    """
+    if workers == 1:
+        for index, build, args in jobs:
+            yield index, build(*args)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running: deque[tuple[int, Future]] = deque()
+        for index, build, args in jobs:
+            running.append((index, pool.submit(build, *args)))
+            if len(running) > workers:
+                first, future = running.popleft()
+                yield first, future.result()
+        while running:
+            first, future = running.popleft()
+            yield first, future.result()
+
+
 @task(name="build-episodes", cache_policy=NO_CACHE)
 def build_episodes(config: EpisodesConfig) -> dict[str, Any]:
     """Build ``config.episodes_dir`` unless a complete build with the same inputs is there.
@@ -223,11 +252,12 @@ def build_episodes(config: EpisodesConfig) -> dict[str, Any]:
 
     skipped: dict[str, int] = {}
     found: dict[str, dict[str, int]] = {}
+    job: Callable[[list[Any]], tuple[ChunkBuilder, tuple[Any, ...]]]
     if config.fs2k_sde is not None:
         items: list[Any] = load_fs2k_sde(fs2k_root, layout=layout.layout)
         found = fs2k_counts(items)
         logger.info("FS2K-SDE (%s layout) at %s: %s", layout.layout, fs2k_root, found)
-        build = lambda chunk: _fs2k_chunk(chunk, steps)  # noqa: E731
+        job = lambda chunk: (_fs2k_chunk, (chunk, steps))  # noqa: E731
     else:
         faces = read_face_index(clean_dir).to_pandas()
         drawer = None
@@ -247,16 +277,18 @@ def build_episodes(config: EpisodesConfig) -> dict[str, Any]:
         # Chunks follow the face shards, so building them reads each shard's crops once.
         items.sort(key=lambda row: face_crops.shard_of.get(int(row["SAMPLE_ID"]), -1))
         margin = corpus.get("crop_margin", 0.0)
-        build = lambda chunk: _face_chunk(face_crops, chunk, steps, drawer, margin)  # noqa: E731
+        # Crops are read here, shard by shard; the workers only draw and encode.
+        job = lambda chunk: (  # noqa: E731
+            _face_chunk,
+            (chunk, face_crops.read([row["SAMPLE_ID"] for row in chunk]), steps, drawer, margin),
+        )
 
     done = complete_chunks(episodes_dir)
     chunk_count = (len(items) + CHUNK_PHOTOS - 1) // CHUNK_PHOTOS
     drop_chunks_from(episodes_dir, chunk_count)
     unaligned = 0
-    for index, chunk in _chunks(items, CHUNK_PHOTOS):
-        if index in done:
-            continue
-        photos, sketches, chunk_unaligned = build(chunk)
+    jobs = ((index, *job(chunk)) for index, chunk in _chunks(items, CHUNK_PHOTOS) if index not in done)
+    for index, (photos, sketches, chunk_unaligned) in built_chunks(jobs, config.workers):
         unaligned += chunk_unaligned
         write_episode_chunk(episodes_dir, index, photos, sketches)
         logger.info("episode chunk %d/%d written (%d photos)", index + 1, chunk_count, len(photos))

@@ -177,6 +177,28 @@ def test_evaluate_writes_metrics_curves_and_artifacts(prefect_harness, data_root
     assert store.query("SELECT count(DISTINCT run_id) FROM latest_metrics") == [(1,)]
 
 
+def test_episode_chunks_drawn_in_worker_processes_equal_the_inline_build(
+    prefect_harness, data_root: Paths, monkeypatch
+) -> None:
+    """Spawned workers draw the same chunks, written in the same order, as the build without them."""
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr("tasks.episodes.CHUNK_PHOTOS", 4)  # several chunks from the fixture's dozen faces
+    builds = {}
+    for workers in (1, 2):
+        folder = data_root.data_root / f"episodes-{workers}-workers"
+        _build_episodes(data_root, episodes=folder, workers=workers)
+        assert len(list((folder / "sketches").glob("*.parquet"))) > 2
+        builds[workers] = {
+            str(path.relative_to(folder)): pq.read_table(path) if path.suffix == ".parquet" else path.read_text()
+            for path in sorted(folder.rglob("*"))
+            if path.is_file() and not path.name.startswith(".")  # dot-files cache digests by mtime
+        }
+    assert builds[1].keys() == builds[2].keys()
+    for name, content in builds[1].items():
+        assert content.equals(builds[2][name]) if not isinstance(content, str) else content == builds[2][name], name
+
+
 def test_stages_with_different_episode_settings_read_their_own_builds(
     prefect_harness, data_root: Paths, monkeypatch
 ) -> None:

@@ -300,6 +300,44 @@ def test_crash_mid_shard_then_rerun_loses_and_duplicates_nothing(
     assert len(dd.read_parquet(raw_dir)) == len(ids)
 
 
+def test_a_failing_shard_lets_the_shard_beside_it_finish_before_the_fetcher_closes(
+    tmp_path: Path, prefect_harness, monkeypatch: pytest.MonkeyPatch
+):
+    """Shards run two at a time: when one fails, the run fails, and the other, still reading
+    from the shared fetcher, is written whole before the fetcher is closed under it."""
+    import threading
+    import time
+
+    import fvlp_core.fetch
+    import tasks.ingest
+    from flows.ingest import ingest_flow
+
+    ids = list(range(1, 9))
+    meta = write(laion_table(ids), tmp_path / "m.parquet")
+    config = folder_config(tmp_path, [meta], image_folder(tmp_path / "images", ids))
+    assert config.parallel_shards == 2
+    real_fetch_shard, events, both_started = tasks.ingest.fetch_shard, [], threading.Barrier(2, timeout=30)
+
+    def fetch_shard(plan, spec, fetcher):
+        both_started.wait()
+        if spec.index == 0:
+            raise ValueError("simulated bad shard")
+        time.sleep(0.5)  # still fetching when shard 0 fails
+        counts = real_fetch_shard(plan, spec, fetcher)
+        events.append("shard 1 written")
+        return counts
+
+    real_close = fvlp_core.fetch.FolderFetcher.close
+    monkeypatch.setattr(tasks.ingest, "fetch_shard", fetch_shard)
+    monkeypatch.setattr(
+        fvlp_core.fetch.FolderFetcher, "close", lambda self: (events.append("fetcher closed"), real_close(self))
+    )
+    with pytest.raises(ValueError, match="simulated bad shard"):
+        ingest_flow(config)
+    assert events == ["shard 1 written", "fetcher closed"]
+    assert [p.name for p in list_shards(config.paths.raw_dir)] == ["shard-00001.parquet"]
+
+
 def test_rerun_with_a_different_plan_is_refused(tmp_path: Path, prefect_harness):
     from flows.ingest import ingest_flow
 
@@ -312,8 +350,9 @@ def test_rerun_with_a_different_plan_is_refused(tmp_path: Path, prefect_harness)
 
 
 def _ingest_killed_at_write(config: IngestConfig, monkeypatch, kill_at: int, leave_half_shard: bool = False) -> None:
-    """Run the ingest flow until its ``kill_at``-th Parquet write, which dies (after writing
-    half a shard's bytes to its temp file, with ``leave_half_shard``)."""
+    """Run the ingest flow, one shard at a time so the writes come in plan order, until its
+    ``kill_at``-th Parquet write, which dies (after writing half a shard's bytes to its temp
+    file, with ``leave_half_shard``)."""
     import storage.shards
     from flows.ingest import ingest_flow
 
@@ -330,7 +369,7 @@ def _ingest_killed_at_write(config: IngestConfig, monkeypatch, kill_at: int, lea
 
     monkeypatch.setattr(storage.shards.pq, "write_table", dying_write_table)
     with pytest.raises(BaseException, match="simulated crash"):
-        ingest_flow(config)
+        ingest_flow(config.model_copy(update={"parallel_shards": 1}))
     monkeypatch.setattr(storage.shards.pq, "write_table", real_write_table)
 
 
