@@ -24,7 +24,7 @@ from fvlp_core.fetch import IMAGE_EXTENSIONS
 from fvlp_core.png import open_image
 from fvlp_core.retrieval import GallerySearch, approximate_recall, build_hnsw, probe_queries
 from storage.checkpoints import finetuned_checkpoint
-from storage.clean import faces_dir, read_clean_manifest, read_faces
+from storage.clean import FaceCrops, faces_dir, read_clean_manifest
 from storage.episodes import read_episodes_reference, read_photos
 from storage.files import content_fingerprint
 from storage.gallery import (
@@ -86,14 +86,19 @@ def episodes_source(config: IndexConfig) -> GallerySource:
 
 
 def faces_source(config: IndexConfig) -> GallerySource:
-    """The cleaned faces: already cropped by the clean stage."""
-    faces = read_faces(config.paths.clean_dir, ["SAMPLE_ID", "crop"])
-    crops = dict(zip(map(str, faces.column("SAMPLE_ID").to_pylist()), faces.column("crop").to_pylist()))
+    """The cleaned faces: already cropped by the clean stage. Ids come in shard order, so the
+    gallery's batches read each face shard once, one shard's crops in memory at a time."""
+    face_crops = FaceCrops(config.paths.clean_dir)
+
+    def load(ids: list[str]) -> tuple[list[Image.Image], dict[str, str]]:
+        crops = face_crops.read([int(i) for i in ids])
+        return [open_image(crops[int(i)]).convert("RGB") for i in ids], {}
+
     return GallerySource(
         f"faces:{config.paths.clean_dir.resolve()}",
-        list(crops),
+        [str(sample_id) for sample_id in face_crops.shard_of],
         dataset_fingerprint(faces_dir(config.paths.clean_dir)),
-        lambda ids: ([open_image(crops[i]).convert("RGB") for i in ids], {}),
+        load,
     )
 
 
@@ -154,19 +159,28 @@ def build_gallery(config: IndexConfig) -> dict[str, Any]:
         kept = kept.filter(pc.is_in(kept["photo_id"], value_set=pa.array(source.photo_ids, pa.string())))
     have = set(kept.column("photo_id").to_pylist())
     wanted = [p for p in source.photo_ids if p not in have]
-    images, skipped = source.load(wanted)
-    used = [p for p in wanted if p not in skipped]
     encoder = FVLPEncoder.load(checkpoint, device=config.device, batch_size=config.batch_size)
-    embeddings = encoder.encode_images(images).numpy() if images else None
-    added = pa.table(
-        {
-            "photo_id": pa.array(used, pa.string()),
-            "embedding": pa.array([] if embeddings is None else list(embeddings), pa.list_(pa.float32())),
-            "thumbnail": pa.array([thumbnail(image, config.thumbnail_size) for image in images], pa.binary()),
-            "source": pa.array([source.label] * len(used), pa.string()),
-        },
-        schema=GALLERY_SCHEMA,
-    )
+    # One encoder batch of decoded images at a time: a million-photo gallery never sits
+    # decoded in memory, only its embeddings and thumbnails.
+    batches, skipped = [], {}
+    for start in range(0, len(wanted), config.batch_size):
+        ids = wanted[start : start + config.batch_size]
+        images, batch_skipped = source.load(ids)
+        skipped.update(batch_skipped)
+        used = [p for p in ids if p not in batch_skipped]
+        embeddings = encoder.encode_images(images).numpy() if images else np.empty((0, 0), np.float32)
+        batches.append(
+            pa.table(
+                {
+                    "photo_id": pa.array(used, pa.string()),
+                    "embedding": pa.array(list(embeddings), pa.list_(pa.float32())),
+                    "thumbnail": pa.array([thumbnail(image, config.thumbnail_size) for image in images], pa.binary()),
+                    "source": pa.array([source.label] * len(used), pa.string()),
+                },
+                schema=GALLERY_SCHEMA,
+            )
+        )
+    added = pa.concat_tables(batches) if batches else pa.schema(GALLERY_SCHEMA).empty_table()
     rows = pa.concat_tables([kept.select(GALLERY_SCHEMA.names).cast(GALLERY_SCHEMA), added])
     if rows.num_rows == 0:
         raise ValueError(f"{source.label}: no usable photo to index ({len(skipped)} skipped: {skipped})")

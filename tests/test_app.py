@@ -18,6 +18,7 @@ from PIL import Image
 from fvlp_core.config import IndexConfig, Paths
 from fvlp_train import train
 from storage.episodes import episode_photos, iter_sketches
+from storage.gallery import gallery_embeddings, read_gallery
 from tests.clean_fixtures import png_bomb
 from tests.test_train import finetune_config, make_clean_faces, make_episodes, pretrain_config
 
@@ -97,6 +98,11 @@ def test_a_gallery_of_the_cleaned_faces_or_of_a_folder_of_photos(indexed, tmp_pa
     config, _ = indexed
     faces = config.model_copy(update={"gallery": tmp_path / "faces", "source": "faces"})
     assert index_flow(faces)["photos"] == read_faces(config.paths.clean_dir, ["SAMPLE_ID"]).num_rows
+    # Photos are loaded and embedded one encoder batch at a time: batches of 2 give the same gallery.
+    index_flow(faces.model_copy(update={"gallery": tmp_path / "faces-2", "batch_size": 2}))
+    whole, streamed = read_gallery(tmp_path / "faces"), read_gallery(tmp_path / "faces-2")
+    assert whole["photo_id"].to_pylist() == streamed["photo_id"].to_pylist()
+    np.testing.assert_allclose(gallery_embeddings(whole), gallery_embeddings(streamed), atol=1e-5)
 
     folder = tmp_path / "photos"
     (folder / "party").mkdir(parents=True)
@@ -112,6 +118,8 @@ def test_a_gallery_of_the_cleaned_faces_or_of_a_folder_of_photos(indexed, tmp_pa
     assert manifest["skipped"]["coffee.png"].startswith("no_face")
     assert manifest["skipped"]["notes.jpg"].startswith("undecodable_image")
     assert (index_flow(photos)["embedded"], index_flow(photos)["kept"]) == (0, 3)
+    in_pairs = photos.model_copy(update={"gallery": tmp_path / "folder-2", "batch_size": 2})
+    assert (index_flow(in_pairs)["photos"], index_flow(in_pairs)["skipped"]) == (3, 2)  # skips span batches
     app = TestClient(create_app(Retriever.load(tmp_path / "folder", device="cpu")))
     answer = app.post("/api/query", json={"sketch": _b64(PORTRAIT.read_bytes()), "k": 3}).json()
     assert {hit["photo_id"] for hit in answer["results"]} == {"portrait.png", "party/group.jpg", "party/guest.jpg"}
