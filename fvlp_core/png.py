@@ -9,9 +9,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-# zlib level 1: on 224 px crops of real photos 30% less encode time than level 3 for 5% more
-# bytes (encoding was a third of the cleaning task; measured on insightface/scikit-image photos)
-PNG_COMPRESSION = 1
+# zlib level 1 with every row filtered "up" (against the row above) instead of libpng's
+# per-row adaptive choice: on 224 px scikit-image photos 2.8 -> 1.9 ms per encode for 1.4% more
+# bytes, and line-art sketches 0.19 -> 0.05 ms and smaller (level 1 alone was 30% faster than
+# level 3 for 5% more bytes). Lossless either way: the pixels are the same.
+PNG_SETTINGS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -19,7 +21,7 @@ def encode_png(pixels: np.ndarray) -> bytes:
     pixels = np.ascontiguousarray(pixels)
     if pixels.ndim == 3:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
-    ok, buffer = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    ok, buffer = cv2.imencode(".png", pixels, PNG_SETTINGS)
     if not ok:
         raise ValueError(f"PNG encoding of a {pixels.shape} array failed")
     return buffer.tobytes()
