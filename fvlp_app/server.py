@@ -176,14 +176,14 @@ class Retriever:
 
     def episode(self, photo_id: str) -> dict[str, Any]:
         """A stored drawing episode of a gallery photo (the indexed episodes split), for replay."""
-        from storage.episodes import iter_sketches, read_photos
+        from storage.episodes import SketchSteps, read_photos
 
         row = self.row_of(photo_id)  # only gallery ids: a request never names a path
         episodes_dir = self.manifest.get("episodes_dir")
         if not episodes_dir:
             raise BadRequest(404, "this gallery was not indexed from an episodes build: nothing to replay")
         split = self.manifest["split"]
-        steps = sorted((step, png) for pid, step, png in iter_sketches(Path(episodes_dir), split) if pid == photo_id)
+        steps = sorted((step, png) for _, step, png in SketchSteps(Path(episodes_dir), split).sketches_of([photo_id]))
         photos = read_photos(Path(episodes_dir), split=split, columns=["photo_id", "caption"])  # no images
         captions = dict(zip(photos["photo_id"].to_pylist(), photos["caption"].to_pylist()))
         return {

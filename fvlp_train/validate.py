@@ -22,7 +22,7 @@ from fvlp_core.models.factory import encode_image_tokens, encode_text_tokens, im
 from fvlp_core.transforms import image_bytes_tensor
 from fvlp_train.data import is_held_out
 from storage.clean import face_shards, read_face_pairs
-from storage.episodes import episode_lengths, episode_photos, iter_sketches, read_episodes_reference
+from storage.episodes import SketchSteps, episode_lengths, episode_photos, read_episodes_reference
 
 EVAL_BATCH = 128
 MAX_HELD_OUT_PAIRS = 1000
@@ -166,8 +166,8 @@ def validate_finetune(
     wanted = sum(len(by_step) for by_step in slots.values())
     # Minutes on a CPU at real sizes: a bar on stderr (relayed to the terminal) shows it moving.
     with tqdm(total=wanted, unit="sketch", desc=f"validating on {split}", leave=False) as bar:
-        for photo_id, step, image in iter_sketches(config.episodes_dir, split):
-            if photo_id in row and step in slots[photo_id]:
+        for photo_id, step, image in SketchSteps(config.episodes_dir, split).sketches_of(photo_ids):
+            if step in slots[photo_id]:
                 pending.append((row[photo_id], slots[photo_id][step], image))
                 if len(pending) == EVAL_BATCH:
                     bar.update(len(pending))

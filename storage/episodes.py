@@ -9,7 +9,7 @@ settings of the requested build.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -226,20 +226,25 @@ class SketchSteps:
         table = shard.read_row_group(group, columns=["photo_id", "split"])
         return sorted(set(_split_filter(table, self.split).column("photo_id").to_pylist()))
 
-    def read(self, wanted: dict[str, int]) -> dict[str, bytes]:
-        """The sketch image at step ``wanted[photo_id]`` for every photo in ``wanted``."""
+    def sketches_of(self, photo_ids: Iterable[str]) -> Iterator[tuple[str, int, bytes]]:
+        """(photo_id, step, PNG bytes) of every sketch of ``photo_ids`` in this split, reading only
+        their row groups, one shard's at a time."""
+        wanted = set(photo_ids)
         by_shard: dict[int, set[int]] = {}
         for photo_id in wanted:
             for number, group in self.row_groups.get(photo_id, ()):
                 by_shard.setdefault(number, set()).add(group)
-        found: dict[str, bytes] = {}
         for number, groups in sorted(by_shard.items()):
             table = pq.ParquetFile(self.shards[number]).read_row_groups(
                 sorted(groups), columns=["photo_id", "split", "step", "image"]
             )
             for photo_id, split, step, image in zip(*(table.column(c).to_pylist() for c in table.column_names)):
-                if split == self.split and wanted.get(photo_id) == step:
-                    found[photo_id] = image
+                if split == self.split and photo_id in wanted:
+                    yield photo_id, step, image
+
+    def read(self, wanted: dict[str, int]) -> dict[str, bytes]:
+        """The sketch image at step ``wanted[photo_id]`` for every photo in ``wanted``."""
+        found = {photo_id: image for photo_id, step, image in self.sketches_of(wanted) if wanted[photo_id] == step}
         missing = sorted(set(wanted) - set(found))
         if missing:
             raise DatasetError(

@@ -209,6 +209,11 @@ def test_sketch_steps_decode_only_the_photos_asked_for(tmp_path: Path, monkeypat
     steps = SketchSteps(tmp_path, "train")
     assert steps.read({"p2": 3}) == {"p2": b"p2/3"}
     assert read_groups == [[1]]  # p2's row group only
+    # Whole episodes (validation, the app's replay) read their photos' row groups only, too.
+    assert sorted(steps.sketches_of(["p3", "p1"])) == [
+        (p, t, f"{p}/{t}".encode()) for p in ("p1", "p3") for t in range(4)
+    ]
+    assert read_groups[1:] == [[0, 2]]
     with pytest.raises(DatasetError, match="no train sketch for photo_id p9 step 0"):
         steps.read({"p9": 0})
     assert SketchSteps(tmp_path, "test").row_groups == {}
@@ -225,6 +230,7 @@ def test_sketch_steps_read_a_build_written_before_one_row_group_per_photo(tmp_pa
     steps = SketchSteps(tmp_path, "test")
     assert set(steps.row_groups) == {"a", "b"}
     assert steps.read({"a": 0, "b": 2}) == {"a": b"a/0", "b": b"b/2"}
+    assert sorted(steps.sketches_of(["b"])) == [("b", t, f"b/{t}".encode()) for t in range(3)]
 
 
 def test_face_crops_asked_in_shard_order_read_each_shard_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
