@@ -18,8 +18,9 @@ Two sources:
   finished sketch. The photos, sketches and captions found per split are logged and kept in
   the manifest (``found``).
 
-Work goes in chunks of photos; each chunk is written as one photos shard and one sketches
-shard, so an interrupted build resumes at the first missing chunk.
+Work goes in chunks of photos, drawn in ``config.workers`` processes and written in order;
+each chunk is one photos shard and one sketches shard, so an interrupted build resumes at
+the first missing chunk.
 """
 
 from __future__ import annotations
