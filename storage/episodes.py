@@ -174,12 +174,6 @@ def episode_photos(episodes_dir: Path, split: str) -> pa.Table:
     return table.sort_by("photo_id")
 
 
-def iter_sketches(episodes_dir: Path, split: str) -> Iterator[tuple[str, int, bytes]]:
-    """(photo_id, step, PNG bytes) of every sketch of ``split``, one chunk in memory at a time."""
-    for chunk in iter_sketch_chunks(episodes_dir, split):
-        yield from zip(*(chunk.column(c).to_pylist() for c in ("photo_id", "step", "image")))
-
-
 def episode_lengths(episodes_dir: Path, split: str) -> dict[str, int]:
     """Number of sketch steps per photo of ``split`` (steps must be 0..T-1 without gaps)."""
     steps: dict[str, list[int]] = {}

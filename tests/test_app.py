@@ -17,7 +17,7 @@ from PIL import Image
 
 from fvlp_core.config import IndexConfig, Paths
 from fvlp_train import train
-from storage.episodes import episode_photos, iter_sketches
+from storage.episodes import episode_photos, iter_sketch_chunks
 from storage.gallery import gallery_embeddings, read_gallery
 from tests.clean_fixtures import png_bomb
 from tests.test_train import finetune_config, make_clean_faces, make_episodes, pretrain_config
@@ -47,6 +47,13 @@ def client(indexed):
     config, _ = indexed
     retriever = Retriever.load(config.gallery_dir, device="cpu")
     return TestClient(create_app(retriever, Practice(retriever, config.paths.results_store, seed=0)))
+
+
+def iter_sketches(episodes_dir, split: str):
+    """(photo_id, step, PNG bytes) of every stored sketch of ``split``: the whole scan, read
+    independently of the app's by-photo reader."""
+    for chunk in iter_sketch_chunks(episodes_dir, split):
+        yield from zip(*(chunk.column(c).to_pylist() for c in ("photo_id", "step", "image")))
 
 
 def _b64(data: bytes) -> str:
