@@ -284,7 +284,8 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
         )
         for _ in range(in_epoch, steps_per_epoch):
             started = time.perf_counter()
-            sums: dict[str, float] = {}
+            # Kept on the device and read once per step (a read is a host sync on a GPU).
+            totals: dict[str, torch.Tensor] = {}
             for micro in range(config.grad_accum):
                 batch = {k: v.to(runtime.device, non_blocking=True) for k, v in next(batches).items()}
                 sync = micro == config.grad_accum - 1 or runtime.world_size == 1
@@ -297,7 +298,8 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
                     loss = sum(config.loss_weights[name] * value for name, value in parts.items())
                 (loss / config.grad_accum).backward()
                 for name, value in {"loss": loss, **parts}.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach()) / config.grad_accum
+                    totals[name] = totals.get(name, 0.0) + value.detach().float() / config.grad_accum
+            sums = dict(zip(totals, torch.stack(list(totals.values())).tolist(), strict=True))
             if not all(math.isfinite(v) for v in sums.values()):
                 raise FloatingPointError(f"{stage} step {step}: non-finite loss {sums}")
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5.0)

@@ -21,7 +21,7 @@ from fvlp_core.models import losses as losses_module
 from fvlp_core.models import pretrain as pretrain_module
 from fvlp_core.models.factory import CheckpointError, encode_image_tokens, read_weights
 from fvlp_core.models.fusion import default_fusion_widths
-from fvlp_core.models.losses import enqueue, positive_targets
+from fvlp_core.models.losses import enqueue, positive_targets, sample_hard_negatives
 
 TINY = "fvlp-vit-tiny"
 CAPTIONS = [
@@ -169,6 +169,23 @@ def test_matching_loss_leaves_the_shared_text_tower_to_the_contrastive_loss():
     assert all(p.grad is None or not p.grad.any() for p in text_tower)
     assert model.grounded.head.weight.grad.abs().sum() > 0
     assert model.backbone.visual.conv1.weight.grad.abs().sum() > 0
+
+
+def test_hard_negatives_are_never_positives_and_rows_of_positives_fall_back_to_any_other_column():
+    similarity = torch.randn(6, 6)
+    groups = torch.tensor([0, 0, 1, 2, 2, 3])
+    same = groups[:, None] == groups[None, :]
+    for seed in range(20):
+        drawn = sample_hard_negatives(similarity, same, torch.Generator().manual_seed(seed))
+        assert drawn.device == similarity.device
+        assert not same[torch.arange(6), drawn].any()
+    every_caption_alike = torch.ones(4, 4, dtype=torch.bool)
+    drawn = sample_hard_negatives(torch.randn(4, 4), every_caption_alike, torch.Generator().manual_seed(0))
+    assert (drawn != torch.arange(4)).all()
+    # fully hard: the most similar negative wins when it dominates
+    peaked = torch.full((3, 3), -50.0).fill_diagonal_(0.0)
+    peaked[0, 2] = peaked[1, 0] = peaked[2, 1] = 50.0
+    assert sample_hard_negatives(peaked, torch.eye(3, dtype=torch.bool), torch.Generator()).tolist() == [2, 0, 1]
 
 
 def test_temperature_is_clamped_into_its_range():

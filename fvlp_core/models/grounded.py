@@ -72,7 +72,7 @@ class ImageGroundedTextEncoder(nn.Module):
         image, drawn by ``similarity`` [B, B] (image x text, no gradient) to the degree
         ``hardness`` (0: uniformly), never from the same caption ``groups``; ``seed`` makes the
         draw replayable on resume."""
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator(device=similarity.device).manual_seed(seed)
         same = groups[:, None] == groups[None, :]
         negative_text = sample_hard_negatives(similarity, same, generator, hardness)
         negative_image = sample_hard_negatives(similarity.T, same, generator, hardness)

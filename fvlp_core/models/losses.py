@@ -104,16 +104,16 @@ def sample_hard_negatives(
     (1 - ``hardness``) * uniform, never a positive.
 
     Rows whose every other column is a positive (all captions identical) fall back to
-    uniform sampling over the other columns.
+    uniform sampling over the other columns. Drawn where ``similarity`` lives, with
+    ``generator`` on that device, and without reading anything back to the host: a training
+    step on a GPU does not wait here.
     """
     others = (~same_group).float()
     uniform = others / others.sum(dim=1, keepdim=True).clamp_min(1.0)
     weights = hardness * F.softmax(similarity.float(), dim=1).masked_fill(same_group, 0.0) + (1 - hardness) * uniform
-    weights = weights.cpu()
-    empty = weights.sum(dim=1) <= 0
-    if empty.any():
-        weights[empty] = (~torch.eye(*weights.shape, dtype=torch.bool))[empty].float()
-    return torch.multinomial(weights, 1, generator=generator).squeeze(1).to(similarity.device)
+    not_self = ~torch.eye(*weights.shape, dtype=torch.bool, device=weights.device)
+    weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, not_self.float())
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
 def matching_loss(logits: torch.Tensor, positives: int) -> torch.Tensor:
