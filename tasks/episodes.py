@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -177,6 +178,9 @@ def _chunks(items: list[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
         yield index, items[start : start + size]
 
 
+# Added to the drawing processes' niceness. Measured on the 2-core machine, pretraining beside
+# an episodes build: 180.6 s for both niced, 185.5 s not niced, 191 s one after the other.
+DRAWING_NICENESS = 15
 ChunkBuilder = Callable[..., tuple[list, list, int]]  # photo rows, sketch rows, unaligned drawings
 ChunkJob = tuple[int, ChunkBuilder, tuple[Any, ...]]
 
@@ -186,13 +190,17 @@ def built_chunks(jobs: Iterator[ChunkJob], workers: int) -> Iterator[tuple[int, 
 
     Drawing and PNG encoding are CPU-bound Python, so with ``workers > 1`` the jobs run in
     that many spawned processes (fork is unsafe beside Prefect's threads), at most
-    ``workers + 1`` ahead of the one being written so memory stays a few chunks.
+    ``workers + 1`` ahead of the one being written so memory stays a few chunks. The
+    processes run at a lower priority (:data:`DRAWING_NICENESS`): in the pipeline they share
+    the CPU with pretraining, whose threads then keep their cores and leave the drawing
+    the cycles they do not use.
     """
     if workers == 1:
         for index, build, args in jobs:
             yield index, build(*args)
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=os.nice, initargs=(DRAWING_NICENESS,)) as pool:
         running: deque[tuple[int, Future]] = deque()
         for index, build, args in jobs:
             running.append((index, pool.submit(build, *args)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import cv2
@@ -24,6 +25,7 @@ from fvlp_core.episodes import (
 from fvlp_core.png import encode_png
 from storage.episodes import complete_chunks, iter_sketch_chunks, read_photos, write_episode_chunk
 from storage.shards import DatasetError
+from tasks.episodes import DRAWING_NICENESS, built_chunks
 
 
 def _ink(frame: np.ndarray) -> int:
@@ -259,3 +261,11 @@ def test_face_crops_asked_in_shard_order_read_each_shard_once(tmp_path: Path, mo
     assert reads == shards
     with pytest.raises(KeyError, match="no crop for SAMPLE_ID 4"):
         crops.read([4])
+
+
+def test_drawing_processes_yield_the_cpu_to_training_beside_them():
+    # os.nice(0) reads the niceness of the process it runs in
+    jobs = iter([(index, os.nice, (0,)) for index in range(3)])
+    drawn = list(built_chunks(jobs, workers=2))
+    assert [index for index, _ in drawn] == [0, 1, 2]
+    assert {niceness for _, niceness in drawn} == {min(19, os.nice(0) + DRAWING_NICENESS)}

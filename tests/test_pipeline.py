@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from fvlp_core.png import encode_png
 from storage.results import ResultsStore
 
 STAGES = ["ingest", "clean", "pretrain", "episodes", "finetune", "evaluate"]
+# Pretraining and the episodes build read only the clean stage's outputs: they run at once,
+# so their relative order is not fixed.
+CONCURRENT = {"pretrain", "episodes"}
 
 
 def _config(data_root: Path, **overrides: Any) -> PipelineConfig:
@@ -38,6 +42,8 @@ class FakeStages:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.fail_once: set[str] = set()
+        # When set, passed only when pretraining and the episodes build are in their flows together.
+        self.together: threading.Barrier | None = None
 
     def _output(self, config: Any, name: str) -> Path:
         path = Path(config.paths.data_root) / name
@@ -50,6 +56,8 @@ class FakeStages:
             @flow(name=f"fake-{name}")
             def run(config):
                 self.calls.append((name, config))
+                if name in CONCURRENT and self.together is not None:
+                    self.together.wait()
                 if name in self.fail_once:
                     self.fail_once.discard(name)
                     raise RuntimeError(f"{name}: shard-00001.parquet row 7 (SAMPLE_ID 1007) is not an image")
@@ -103,18 +111,32 @@ def subflow_names(pipeline_run_id) -> list[str]:
     return asyncio.run(read())
 
 
+def in_stage_order(started: list[str]) -> list[str]:
+    """Stage (or ``fake-`` stage flow) names in start order, the concurrent stages (either may
+    start first) put in STAGES order where they stand."""
+
+    def stage(name: str) -> str:
+        return name.removeprefix("fake-")
+
+    concurrent = sorted((name for name in started if stage(name) in CONCURRENT), key=lambda n: STAGES.index(stage(n)))
+    return [concurrent.pop(0) if stage(name) in CONCURRENT else name for name in started]
+
+
 def _ran(fakes: FakeStages) -> list[str]:
-    ran = [name for name, _ in fakes.calls]
+    """Stages run since the last call, in start order (see :func:`in_stage_order`)."""
+    ran = in_stage_order([name for name, _ in fakes.calls])
     fakes.calls.clear()
     return ran
 
 
 def test_stages_run_in_order_and_rerun_only_when_their_inputs_change(prefect_harness, fake_stages, tmp_path):
+    fake_stages.together = threading.Barrier(len(CONCURRENT), timeout=30)
     state = pipeline.pipeline_flow(_config(tmp_path), return_state=True)
     first = state.result()
+    fake_stages.together = None
     configs = dict(fake_stages.calls)
     assert _ran(fake_stages) == STAGES
-    assert subflow_names(state.state_details.flow_run_id) == [f"fake-{stage}" for stage in STAGES]
+    assert in_stage_order(subflow_names(state.state_details.flow_run_id)) == [f"fake-{stage}" for stage in STAGES]
     assert first["reused"] == []
     # references, not data, flow down: each training stage gets the checkpoint above it
     assert configs["finetune"].pretrained_checkpoint == Path(first["pretrain"]["checkpoint"])
@@ -151,6 +173,17 @@ def test_interrupted_pipeline_resumes_at_the_failed_stage(prefect_harness, fake_
     again = pipeline.pipeline_flow(_config(tmp_path))
     assert _ran(fake_stages) == ["pretrain", "finetune", "evaluate"]
     assert again["reused"] == ["ingest", "clean", "episodes"]
+
+
+def test_a_failed_stage_lets_its_concurrent_sibling_finish_and_keep_its_result(prefect_harness, fake_stages, tmp_path):
+    fake_stages.fail_once.add("pretrain")
+    with pytest.raises(RuntimeError, match="SAMPLE_ID 1007"):
+        pipeline.pipeline_flow(_config(tmp_path))
+    assert _ran(fake_stages) == ["ingest", "clean", "pretrain", "episodes"]
+
+    resumed = pipeline.pipeline_flow(_config(tmp_path))
+    assert _ran(fake_stages) == ["pretrain", "finetune", "evaluate"]
+    assert resumed["reused"] == ["ingest", "clean", "episodes"]
 
 
 def test_stages_must_share_one_data_root(tmp_path):
@@ -203,7 +236,7 @@ def test_real_stages_end_to_end_then_a_rerun_that_reuses_them(prefect_harness, t
     state = pipeline.pipeline_flow(config, return_state=True)
     first = state.result()
 
-    assert subflow_names(state.state_details.flow_run_id) == STAGES
+    assert in_stage_order(subflow_names(state.state_details.flow_run_id)) == STAGES
     assert first["ingest"]["rows"] == 60
     assert first["clean"]["kept"] + first["clean"]["rejected"] == 60
     assert first["finetune"]["checkpoint"] == str(
