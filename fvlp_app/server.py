@@ -26,7 +26,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -35,6 +35,9 @@ from PIL import Image
 
 from fvlp_core.digest import file_digest
 from fvlp_core.retrieval import GallerySearch, sketch_query
+
+if TYPE_CHECKING:
+    from storage.episodes import SketchSteps
 
 MAX_BODY_BYTES = 4 << 20  # a 512 x 512 canvas PNG is well under 1 MB
 MAX_SIDE = 4096
@@ -145,6 +148,8 @@ class Retriever:
         self.search = GallerySearch(photo_ids, embeddings, approximate)
         self.rows = {photo_id: row for row, photo_id in enumerate(photo_ids)}
         self._lock = threading.Lock()  # one query at a time through the model
+        self._replay_lock = threading.Lock()
+        self._replay: tuple[SketchSteps, dict[str, str]] | None = None
 
     @classmethod
     def load(cls, gallery_dir: Path, checkpoint: Path | None = None, device: str = "auto") -> Retriever:
@@ -176,22 +181,33 @@ class Retriever:
 
     def episode(self, photo_id: str) -> dict[str, Any]:
         """A stored drawing episode of a gallery photo (the indexed episodes split), for replay."""
-        from storage.episodes import SketchSteps, read_photos
-
         row = self.row_of(photo_id)  # only gallery ids: a request never names a path
-        episodes_dir = self.manifest.get("episodes_dir")
-        if not episodes_dir:
-            raise BadRequest(404, "this gallery was not indexed from an episodes build: nothing to replay")
-        split = self.manifest["split"]
-        steps = sorted((step, png) for _, step, png in SketchSteps(Path(episodes_dir), split).sketches_of([photo_id]))
-        photos = read_photos(Path(episodes_dir), split=split, columns=["photo_id", "caption"])  # no images
-        captions = dict(zip(photos["photo_id"].to_pylist(), photos["caption"].to_pylist()))
+        steps, captions = self._replay_source()
         return {
             "photo_id": photo_id,
             "caption": captions.get(photo_id),
             "thumbnail": self.thumbnail(row),
-            "steps": ["data:image/png;base64," + base64.b64encode(png).decode() for _, png in steps],
+            "steps": [
+                "data:image/png;base64," + base64.b64encode(png).decode()
+                for _, png in sorted((step, png) for _, step, png in steps.sketches_of([photo_id]))
+            ],
         }
+
+    def _replay_source(self) -> tuple[SketchSteps, dict[str, str]]:
+        """Where each photo's sketches are, and the captions, of the indexed episodes split:
+        found on the first replay and kept (a replay then reads one photo's row group)."""
+        from storage.episodes import SketchSteps, read_photos
+
+        episodes_dir = self.manifest.get("episodes_dir")
+        if not episodes_dir:
+            raise BadRequest(404, "this gallery was not indexed from an episodes build: nothing to replay")
+        with self._replay_lock:
+            if self._replay is None:
+                split = self.manifest["split"]
+                photos = read_photos(Path(episodes_dir), split=split, columns=["photo_id", "caption"])  # no images
+                captions = dict(zip(photos["photo_id"].to_pylist(), photos["caption"].to_pylist()))
+                self._replay = (SketchSteps(Path(episodes_dir), split), captions)
+            return self._replay
 
     def thumbnail(self, row: int) -> str:
         return "data:image/jpeg;base64," + base64.b64encode(self.thumbnails[row]).decode()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from storage.files import stat_fingerprint
 from storage.shards import (
     DatasetError,
+    ShardedValues,
     list_shards,
     read_manifest,
     read_shard,
@@ -266,34 +267,21 @@ def read_face_pairs(shard: Path) -> pa.Table:
     return table
 
 
-class FaceCrops:
-    """PNG crops by SAMPLE_ID.
-
-    It knows which shard holds each id (from the shards' SAMPLE_ID columns) and keeps the
-    crops of the last shard it read, so a caller asking in shard order (sort by
-    ``shard_of``) reads every shard once, with one shard's crops in memory at a time.
-    """
+class FaceCrops(ShardedValues[int, bytes]):
+    """PNG crops by SAMPLE_ID, one face shard's in memory at a time (:class:`ShardedValues`)."""
 
     def __init__(self, clean_dir: Path):
         self.clean_dir = Path(clean_dir)
-        self.shards = face_shards(self.clean_dir)
-        self.shard_of = {sample_id: n for n, path in enumerate(self.shards) for sample_id in face_sample_ids(path)}
-        self._cached: tuple[int, dict[int, bytes]] = (-1, {})
+        self.missing_message = f"{faces_dir(self.clean_dir)}: no crop for SAMPLE_ID {{key}} ({{count}} missing)"
+        super().__init__(face_shards(self.clean_dir), face_sample_ids, _crops_of)
 
-    def read(self, sample_ids: Sequence[int]) -> dict[int, bytes]:
-        """Crops of ``sample_ids``; an id no shard holds is an error."""
-        wanted = sorted({int(s) for s in sample_ids})
-        missing = [s for s in wanted if s not in self.shard_of]
-        if missing:
-            raise KeyError(f"{faces_dir(self.clean_dir)}: no crop for SAMPLE_ID {missing[0]} ({len(missing)} missing)")
-        crops: dict[int, bytes] = {}
-        for number in sorted({self.shard_of[s] for s in wanted}):
-            if self._cached[0] != number:
-                table = read_shard(self.shards[number], ["SAMPLE_ID", "crop"])
-                self._cached = (number, dict(zip(table["SAMPLE_ID"].to_pylist(), table["crop"].to_pylist())))
-            shard = self._cached[1]
-            crops.update((s, shard[s]) for s in wanted if self.shard_of[s] == number)
-        return crops
+    def read(self, sample_ids: Iterable[int]) -> dict[int, bytes]:
+        return super().read(int(s) for s in sample_ids)
+
+
+def _crops_of(shard: Path) -> dict[int, bytes]:
+    table = read_shard(shard, ["SAMPLE_ID", "crop"])
+    return dict(zip(table["SAMPLE_ID"].to_pylist(), table["crop"].to_pylist()))
 
 
 def read_ground_truth_if_any(source_dir: Path) -> pd.DataFrame | None:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from storage.files import content_fingerprint
 from storage.shards import (
     DatasetError,
+    ShardedValues,
     list_shards,
     read_manifest,
     shard_index,
@@ -125,6 +126,24 @@ def read_photos(episodes_dir: Path, split: str | None = None, columns: list[str]
     wanted = None if columns is None else sorted(set(columns) | {"split"}, key=PHOTO_SCHEMA.names.index)
     table = pa.concat_tables([_split_filter(pq.read_table(p, columns=wanted), split) for p in shards])
     return table if columns is None else table.select(columns)
+
+
+class EpisodePhotos(ShardedValues[str, bytes]):
+    """PNG photos of one split by photo id, one photo shard's in memory at a time
+    (:class:`ShardedValues`); ``shard_of`` lists the split's ids in chunk order."""
+
+    def __init__(self, episodes_dir: Path, split: str):
+        folder = photos_dir(episodes_dir)
+        self.missing_message = f"{folder}: no {split} photo {{key}} ({{count}} missing)"
+
+        def photos_of(shard: Path) -> dict[str, bytes]:
+            table = _split_filter(pq.read_table(shard, columns=["photo_id", "split", "image"]), split)
+            return dict(zip(table["photo_id"].to_pylist(), table["image"].to_pylist()))
+
+        def ids_of(shard: Path) -> list[str]:
+            return _split_filter(pq.read_table(shard, columns=["photo_id", "split"]), split)["photo_id"].to_pylist()
+
+        super().__init__(list_shards(folder), ids_of, photos_of)
 
 
 def iter_sketch_chunks(

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -69,6 +70,47 @@ def shard_index(path: Path) -> int:
 
 def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns)
+
+
+Key = TypeVar("Key", int, str)
+Value = TypeVar("Value")
+
+
+class ShardedValues(Generic[Key, Value]):
+    """One column's values by key across a dataset's shards.
+
+    It knows which shard holds each key (``keys_of`` each shard, read once) and keeps the
+    values of the last shard it read, so a caller asking in shard order (``shard_of``'s
+    order) reads every shard once, with one shard's values in memory at a time.
+    """
+
+    # ``read``'s error for keys no shard holds; subclasses name their dataset and key.
+    missing_message = "no value for key {key} ({count} missing)"
+
+    def __init__(
+        self,
+        shards: list[Path],
+        keys_of: Callable[[Path], Iterable[Key]],
+        values_of: Callable[[Path], dict[Key, Value]],
+    ):
+        self.shards = shards
+        self.values_of: Callable[[Path], dict[Key, Value]] = values_of
+        self.shard_of: dict[Key, int] = {key: number for number, path in enumerate(shards) for key in keys_of(path)}
+        self._cached: tuple[int, dict[Key, Value]] = (-1, {})
+
+    def read(self, keys: Iterable[Key]) -> dict[Key, Value]:
+        """Values of ``keys``; a key no shard holds is a KeyError."""
+        wanted = set(keys)
+        missing = sorted(k for k in wanted if k not in self.shard_of)
+        if missing:
+            raise KeyError(self.missing_message.format(key=missing[0], count=len(missing)))
+        found: dict[Key, Value] = {}
+        for number in sorted({self.shard_of[k] for k in wanted}):
+            if self._cached[0] != number:
+                self._cached = (number, self.values_of(self.shards[number]))
+            values = self._cached[1]
+            found.update((k, values[k]) for k in wanted if self.shard_of[k] == number)
+        return found
 
 
 def read_shards(shards: list[Path], columns: list[str] | None = None) -> pa.Table:

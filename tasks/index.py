@@ -25,7 +25,7 @@ from fvlp_core.png import open_image
 from fvlp_core.retrieval import GallerySearch, approximate_recall, build_hnsw, probe_queries
 from storage.checkpoints import finetuned_checkpoint
 from storage.clean import FaceCrops, faces_dir, read_clean_manifest
-from storage.episodes import read_episodes_reference, read_photos
+from storage.episodes import EpisodePhotos, read_episodes_reference
 from storage.files import content_fingerprint
 from storage.gallery import (
     GALLERY_SCHEMA,
@@ -72,15 +72,22 @@ class GallerySource:
 
 
 def episodes_source(config: IndexConfig) -> GallerySource:
-    photos = read_photos(config.episodes_dir, split=config.split, columns=["photo_id", "image"])
-    if photos.num_rows == 0:
+    """The photos of an episodes split, in chunk order: the gallery's batches read each photo
+    shard once, one shard's photos in memory at a time."""
+    fingerprint = read_episodes_reference(config.episodes_dir)["fingerprint"]  # a complete build, or why not
+    photos = EpisodePhotos(config.episodes_dir, config.split)
+    if not photos.shard_of:
         raise ValueError(f"{config.episodes_dir}: split {config.split!r} has no photos to index")
-    images = dict(zip(photos.column("photo_id").to_pylist(), photos.column("image").to_pylist()))
+
+    def load(ids: list[str]) -> tuple[list[Image.Image], dict[str, str]]:
+        images = photos.read(ids)
+        return [open_image(images[i]).convert("RGB") for i in ids], {}
+
     return GallerySource(
         f"episodes:{config.episodes_dir.resolve()}:{config.split}",
-        list(images),
-        read_episodes_reference(config.episodes_dir)["fingerprint"],
-        lambda ids: ([open_image(images[i]).convert("RGB") for i in ids], {}),
+        list(photos.shard_of),
+        fingerprint,
+        load,
         {"episodes_dir": str(config.episodes_dir.resolve()), "split": config.split},
     )
 

@@ -10,6 +10,7 @@ import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,6 +70,29 @@ def test_index_embeds_each_photo_once_per_model(indexed):
     again = index_flow(config)
     assert (again["photos"], again["embedded"], again["kept"]) == (photos, 0, photos)
     assert again["model_fingerprint"] == first["model_fingerprint"]
+
+
+def test_an_episodes_gallery_reads_each_photo_shard_once_a_batch_at_a_time(indexed, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import storage.episodes as episodes_storage
+    from flows.index import index_flow
+
+    config, _ = indexed
+    image_reads: list[str] = []
+    read_table = pq.read_table
+
+    def counted(path, columns=None, **kwargs):
+        if columns is not None and "image" in columns:
+            image_reads.append(Path(path).name)
+        return read_table(path, columns=columns, **kwargs)
+
+    monkeypatch.setattr(episodes_storage.pq, "read_table", counted)
+    index_flow(config.model_copy(update={"gallery": tmp_path / "batches-of-2", "batch_size": 2}))
+    whole, streamed = read_gallery(config.gallery_dir), read_gallery(tmp_path / "batches-of-2")
+    assert whole["photo_id"].to_pylist() == streamed["photo_id"].to_pylist()
+    np.testing.assert_allclose(gallery_embeddings(whole), gallery_embeddings(streamed), atol=1e-5)
+    assert sorted(image_reads) == sorted(set(image_reads))  # no shard's photos read twice
 
 
 def test_a_large_gallery_gets_an_approximate_index_with_its_measured_recall(indexed, tmp_path):
