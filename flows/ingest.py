@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture, wait
+from prefect.utilities.annotations import quote
 from tqdm.auto import tqdm
 
 from fvlp_core.config import IngestConfig, flow_config
@@ -111,7 +112,8 @@ def fetch_pending_shards(plan: IngestPlan, config: IngestConfig, corpus: Any) ->
                 update_progress_artifact(progress, progress=100.0 * done_rows / max(plan.metadata.total_rows, 1))
 
             for spec in plan.pending:
-                running.append((spec, ingest_shard.submit(plan, spec, fetcher)))
+                # quote: Prefect would walk the whole plan (every shard spec) for each shard task.
+                running.append((spec, ingest_shard.submit(quote(plan), spec, quote(fetcher))))
                 if len(running) >= config.parallel_shards:
                     finish_oldest()
             while running:
