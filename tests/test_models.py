@@ -289,3 +289,37 @@ def test_tokenizer_cuts_padding_without_changing_text_features_or_matching() -> 
         logits = model.grounded(model.backbone, cut, image_tokens), model.grounded(model.backbone, full, image_tokens)
     torch.testing.assert_close(*features, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(*logits, atol=1e-5, rtol=1e-5)
+
+
+def test_matching_head_gathers_each_rows_image_and_matches_open_clips_cross_attention_block() -> None:
+    """Keys and values are projected once per image and gathered per row: the logits (and their
+    gradients to the image tokens) equal open_clip's cross-attention block run on every row's
+    own copy of its image."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    from fvlp_core.models.factory import causal_text_input
+
+    torch.manual_seed(0)
+    model = FVLPPretrain("fvlp-vit-tiny")
+    grounded = model.grounded
+    text = get_tokenizer("fvlp-vit-tiny")(["a bald man with a beard", "a young woman", "a man with glasses"])
+    image_tokens = torch.randn(2, 65, 192, requires_grad=True)
+    index = torch.tensor([0, 1, 0])
+
+    def open_clip_logits(tokens: torch.Tensor) -> torch.Tensor:
+        x, mask = causal_text_input(model.backbone, text, detached=True)
+        image = grounded.image_proj(tokens)
+        for self_block, cross_block in zip(model.backbone.transformer.resblocks, grounded.cross_blocks):
+            assert isinstance(cross_block, ResidualAttentionBlock)
+            x = cross_block(self_block(x, attn_mask=mask), k_x=image, v_x=image)
+        pooled = grounded.ln_final(x)[torch.arange(3), text.argmax(dim=-1)]
+        return grounded.head(pooled)
+
+    gathered = grounded(model.backbone, text, image_tokens, image_index=index)
+    (gathered_grad,) = torch.autograd.grad(gathered.sum(), image_tokens)
+    copied = open_clip_logits(image_tokens[index])
+    (copied_grad,) = torch.autograd.grad(copied.sum(), image_tokens)
+    torch.testing.assert_close(gathered, copied, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gathered_grad, copied_grad, atol=1e-5, rtol=1e-5)
+    # Without an index every row reads its own image tokens.
+    torch.testing.assert_close(grounded(model.backbone, text, image_tokens[index]), gathered, atol=1e-6, rtol=1e-6)

@@ -307,6 +307,20 @@ def test_finetune_with_momentum_queues_and_augmentation_hands_on_a_loadable_mode
     assert encoder.model.momentum_encoders is None
 
 
+def test_a_zero_matching_weight_skips_the_matching_head_and_leaves_its_weights_alone(data_root):
+    pre = train("pretrain", pretrain_config(data_root, epochs=1))
+    config = finetune_config(
+        data_root, pre["checkpoint"], run_id="no-itm", select_on="test", loss_weights={"itc": 1, "itsc": 1, "itm": 0}
+    )
+    tuned = train("finetune", config)
+    assert "final_itm" not in tuned["metrics"] and "final_itsc" in tuned["metrics"]
+    before = load_checkpoint(Path(pre["checkpoint"]))["model"]
+    after = load_checkpoint(Path(tuned["checkpoint"]).with_name("checkpoint.pt"))["model"]
+    grounded = [name for name in before if name.startswith("grounded.")]
+    assert grounded and all(torch.equal(before[name], after[name]) for name in grounded)
+    assert not torch.equal(before["backbone.visual.conv1.weight"], after["backbone.visual.conv1.weight"])
+
+
 def test_augmentation_is_seeded_per_record_and_epoch(data_root):
     paths = Paths(data_root=data_root)
     stream = SketchEpisodeStream(paths.episodes_dir, get_tokenizer("fvlp-vit-tiny"), 32, 0, StreamPlan(4), augment=True)

@@ -236,13 +236,15 @@ class FVLPFusion(nn.Module):
         seed: int,
         alpha: float | None = None,
         hardness: float = 1.0,
+        match: bool = True,
     ) -> dict[str, torch.Tensor]:
         """ITC (photo<->text), ITSC (sketch+text <-> photo, both directions) and ITM losses.
 
         ``groups`` marks identical captions (positives of each other in ITC); ``photo_keys``
         identify photos (the positives in ITSC, also across the queue); ``alpha`` overrides the
         soft-target weight (the trainer ramps it up over the first epoch); ``hardness`` weighs
-        similarity-drawn against uniform ITM negatives.
+        similarity-drawn against uniform ITM negatives; ``match=False`` skips the ITM loss (and
+        its forward pass).
         """
         alpha = self.alpha if alpha is None else alpha
         batch = photos.shape[0]
@@ -289,6 +291,8 @@ class FVLPFusion(nn.Module):
                 [*momentum_all, keys_all, groups_all],
                 self.queue_ptr,
             )
+        if not match:
+            return {"itc": itc, "itsc": itsc}
         with torch.no_grad():
             similarity = logit_scale * photo_feat @ text_feat.T
         itm = self.grounded.hard_negative_loss(self.backbone, text, tokens[:batch], similarity, groups, seed, hardness)

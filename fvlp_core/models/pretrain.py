@@ -70,11 +70,13 @@ class FVLPPretrain(nn.Module):
         seed: int,
         alpha: float | None = None,
         hardness: float = 1.0,
+        match: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Losses for one batch. ``groups``: equal ids mark pairs with the same caption; ``seed`` drives
         the hard-negative draw so a resumed run samples exactly what an uninterrupted one did;
         ``alpha`` overrides the soft-target weight (the trainer ramps it up over the first epoch);
-        ``hardness`` weighs similarity-drawn against uniform ITM negatives."""
+        ``hardness`` weighs similarity-drawn against uniform ITM negatives; ``match=False`` skips
+        the ITM loss (and its forward pass)."""
         alpha = self.alpha if alpha is None else alpha
         image_emb, image_tokens, _ = encode_image_tokens(self.backbone, images)
         text_emb, _ = encode_text_tokens(self.backbone, text)
@@ -114,7 +116,8 @@ class FVLPPretrain(nn.Module):
                 [image_m_all, text_m_all, groups_all],
                 self.queue_ptr,
             )
-
+        if not match:
+            return {"itc": itc}
         with torch.no_grad():
             similarity = logit_scale * image_feat @ text_feat.T
         itm = self.grounded.hard_negative_loss(self.backbone, text, image_tokens, similarity, groups, seed, hardness)
