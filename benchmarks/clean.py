@@ -36,11 +36,11 @@ from fvlp_core.attribute_head import (  # noqa: E402
     predict_probabilities,
     train_attribute_head,
 )
+from fvlp_core.codec import decode_image  # noqa: E402
 from fvlp_core.config import CleanConfig, Paths  # noqa: E402
 from fvlp_core.detection.backends import DetectorSpec, detector_for  # noqa: E402
 from fvlp_core.detection.images import ImageRejected, decode_rgb  # noqa: E402
 from fvlp_core.detection.scrfd_export import export_retinaface_as_scrfd  # noqa: E402
-from fvlp_core.png import decode_png  # noqa: E402
 from storage.clean import read_decisions, read_ground_truth_if_any, read_measurements  # noqa: E402
 from storage.shards import list_shards, read_shard, shard_path, write_shard  # noqa: E402
 from tasks.clean import dask_client  # noqa: E402
@@ -253,7 +253,7 @@ def attribute_head_quality(config: CleanConfig, truth) -> None:
         for sid, crop in zip(table.column("SAMPLE_ID").to_pylist(), table.column("crop").to_pylist()):
             if sid in kept and crop is not None and sid in attributes:
                 ids.append(sid)
-                crops.append(decode_png(crop))
+                crops.append(decode_image(crop))
     order = np.random.default_rng(config.seed).permutation(len(ids))
     train, test = order[: int(0.75 * len(ids))], order[int(0.75 * len(ids)) :]
     labels = [list(attributes[s]) for s in ids]

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fvlp_core.checkpoint import checkpoint_architecture, load_checkpoint
+from fvlp_core.codec import open_image
 from fvlp_core.models import FVLPFusion, create_model, get_tokenizer
 from fvlp_core.models.factory import encode_image_tokens, encode_text_tokens, image_size
-from fvlp_core.png import open_image
 from fvlp_core.transforms import image_tensor
 
 ImageInput = Sequence[Image.Image] | Sequence[bytes] | torch.Tensor

@@ -8,8 +8,8 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 from torchvision.transforms import functional as TF
 
+from fvlp_core.codec import open_image
 from fvlp_core.models.factory import IMAGE_MEAN, IMAGE_STD
-from fvlp_core.png import open_image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

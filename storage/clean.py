@@ -147,7 +147,7 @@ def read_measurements(path: Path, columns: list[str] | None = None) -> pa.Table:
 
 
 def measured_crops(path: Path, wanted: set[int]) -> dict[int, bytes]:
-    """Face crops (PNG) of the ``wanted`` SAMPLE_IDs in one measurements shard.
+    """Face crops (JPEG) of the ``wanted`` SAMPLE_IDs in one measurements shard.
 
     A repeated SAMPLE_ID's later row (never fetched, so no crop) never hides the first row's crop.
     """
@@ -255,7 +255,7 @@ def face_sample_ids(shard: Path) -> list[int]:
 
 
 def read_face_pairs(shard: Path) -> pa.Table:
-    """``SAMPLE_ID``, ``crop`` (PNG bytes), ``caption``, ``text`` of one shard; a row without
+    """``SAMPLE_ID``, ``crop`` (JPEG bytes), ``caption``, ``text`` of one shard; a row without
     crop or caption is an error (``text`` may be null or empty)."""
     table = read_shard(shard, ["SAMPLE_ID", "crop", "caption", "text"])
     for column in ("crop", "caption"):
@@ -268,7 +268,7 @@ def read_face_pairs(shard: Path) -> pa.Table:
 
 
 class FaceCrops(ShardedValues[int, bytes]):
-    """PNG crops by SAMPLE_ID, one face shard's in memory at a time (:class:`ShardedValues`)."""
+    """JPEG crops by SAMPLE_ID, one face shard's in memory at a time (:class:`ShardedValues`)."""
 
     def __init__(self, clean_dir: Path):
         self.clean_dir = Path(clean_dir)

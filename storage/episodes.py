@@ -129,7 +129,7 @@ def read_photos(episodes_dir: Path, split: str | None = None, columns: list[str]
 
 
 class EpisodePhotos(ShardedValues[str, bytes]):
-    """PNG photos of one split by photo id, one photo shard's in memory at a time
+    """Encoded photos of one split by photo id, one photo shard's in memory at a time
     (:class:`ShardedValues`); ``shard_of`` lists the split's ids in chunk order."""
 
     def __init__(self, episodes_dir: Path, split: str):
@@ -186,7 +186,7 @@ def read_episodes_reference(episodes_dir: Path) -> dict[str, Any]:
 
 
 def episode_photos(episodes_dir: Path, split: str) -> pa.Table:
-    """``photo_id``, ``image`` (PNG), ``caption`` of one split, in photo_id order."""
+    """``photo_id``, ``image`` (encoded bytes), ``caption`` of one split, in photo_id order."""
     table = read_photos(episodes_dir, split, columns=["photo_id", "image", "caption"])
     if table.num_rows == 0:
         raise DatasetError(f"{photos_dir(episodes_dir)} has no {split!r} photos")

@@ -35,6 +35,7 @@ from fvlp_core.attribute_head import (
     train_attribute_head,
 )
 from fvlp_core.captions import caption_for_sample
+from fvlp_core.codec import decode_image
 from fvlp_core.config import CleanConfig
 from fvlp_core.filters import (
     RULE_NAMES,
@@ -45,7 +46,6 @@ from fvlp_core.filters import (
     rule_versions,
     score_against_noise,
 )
-from fvlp_core.png import decode_png
 from storage.clean import (
     MEASUREMENT_SCHEMA,
     measured_crops,
@@ -345,7 +345,7 @@ def _attributes_for_kept(config: CleanConfig, frame: pd.DataFrame, jobs: list[Sh
 def _crops_by_id(jobs: list[ShardJob], wanted: set[int]) -> dict[int, np.ndarray]:
     crops: dict[int, np.ndarray] = {}
     for job in jobs:
-        crops.update((sid, decode_png(crop)) for sid, crop in measured_crops(job.measurement_path, wanted).items())
+        crops.update((sid, decode_image(crop)) for sid, crop in measured_crops(job.measurement_path, wanted).items())
     return crops
 
 

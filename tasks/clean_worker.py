@@ -129,7 +129,7 @@ def _agreement_scores(crops: list, texts: list[str], checkpoint: str | None) -> 
     present = [i for i, (c, t) in enumerate(zip(crops, texts)) if c is not None and t.strip()]
     scores: list[float | None] = [None] * len(crops)
     if present:
-        images = encoder.encode_images([crops[i] for i in present])  # PNG bytes: the encoder decodes them
+        images = encoder.encode_images([crops[i] for i in present])  # JPEG bytes: the encoder decodes them
         captions = encoder.encode_texts([texts[i] for i in present])
         similarity = (np.asarray(images) * np.asarray(captions)).sum(axis=1)
         for i, value in zip(present, similarity):

@@ -38,10 +38,10 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from fvlp_core.codec import decode_image, encode_png, png_from_file
 from fvlp_core.config import EpisodesConfig
 from fvlp_core.episodes import corpus_episode, photo_episode
 from fvlp_core.fs2k import detect_layout, fs2k_counts, input_files, load_fs2k_sde, select_steps
-from fvlp_core.png import decode_png, encode_png, png_from_file
 from storage.clean import FaceCrops, face_shards, read_clean_manifest, read_face_index
 from storage.episodes import (
     clear_episodes_manifest,
@@ -109,11 +109,11 @@ def _face_chunk(
     photos, sketches, unaligned = [], [], 0
     for row in rows:
         photo_id = str(int(row["SAMPLE_ID"]))
-        png = crops[int(row["SAMPLE_ID"])]
+        encoded = crops[int(row["SAMPLE_ID"])]
         try:
-            crop = decode_png(png)
+            crop = decode_image(encoded)
         except ValueError as err:
-            raise ValueError(f"clean faces: SAMPLE_ID {photo_id}: crop is not a readable PNG ({err})") from err
+            raise ValueError(f"clean faces: SAMPLE_ID {photo_id}: crop is not a readable image ({err})") from err
         if corpus is None:
             frames = photo_episode(crop, steps)
         else:
@@ -125,7 +125,7 @@ def _face_chunk(
             {
                 "photo_id": photo_id,
                 "split": row["split"],
-                "image": png,
+                "image": encoded,
                 "caption": row["caption"],
                 "captions": [row["caption"]],
                 "source": "generated",

@@ -11,6 +11,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from fvlp_core.codec import open_image
 from fvlp_core.config import EvaluateConfig
 from fvlp_core.digest import file_digest
 from fvlp_core.evaluation import (
@@ -26,7 +27,6 @@ from fvlp_core.evaluation import (
     plot_curves,
     summary_markdown,
 )
-from fvlp_core.png import open_image
 from storage.checkpoints import finetuned_checkpoint
 from storage.episodes import iter_sketch_chunks, read_photos
 

@@ -15,13 +15,13 @@ from PIL import Image
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from fvlp_core.codec import open_image
 from fvlp_core.config import CleanConfig, IndexConfig
 from fvlp_core.detection.backends import detector_for
 from fvlp_core.detection.crop import crop_face
 from fvlp_core.detection.images import ImageRejected, decode_rgb
 from fvlp_core.digest import file_digest
 from fvlp_core.fetch import IMAGE_EXTENSIONS
-from fvlp_core.png import open_image
 from fvlp_core.retrieval import GallerySearch, approximate_recall, build_hnsw, probe_queries
 from storage.checkpoints import finetuned_checkpoint
 from storage.clean import FaceCrops, faces_dir, read_clean_manifest

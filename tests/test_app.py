@@ -166,9 +166,9 @@ def _png(image: Image.Image) -> bytes:
 def test_an_app_query_scores_exactly_as_evaluation_scores_that_episode_step(indexed, client):
     """One code path: the app's score of every gallery photo for a drawing step equals the
     similarity evaluation computes for the same sketch, caption and photo."""
+    from fvlp_core.codec import open_image
     from fvlp_core.embed import FVLPEncoder
     from fvlp_core.evaluation import EpisodeEmbedder, embed_gallery
-    from fvlp_core.png import open_image
 
     config, _ = indexed
     photos = episode_photos(config.episodes_dir, "test")

@@ -82,7 +82,7 @@ def write_face_pairs(clean_dir: Path, rows: int, seed: int = 0) -> None:
     """A small clean/faces dataset (random 32x32 crops, distinct captions) for training runs."""
     import numpy as np
 
-    from fvlp_core.png import encode_png
+    from fvlp_core.codec import encode_png
     from storage.clean import new_generation, write_clean_manifest, write_faces
 
     rng = np.random.default_rng(seed)

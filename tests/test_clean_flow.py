@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
+from fvlp_core.codec import decode_image
 from fvlp_core.config import CleanConfig, Paths
-from fvlp_core.png import decode_png
 from storage.clean import read_decisions, read_faces
 from tests.clean_fixtures import (
     DISTINCT_CAPTIONS,
@@ -115,7 +115,7 @@ def test_kept_faces_have_crops_and_attribute_captions(cleaned):
     config, result, _ = cleaned
     faces = read_faces(config.paths.clean_dir).to_pandas()
     assert len(faces) == result["kept"]
-    crop = decode_png(faces.iloc[0]["crop"])
+    crop = decode_image(faces.iloc[0]["crop"])
     assert crop.shape == (config.crop_size, config.crop_size, 3)
     assert all(faces["caption"].str.len() > 10)
     assert (faces["identity_id"] == -1).all()  # no ground truth in this corpus

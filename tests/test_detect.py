@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fvlp_core.codec import decode_image
 from fvlp_core.detection.backends import Detections, DetectorSpec, detector_for
 from fvlp_core.detection.crop import crop_face, laplacian_variance
 from fvlp_core.detection.images import ImageRejected, decode_rgb
 from fvlp_core.detection.measure import ImageParams, measure_image, perceptual_hash
-from fvlp_core.png import decode_png
 from tests.clean_fixtures import GROUP_PHOTO, PORTRAIT, bad_images, png_bomb, portrait_variants
 
 MAX_PIXELS = 40_000_000
@@ -119,7 +119,7 @@ def test_measure_image_records_errors_instead_of_raising(retinaface):
         assert row["image_error_rule"] in ("undecodable_image", "image_too_large") and row["crop"] is None
     good = measure_image(PORTRAIT.read_bytes(), retinaface, params)
     assert good["image_error_rule"] is None and len(good["face_scores"]) == 1
-    assert decode_png(good["crop"]).shape == (128, 128, 3)
+    assert decode_image(good["crop"]).shape == (128, 128, 3)
     assert 0.5 < good["face_fraction"] <= 1.0 and good["sharpness"] > 0
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fvlp_core.codec import encode_png
 from fvlp_core.corpus.faces import STROKE_GROUPS, Stroke, face_strokes, render_face, sample_identity
 from fvlp_core.detection.crop import crop_face
 from fvlp_core.episodes import (
@@ -22,7 +23,6 @@ from fvlp_core.episodes import (
     stroke_landmarks,
     transform_strokes,
 )
-from fvlp_core.png import encode_png
 from storage.episodes import complete_chunks, iter_sketch_chunks, read_photos, write_episode_chunk
 from storage.shards import DatasetError
 from tasks.episodes import DRAWING_NICENESS, built_chunks

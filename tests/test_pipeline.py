@@ -20,8 +20,8 @@ import pytest
 from prefect import flow
 
 import flows.pipeline as pipeline
+from fvlp_core.codec import encode_png
 from fvlp_core.config import PipelineConfig, resolve_config
-from fvlp_core.png import encode_png
 from storage.results import ResultsStore
 
 STAGES = ["ingest", "clean", "pretrain", "episodes", "finetune", "evaluate"]
@@ -312,9 +312,9 @@ def _assert_the_readme_analyst_command_opens_the_store(config: PipelineConfig, w
 def _assert_episodes_drawn_from_the_recorded_corpus(config: PipelineConfig, episodes: dict[str, Any]) -> None:
     """Each sketch is its identity's strokes from the ingested corpus (seed 7), placed with the
     crop margin the clean stage used (0.15): both read from the upstream manifests."""
+    from fvlp_core.codec import decode_image
     from fvlp_core.corpus import EmbeddedCorpus, face_strokes
     from fvlp_core.episodes import corpus_episode
-    from fvlp_core.png import decode_png
     from storage.clean import read_clean_manifest, read_face_index
     from storage.episodes import iter_sketch_chunks
 
@@ -329,9 +329,9 @@ def _assert_episodes_drawn_from_the_recorded_corpus(config: PipelineConfig, epis
     )
     corpus = EmbeddedCorpus(60, 12, seed=7)
     chunk = next(iter_sketch_chunks(Path(episodes["episodes_dir"])))
-    photo_id, last = chunk["photo_id"][4].as_py(), decode_png(chunk["image"][4].as_py())
+    photo_id, last = chunk["photo_id"][4].as_py(), decode_image(chunk["image"][4].as_py())
     assert chunk["step"][4].as_py() == 4
     size = last.shape[1]
     frames, aligned = corpus_episode(face_strokes(corpus.identity_params(identity[int(photo_id)]), size), size, 5, 0.15)
     assert aligned
-    assert np.array_equal(decode_png(encode_png(frames[-1])), last)
+    assert np.array_equal(decode_image(encode_png(frames[-1])), last)

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from fvlp_core.codec import CROP_ENCODING, encode_crop
 from fvlp_core.detection.backends import FaceDetector
 from fvlp_core.detection.crop import crop_face, laplacian_variance
 from fvlp_core.detection.images import ImageRejected, decode_rgb
-from fvlp_core.png import encode_png
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class ImageParams:
     max_image_pixels: int
     crop_size: int
     crop_margin: float
+    crop_encoding: str = CROP_ENCODING
 
     @property
     def version(self) -> str:
@@ -79,7 +80,7 @@ def measure_image(data: bytes | None, detector: FaceDetector, params: ImageParam
         sharpness=laplacian_variance(crop),
         box=found.boxes[main].tolist(),
         landmarks=None if landmarks is None else landmarks.reshape(-1).tolist(),
-        crop=encode_png(crop),
+        crop=encode_crop(crop),
     )
     return row
 
