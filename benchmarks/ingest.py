@@ -41,7 +41,7 @@ from PIL import Image  # noqa: E402
 
 from fvlp_core.config import IngestConfig, Paths  # noqa: E402
 from fvlp_core.fetch import open_fetcher  # noqa: E402
-from storage.shards import read_dataset  # noqa: E402
+from storage.shards import column_compression, read_dataset  # noqa: E402
 from tasks.ingest import build_plan, fetch_shard  # noqa: E402
 
 
@@ -129,12 +129,13 @@ def main() -> None:
         finished = read_dataset(config(scratch / "warm-up").paths.raw_dir)
         assert finished.num_rows == args.rows
         schema = finished.schema
+        compression = column_compression(schema)  # as ingest writes: images stored as they came
 
         def pyarrow_write(out: Path) -> None:
             out.mkdir()
             for index, start in enumerate(range(0, args.rows, args.shard_size)):
                 shard = finished.slice(start, args.shard_size)
-                pq.write_table(shard.cast(schema), out / f"shard-{index:05d}.parquet", compression="zstd")
+                pq.write_table(shard.cast(schema), out / f"shard-{index:05d}.parquet", compression=compression)
 
         timings = {
             "pyarrow write": best_seconds(pyarrow_write, scratch, args.repeats),

@@ -299,15 +299,12 @@ class FolderFetcher:
             raise FileNotFoundError(f"image folder not found: {self.folder}")
         self.max_bytes = max_bytes
         self.id_field = id_field
-        names = [
-            os.path.relpath(os.path.join(root, name), self.folder)
-            for root, _, files in os.walk(self.folder)
-            for name in files
-        ]
+        self.root = os.path.realpath(self.folder)
+        names, self.links = _list_files(str(self.folder))
         self.index = ImageIndex.build(names, self._sidecar, id_field)
 
     def _sidecar(self, name: str) -> bytes | None:
-        result = self._read_file(self.folder / name, SIDECAR_MAX_BYTES)
+        result = self._read_file(name, SIDECAR_MAX_BYTES)
         return result if isinstance(result, bytes) else None
 
     def fetch(self, requests: Sequence[FetchRequest]) -> list[FetchResult]:
@@ -319,18 +316,26 @@ class FolderFetcher:
             return not_found(sample_id, str(self.folder), self.id_field, self.index.sidecars_without_id)
         if len(names) > 1:
             return _ambiguous(sample_id, names)
-        path = self.folder / names[0]
-        result = self._read_file(path, self.max_bytes)
+        result = self._read_file(names[0], self.max_bytes)
         return result if isinstance(result, FetchResult) else check_image(result, self.max_bytes)
 
-    def _read_file(self, path: Path, max_bytes: int) -> bytes | FetchResult:
-        """The bytes of a regular file inside the folder, or why they cannot be had."""
-        outside = _outside(path, self.folder)
-        if outside:
-            return FetchResult("error", error=f"{path}: {outside}")
+    def _read_file(self, name: str, max_bytes: int) -> bytes | FetchResult:
+        """The bytes of the regular file ``name`` inside the folder, or why they cannot be had.
+
+        Only names listed as symbolic links are resolved (a symlink may point anywhere, and what
+        it reaches is not the folder's to give); every other name is opened without following a
+        final symlink, so one swapped in after the listing is refused, not followed. The walk
+        never entered linked folders. Resolving every path cost 4 lstat calls per image."""
+        path = os.path.join(self.folder, name)
+        flags = os.O_RDONLY | os.O_NONBLOCK  # O_NONBLOCK: opening a FIFO must not wait for a writer
+        if name in self.links:
+            target = os.path.realpath(path)
+            if os.path.commonpath([target, self.root]) != self.root:
+                return FetchResult("error", error=f"{path}: symbolic link leaving the image folder (to {target})")
+        else:
+            flags |= os.O_NOFOLLOW
         try:
-            # O_NONBLOCK: opening a FIFO (an untrusted archive can hold one) must not wait for a writer.
-            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            descriptor = os.open(path, flags)
         except OSError as err:
             return FetchResult("error", error=f"{path}: {err}")
         with open(descriptor, "rb") as handle:
@@ -348,14 +353,24 @@ class FolderFetcher:
         pass
 
 
-def _outside(path: Path, folder: Path) -> str | None:
-    """Why ``path`` (a name inside ``folder``) leads outside it, or None: a symlink may point
-    anywhere, and whatever it reaches is not the image folder's to give."""
-    target = os.path.realpath(path)
-    root = os.path.realpath(folder)
-    if os.path.commonpath([target, root]) != root:
-        return f"symbolic link leaving the image folder (to {target})"
-    return None
+def _list_files(folder: str) -> tuple[list[str], set[str]]:
+    """Every file name under ``folder`` relative to it ("/"-joined), and which of them are
+    symbolic links; linked folders are not entered (as ``os.walk`` by default)."""
+    names: list[str] = []
+    links: set[str] = set()
+    pending = [""]
+    while pending:
+        prefix = pending.pop()
+        with os.scandir(os.path.join(folder, prefix) if prefix else folder) as entries:
+            for entry in entries:
+                name = f"{prefix}/{entry.name}" if prefix else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(name)
+                    continue
+                names.append(name)
+                if entry.is_symlink():
+                    links.add(name)
+    return sorted(names), links
 
 
 def _file_kind(mode: int) -> str:

@@ -130,14 +130,15 @@ def tree_fingerprint(root: Path) -> str:
     if not root.exists():
         return "absent"  # the reader of the images names the missing path
     digest = hashlib.sha256()
+    names = ["."]
     if root.is_dir():
-        names = sorted(
-            os.path.relpath(os.path.join(folder, name), root) for folder, _, files in os.walk(root) for name in files
-        )
-    else:
-        names = ["."]
+        names = []
+        for folder, _, files in os.walk(root):
+            prefix = os.path.relpath(folder, root)  # once per folder, not per file: LAION folders hold millions
+            names.extend(name if prefix == "." else os.path.join(prefix, name) for name in files)
+        names.sort()
     for name in names:
-        info = os.lstat(root / name)
+        info = os.lstat(os.path.join(root, name))
         digest.update(f"{name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -40,17 +40,43 @@ def write_shard(table: pa.Table, path: Path, schema: pa.Schema | None = None, ro
     if schema is not None:
         table = table.select(schema.names).cast(schema)
     tmp = files.temp_path(path)
+    compression = column_compression(table.schema)
     if row_group_per is None or table.num_rows == 0:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression=compression)
     else:
         values = table.column(row_group_per)
         changes = pc.not_equal(values.slice(1), values.slice(0, table.num_rows - 1))
         starts = [0, *(pc.indices_nonzero(changes).to_numpy() + 1).tolist(), table.num_rows]
-        with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
+        with pq.ParquetWriter(tmp, table.schema, compression=compression) as writer:
             for start, stop in zip(starts, starts[1:]):
                 writer.write_table(table.slice(start, stop - start), row_group_size=stop - start)
     files.commit(tmp, path)
     return path
+
+
+def column_compression(schema: pa.Schema) -> dict[str, str]:
+    """zstd for every column but binary ones: those hold encoded images (JPEG, PNG), which zstd
+    shrinks by about 2% at twice the write time (500 web JPEGs: 8.87 -> 8.67 MB, 8 -> 18 ms).
+    Keyed by Parquet leaf path, as pyarrow reads it (a leaf left out is not compressed)."""
+    binary = (pa.binary(), pa.large_binary())
+    return {
+        path: "none" if leaf in binary else "zstd"
+        for field in schema
+        for path, leaf in _parquet_leaves(field.name, field.type)
+    }
+
+
+def _parquet_leaves(path: str, arrow_type: pa.DataType) -> Iterator[tuple[str, pa.DataType]]:
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        yield from _parquet_leaves(f"{path}.list.element", arrow_type.value_type)
+    elif pa.types.is_struct(arrow_type):
+        for child in arrow_type:
+            yield from _parquet_leaves(f"{path}.{child.name}", child.type)
+    elif pa.types.is_map(arrow_type):
+        yield from _parquet_leaves(f"{path}.key_value.key", arrow_type.key_type)
+        yield from _parquet_leaves(f"{path}.key_value.value", arrow_type.item_type)
+    else:
+        yield path, arrow_type
 
 
 def list_shards(dataset_dir: Path) -> list[Path]:

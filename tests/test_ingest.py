@@ -252,6 +252,12 @@ def test_raw_schema_contract_and_accounting(tmp_path: Path, prefect_harness):
     assert rows[10]["fetch_status"] == "duplicate_id" and f"{a} row 2" in rows[10]["fetch_error"]
     assert rows[7]["metadata_issues"] == ["WIDTH: not positive (-1)"] and rows[7]["fetch_status"] == "ok"
     assert rows[0]["image"] == png_bytes(9) and rows[0]["fetch_error"] is None
+    # Encoded images are stored as they came (zstd would shrink them by ~2% at twice the write
+    # time); every other column is compressed.
+    footer = pq.ParquetFile(list_shards(config.paths.raw_dir)[0]).metadata.row_group(0)
+    compression = {footer.column(i).path_in_schema: footer.column(i).compression for i in range(footer.num_columns)}
+    assert compression.pop("image") == "UNCOMPRESSED", compression
+    assert set(compression.values()) == {"ZSTD"}, compression
 
     manifest = read_manifest(config.paths.raw_dir)
     assert manifest["rows"] == 11 and manifest["complete"] is True
