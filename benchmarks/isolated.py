@@ -33,12 +33,13 @@ def peak_added_mib(run: Callable[[], T]) -> tuple[T, float]:
     return result, (_status_kib("VmHWM") - resident) / 1024
 
 
-def run_isolated(module: str, *args: object, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_isolated(module: str, *args: object, env: dict[str, str | None] | None = None) -> dict[str, Any]:
     """Run ``python -m <module> --child <args>`` in a fresh process and return the JSON object
-    it prints last (the child's measurement)."""
+    it prints last (the child's measurement); ``env`` values of None remove the variable."""
+    child_env = {**os.environ, **(env or {})}
     out = subprocess.run(
         [sys.executable, "-m", module, "--child", *map(str, args)],
-        env={**os.environ, **(env or {})},
+        env={name: value for name, value in child_env.items() if value is not None},
         check=True,
         capture_output=True,
         text=True,

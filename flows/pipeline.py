@@ -35,6 +35,7 @@ from fvlp_core.config import PIPELINE_STAGES, PipelineConfig, StrictModel, flow_
 from storage.files import stat_fingerprint
 from storage.results import ResultsStore
 from tasks.lineage import run_lineage
+from tasks.train import SHARING_CPU
 
 # Stage name -> flow, in DAG order.
 STAGE_FLOWS: dict[str, Callable[[Any], dict[str, Any]]] = {
@@ -163,10 +164,15 @@ def run_or_reuse(
     the others still finish (their outputs and cache records are kept) before the error is raised.
     """
     logger = get_run_logger()
-    futures = {
-        stage: cached_stage_task(config, refresh).submit(stage, config, upstream)
-        for stage, (config, upstream) in stages.items()
-    }
+    # Submitted tasks run in a copy of this context: a stage alone in its wave has the CPU.
+    sharing = SHARING_CPU.set(len(stages) > 1)
+    try:
+        futures = {
+            stage: cached_stage_task(config, refresh).submit(stage, config, upstream)
+            for stage, (config, upstream) in stages.items()
+        }
+    finally:
+        SHARING_CPU.reset(sharing)
     wait(list(futures.values()))
     done = {}
     for stage, future in futures.items():

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +90,20 @@ def _relay_stderr(stream: Any, tail: deque[str]) -> None:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+# False while the pipeline runs a stage with no other stage beside it. Idle OpenMP threads of
+# a training child then spin (ACTIVE) instead of sleeping: 0.84x PASSIVE's step time on a quiet
+# CPU, but 1.25x with one core busy, and OpenMP's own default 3.05x (benchmarks/omp_wait.py).
+# A training started on its own cannot know what else runs, so it waits passively.
+SHARING_CPU: ContextVar[bool] = ContextVar("fvlp_sharing_cpu", default=True)
+
+
 def training_environment(config: TrainConfig) -> dict[str, str]:
     """The child's environment: thread counts set from the config, never inherited (an earlier
-    stage in this process, a Dask cluster say, may have left OMP_NUM_THREADS=1 behind), and
-    passive OpenMP waiting (spinning threads starve each other on a shared CPU)."""
+    stage in this process, a Dask cluster say, may have left OMP_NUM_THREADS=1 behind), and the
+    OpenMP wait policy of :data:`SHARING_CPU` unless the environment names one."""
     threads = str(config.threads_per_process())
     return {
-        "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_WAIT_POLICY": "PASSIVE" if SHARING_CPU.get() else "ACTIVE",
         **os.environ,
         **dict.fromkeys(THREAD_VARIABLES, threads),
         "PYTHONUNBUFFERED": "1",

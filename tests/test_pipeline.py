@@ -23,6 +23,7 @@ import flows.pipeline as pipeline
 from fvlp_core.codec import encode_png
 from fvlp_core.config import PipelineConfig, resolve_config
 from storage.results import ResultsStore
+from tasks.train import SHARING_CPU
 
 STAGES = ["ingest", "clean", "pretrain", "episodes", "finetune", "evaluate"]
 # Pretraining and the episodes build read only the clean stage's outputs: they run at once,
@@ -41,6 +42,8 @@ class FakeStages:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        # Whether each stage's training children would find the CPU shared with another stage.
+        self.sharing_cpu: dict[str, bool] = {}
         self.fail_once: set[str] = set()
         # When set, passed only when pretraining and the episodes build are in their flows together.
         self.together: threading.Barrier | None = None
@@ -56,6 +59,7 @@ class FakeStages:
             @flow(name=f"fake-{name}")
             def run(config):
                 self.calls.append((name, config))
+                self.sharing_cpu[name] = SHARING_CPU.get()
                 if name in CONCURRENT and self.together is not None:
                     self.together.wait()
                 if name in self.fail_once:
@@ -138,6 +142,8 @@ def test_stages_run_in_order_and_rerun_only_when_their_inputs_change(prefect_har
     assert _ran(fake_stages) == STAGES
     assert in_stage_order(subflow_names(state.state_details.flow_run_id)) == [f"fake-{stage}" for stage in STAGES]
     assert first["reused"] == []
+    # Only the wave of two stages shares the CPU: the others' training children may spin-wait.
+    assert fake_stages.sharing_cpu == {stage: stage in CONCURRENT for stage in STAGES}
     # references, not data, flow down: each training stage gets the checkpoint above it
     assert configs["finetune"].pretrained_checkpoint == Path(first["pretrain"]["checkpoint"])
     assert configs["evaluate"].checkpoint == Path(first["finetune"]["checkpoint"])

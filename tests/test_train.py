@@ -266,6 +266,21 @@ def test_a_training_child_takes_its_threads_from_the_config_not_from_a_leaked_en
     assert seen.stdout.split() == [str(expected)] * 3
 
 
+def test_training_children_spin_wait_only_with_the_cpu_to_themselves_unless_told(monkeypatch):
+    from tasks.train import SHARING_CPU, training_environment
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    config = PretrainConfig(device="cpu")
+    assert training_environment(config)["OMP_WAIT_POLICY"] == "PASSIVE"  # started alone: unknown neighbours
+    alone = SHARING_CPU.set(False)
+    try:
+        assert training_environment(config)["OMP_WAIT_POLICY"] == "ACTIVE"
+        monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the operator's word wins
+        assert training_environment(config)["OMP_WAIT_POLICY"] == "PASSIVE"
+    finally:
+        SHARING_CPU.reset(alone)
+
+
 def test_torchrun_command_for_several_processes(tmp_path):
     config = PretrainConfig(run_id="r", nproc_per_node=4, nnodes=2, rdzv_endpoint="head:29400")
     command = training_command("pretrain", config, tmp_path / "c.json")
