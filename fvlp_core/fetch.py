@@ -162,8 +162,15 @@ def check_image(data: bytes, max_bytes: int) -> FetchResult:
 def image_key(name: str) -> str | None:
     """The sample key of an image file name (the name without its extension), or None when
     the name is not an image: ``part/000000012.jpg`` -> ``part/000000012``."""
-    path = PurePosixPath(name.replace("\\", "/"))
-    return str(path.with_suffix("")) if path.suffix.lower() in IMAGE_EXTENSIONS else None
+    name = name.replace("\\", "/")
+    if name.startswith(("/", "./")) or name.endswith(("/", "/.")) or "//" in name or "/./" in name:
+        path = PurePosixPath(name)  # only odd names need normalising (tar members may start "./")
+        return str(path.with_suffix("")) if path.suffix.lower() in IMAGE_EXTENSIONS else None
+    # The plain case by string operations: PurePosixPath costs 15 us a name, millions in LAION.
+    base = name.rpartition("/")[2]
+    dot = base.rfind(".")
+    suffix = base[dot:] if 0 < dot < len(base) - 1 else ""
+    return name[: len(name) - len(suffix)] if suffix.lower() in IMAGE_EXTENSIONS else None
 
 
 def sidecar_id(data: bytes | None, id_field: str) -> int | None:
@@ -210,7 +217,7 @@ class ImageIndex:
             if sidecar in present:
                 sample_id = sidecar_id(read_sidecar(sidecar), id_field)
                 missing_field += sample_id is None
-            stem = PurePosixPath(key).name
+            stem = key.rpartition("/")[2]
             # ASCII digits only: int() would also take "+5", " 5" and "1_000".
             if sample_id is None and stem.isascii() and stem.isdigit():
                 sample_id = int(stem)

@@ -138,7 +138,7 @@ def tree_fingerprint(root: Path) -> str:
             names.extend(name if prefix == "." else os.path.join(prefix, name) for name in files)
         names.sort()
     for name in names:
-        info = os.lstat(os.path.join(root, name))
+        info = os.lstat(root if name == "." else os.path.join(root, name))
         digest.update(f"{name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 

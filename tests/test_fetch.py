@@ -16,6 +16,7 @@ from fvlp_core.fetch import (
     FolderFetcher,
     TarFetcher,
     check_image,
+    image_key,
     is_public_address,
 )
 
@@ -281,3 +282,32 @@ def test_header_fast_path_keeps_pils_verdicts_on_broken_headers():
     zero = bytearray(jpeg.getvalue())
     zero[frame + 5 : frame + 7] = (0).to_bytes(2, "big")
     assert check_image(bytes(zero), 10_000).status == "not_image"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "1.jpg",
+        "a/b/00042.JPG",
+        "x.tar.jpg",
+        "dir.jpg/file",
+        ".jpg",
+        "a/..jpg",
+        "a.",
+        "1.json",
+        "noext",
+        "a\\b\\c.webp",
+        "./1.jpg",
+        "a//b.jpg",
+        "/abs/1.jpg",
+        "a/./b.jpg",
+        "a/b.jpg/",
+        ".",
+    ],
+)
+def test_image_keys_are_file_names_without_an_image_extension_normalised_as_posix_paths(name):
+    from pathlib import PurePosixPath
+
+    path = PurePosixPath(name.replace("\\", "/"))
+    expected = str(path.with_suffix("")) if path.suffix.lower() in {".jpg", ".webp"} else None
+    assert image_key(name) == expected
