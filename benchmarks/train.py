@@ -106,7 +106,8 @@ def make_steps(
         return copy.deepcopy(module).requires_grad_(False)
 
     steps: dict[str, Callable[[int], None]] = {}
-    for momentum in (False, True):
+
+    def add_variants(momentum: bool) -> None:
         settings = "momentum" if momentum else "in-batch"
         queue_size, alpha = (QUEUE_SIZE, ALPHA) if momentum else (0, 0.0)
 
@@ -122,15 +123,21 @@ def make_steps(
             image = clip.encode_image(photos, normalize=True)
             return clip_loss(image, clip.encode_text(padded, normalize=True), clip.logit_scale.exp())
 
+        def add_ours(
+            stage: str, model: Callable[[], nn.Module], losses: Callable[..., dict[str, torch.Tensor]]
+        ) -> None:
+            for match in (False, True):
+                built = model().to(device)
+                steps[f"fvlp {stage}, {settings}{', ITM' if match else ''}"] = step_of(
+                    built, lambda seed, built=built, match=match: sum(losses(built, seed, match).values())
+                )
+
         steps[f"bare pretrain, {settings}"] = step_of(clip, bare_pretrain)
-        for match in (False, True):
-            pretrain = FVLPPretrain(model_name, queue_size=queue_size, alpha=alpha).to(device)
-            steps[f"fvlp pretrain, {settings}{', ITM' if match else ''}"] = step_of(
-                pretrain,
-                lambda seed, model=pretrain, match=match: sum(
-                    model(photos, text, groups, seed=seed, match=match).values()
-                ),
-            )
+        add_ours(
+            "pretrain",
+            lambda: FVLPPretrain(model_name, queue_size=queue_size, alpha=alpha),
+            lambda model, seed, match: model(photos, text, groups, seed=seed, match=match),
+        )
 
         bare = BareFinetune(model_name).to(device)
         bare_momentum = momentum_copy(bare) if momentum else None
@@ -145,14 +152,14 @@ def make_steps(
             return clip_loss(photo, caption, scale) + clip_loss(query, photo, scale)
 
         steps[f"bare finetune, {settings}"] = step_of(bare, bare_finetune)
-        for match in (False, True):
-            fusion = FVLPFusion(model_name, queue_size=queue_size, alpha=alpha).to(device)
-            steps[f"fvlp finetune, {settings}{', ITM' if match else ''}"] = step_of(
-                fusion,
-                lambda seed, model=fusion, match=match: sum(
-                    model(photos, sketches, text, groups, groups, seed=seed, match=match).values()
-                ),
-            )
+        add_ours(
+            "finetune",
+            lambda: FVLPFusion(model_name, queue_size=queue_size, alpha=alpha),
+            lambda model, seed, match: model(photos, sketches, text, groups, groups, seed=seed, match=match),
+        )
+
+    for momentum in (False, True):
+        add_variants(momentum)
     return steps
 
 
