@@ -253,6 +253,12 @@ class TrainConfig(StrictModel):
         ge=1,
         description="CPU threads per training process (default: the cores this process may use / nproc_per_node)",
     )
+    loader_workers: int | None = Field(
+        None,
+        ge=0,
+        description="Processes decoding training images ahead of each step (0: a thread beside the loop; "
+        "default: 0 on a CPU, min(8, cores per training process - 1) on a GPU)",
+    )
     nnodes: int = Field(1, ge=1, description="torchrun nodes")
     rdzv_endpoint: str | None = Field(None, description="torchrun rendezvous host:port when nnodes > 1")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints")
@@ -324,6 +330,12 @@ class TrainConfig(StrictModel):
         """``threads``, or the cores this process may run on shared by the node's processes."""
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return self.threads or max(1, cores // self.nproc_per_node)
+
+    def data_workers(self, device_type: str) -> int:
+        """``loader_workers``, or its default for a training process on ``device_type``."""
+        if self.loader_workers is not None:
+            return self.loader_workers
+        return 0 if device_type != "cuda" else max(0, min(8, self.threads_per_process() - 1))
 
     def architecture(self) -> dict[str, Any]:
         """What :func:`fvlp_core.models.create_model` needs to rebuild this stage's model."""

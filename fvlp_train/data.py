@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import cast
 
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fvlp_core.transforms import image_bytes_tensor
 from storage.clean import face_sample_ids, face_shards, read_face_pairs
@@ -109,12 +110,14 @@ class FacePairStream:
             return text
         return text if random.Random(f"{self.seed}-{epoch}-{sample_id}").random() < 0.5 else caption
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    def epoch(self, epoch: int, start_batch: int = 0, share: Share = (0, 1)) -> Iterator[dict[str, torch.Tensor]]:
+        """The epoch's batches from ``start_batch`` on; of those, only the ``share`` (k, n):
+        batches k, k + n, ... (what loader worker k of n produces)."""
         order = self._order(epoch)
         loaded: dict[Path, dict[int, tuple[bytes, str, str | None]]] = {}
         for index in range(self.batches_per_epoch()):
             rows = [next(order) for _ in range(self.plan.global_batch)]
-            if index < start_batch:
+            if index < start_batch or not _in_share(index - start_batch, share):
                 continue
             images, captions = [], []
             for shard, sample_id in self.plan.my_rows(rows):
@@ -178,7 +181,8 @@ class SketchEpisodeStream:
     def batches_per_epoch(self) -> int:
         return len(self.photo_ids) // self.plan.global_batch
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    def epoch(self, epoch: int, start_batch: int = 0, share: Share = (0, 1)) -> Iterator[dict[str, torch.Tensor]]:
+        """As :meth:`FacePairStream.epoch`."""
         rng = random.Random(f"{self.seed}-{epoch}")
         order = list(self.photo_ids)
         rng.shuffle(order)
@@ -188,7 +192,9 @@ class SketchEpisodeStream:
             self.plan.my_rows(order[i : i + self.plan.global_batch])
             for i in range(start_batch * self.plan.global_batch, count, self.plan.global_batch)
         ]
-        for rows in mine:
+        for position, rows in enumerate(mine):
+            if not _in_share(position, share):
+                continue
             sketches = self.sketch_steps.read({p: steps[p] for p in rows})  # this batch's steps only
             captions = [self.captions[p] for p in rows]
             yield {
@@ -208,6 +214,43 @@ class SketchEpisodeStream:
 
 
 Batch = dict[str, torch.Tensor]
+Share = tuple[int, int]  # (k, n): every n-th batch, starting with the k-th
+
+
+def _in_share(position: int, share: Share) -> bool:
+    worker, workers = share
+    return position % workers == worker
+
+
+class EpochBatches(IterableDataset):
+    """One epoch of a stream for a DataLoader: worker k of n decodes batches k, k + n, ..., and
+    the DataLoader, taking one batch from each worker in turn, hands them on in stream order."""
+
+    def __init__(self, stream: FacePairStream | SketchEpisodeStream, epoch: int, start_batch: int):
+        self.stream, self.epoch, self.start_batch = stream, epoch, start_batch
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        share = (0, 1) if info is None else (info.id, info.num_workers)
+        return self.stream.epoch(self.epoch, self.start_batch, share)
+
+
+def epoch_batches(
+    stream: FacePairStream | SketchEpisodeStream, epoch: int, start_batch: int, workers: int, pin_memory: bool
+) -> Iterator[Batch]:
+    """The epoch's batches in stream order, decoded ahead of the training loop: by ``workers``
+    DataLoader processes (a GPU eats images faster than one core decodes them), or with 0 by a
+    thread beside the loop (on a CPU, worker processes would take the training's own cores)."""
+    if workers == 0:
+        return prefetched(stream.epoch(epoch, start_batch), pin_memory=pin_memory)
+    loader = DataLoader(
+        EpochBatches(stream, epoch, start_batch),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=2,
+    )
+    return iter(loader)
 
 
 def prefetched(batches: Iterator[Batch], depth: int = 2, pin_memory: bool = False) -> Iterator[Batch]:

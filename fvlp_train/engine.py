@@ -31,7 +31,7 @@ from fvlp_core.models import create_model, get_tokenizer
 from fvlp_core.models.factory import configured_image_size
 from fvlp_core.models.fusion import inference_state
 from fvlp_train.checkpoint import save_checkpoint, write_run_config
-from fvlp_train.data import FacePairStream, SketchEpisodeStream, StreamPlan, prefetched
+from fvlp_train.data import FacePairStream, SketchEpisodeStream, StreamPlan, epoch_batches
 from fvlp_train.validate import selection_episodes, validate_finetune, validate_pretrain
 from storage.checkpoints import CHECKPOINT_NAME, METRICS_NAME, SELECTED_NAME, handed_on, mark_latest, run_dir
 from storage.files import write_text_atomic
@@ -284,8 +284,12 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
     last: dict[str, float] = {}
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        batches = prefetched(
-            stream.epoch(epoch, start_batch=in_epoch * config.grad_accum), pin_memory=runtime.device.type == "cuda"
+        batches = epoch_batches(
+            stream,
+            epoch,
+            start_batch=in_epoch * config.grad_accum,
+            workers=config.data_workers(runtime.device.type),
+            pin_memory=runtime.device.type == "cuda",
         )
         for _ in range(in_epoch, steps_per_epoch):
             started = time.perf_counter()

@@ -182,6 +182,32 @@ def test_face_stream_is_seeded_and_skips_exactly(data_root):
     assert not torch.equal(full[0]["groups"], list(stream.epoch(2))[0]["groups"])  # a new order each epoch
 
 
+def test_loader_worker_processes_hand_on_the_same_batches_in_the_same_order(data_root):
+    """Worker k of n decodes batches k, k + n, ...; the DataLoader's round robin restores the
+    stream's order, from any resume point, with augmentation drawn per record as before."""
+    from fvlp_train.data import epoch_batches
+
+    tokenizer = get_tokenizer("fvlp-vit-tiny")
+    paths = Paths(data_root=data_root)
+    streams = [
+        FacePairStream(paths.clean_dir, tokenizer, 32, seed=3, holdout_fraction=0.15, plan=StreamPlan(batch_size=2)),
+        SketchEpisodeStream(paths.episodes_dir, tokenizer, 32, seed=1, plan=StreamPlan(batch_size=3), augment=True),
+    ]
+    for stream in streams:
+        assert stream.batches_per_epoch() >= 5
+        for start in (0, 1):
+            expected = list(epoch_batches(stream, 1, start, workers=0, pin_memory=False))
+            found = list(epoch_batches(stream, 1, start, workers=2, pin_memory=False))
+            assert len(found) == len(expected) == stream.batches_per_epoch() - start
+            for a, b in zip(expected, found, strict=True):
+                assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Decoding processes by default only beside a GPU: on a CPU they would take the training's cores.
+    assert PretrainConfig(threads=4).data_workers("cpu") == 0
+    assert PretrainConfig(threads=4).data_workers("cuda") == 3
+    assert PretrainConfig(threads=32).data_workers("cuda") == 8
+    assert PretrainConfig(threads=4, loader_workers=2).data_workers("cpu") == 2
+
+
 def test_ranks_take_disjoint_slices_of_each_global_batch(data_root):
     tokenizer = get_tokenizer("fvlp-vit-tiny")
     episodes = Paths(data_root=data_root).episodes_dir
