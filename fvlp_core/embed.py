@@ -144,15 +144,23 @@ class FVLPEncoder:
         return torch.cat(parts)
 
     @torch.no_grad()
-    def match_logits(self, captions: Sequence[str], image_tokens: torch.Tensor) -> torch.Tensor:
-        """The ITM head's match logit for each (caption, image tokens) pair, as the reference
-        adds it to the similarity when re-ranking."""
+    def match_logits(
+        self, captions: Sequence[str], image_tokens: torch.Tensor, image_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The ITM head's match logit for each caption and its image, as the reference adds it to
+        the similarity when re-ranking: ``image_tokens[image_index[i]]`` for caption i (default:
+        ``image_tokens[i]``), so an image several captions are matched with is passed once."""
         if self.grounded is None:
             raise ValueError("this encoder has no image-text matching head")
+        if image_index is None:
+            image_index = torch.arange(len(captions))
         parts = []
         for chunk in self._chunks(len(captions)):
             text = self.tokenizer(list(captions[chunk])).to(self.device)
-            logits = self.grounded(self.backbone, text, image_tokens[chunk].to(self.device))
+            images, index = torch.unique(image_index[chunk], return_inverse=True)
+            logits = self.grounded(
+                self.backbone, text, image_tokens[images].to(self.device), image_index=index.to(self.device)
+            )
             parts.append(logits[:, 1].float().cpu())
         return torch.cat(parts)
 

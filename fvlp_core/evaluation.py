@@ -46,7 +46,9 @@ class MatchingEncoder(Encoder, Protocol):
     """An encoder with an image-text matching head (fine-tuned checkpoints have one)."""
 
     def encode_image_tokens(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
-    def match_logits(self, captions: Sequence[str], image_tokens: torch.Tensor) -> Any: ...
+    def match_logits(
+        self, captions: Sequence[str], image_tokens: torch.Tensor, image_index: torch.Tensor | None = None
+    ) -> Any: ...
 
 
 def _array(embeddings: Any) -> np.ndarray:
@@ -121,26 +123,29 @@ def match_candidates(
     photo with a caption its top-``k`` captions by embedding similarity (one blocked pass each
     way, which also gives the plain ranks), each pair scored by the ITM head. Patch tokens are
     computed once per photo, and a pair both directions nominate is scored once; pairs go
-    through the head ``batch_size`` at a time."""
+    through the head ``batch_size`` at a time, in photo order, so a batch holds a photo or two
+    and the head computes each photo's keys and values once per batch, not once per pair."""
     ranking = rank_captions_and_photos(gallery.texts, gallery.images, gallery.text_photo, top_k=k)
     t2i_rows, i2t_rows = ranking.text_to_image.top_rows, ranking.image_to_text.top_rows
     tokens = torch.cat([encoder.encode_image_tokens(list(b)) for b in _batched(list(images), batch_size)])
 
-    photos = len(gallery.photo_ids)
-    t2i_captions = np.broadcast_to(np.arange(len(gallery.captions))[:, None], t2i_rows.shape)
+    captions = len(gallery.captions)
+    t2i_captions = np.broadcast_to(np.arange(captions)[:, None], t2i_rows.shape)
     i2t_photos = np.broadcast_to(ranking.image_rows[:, None], i2t_rows.shape)
-    pair_codes = np.concatenate([(t2i_captions * photos + t2i_rows).ravel(), (i2t_rows * photos + i2t_photos).ravel()])
+    pair_codes = np.concatenate(
+        [(t2i_rows * captions + t2i_captions).ravel(), (i2t_photos * captions + i2t_rows).ravel()]
+    )
     unique, back = np.unique(pair_codes, return_inverse=True)
-    captions_of, photos_of = unique // photos, unique % photos
-    parts = [
-        _array(
-            encoder.match_logits(
-                [gallery.captions[c] for c in captions_of[start : start + batch_size]],
-                tokens[photos_of[start : start + batch_size]],
-            )
+    photos_of, captions_of = unique // captions, unique % captions
+    parts = []
+    for start in range(0, len(unique), batch_size):
+        batch_photos, image_index = np.unique(photos_of[start : start + batch_size], return_inverse=True)
+        logits = encoder.match_logits(
+            [gallery.captions[c] for c in captions_of[start : start + batch_size]],
+            tokens[batch_photos],
+            torch.from_numpy(image_index.reshape(-1)),
         )
-        for start in range(0, len(unique), batch_size)
-    ]
+        parts.append(_array(logits))
     scores = (np.concatenate(parts) if parts else np.zeros(0, np.float32))[back]
     return MatchScores(
         ranking, scores[: t2i_rows.size].reshape(t2i_rows.shape), scores[t2i_rows.size :].reshape(i2t_rows.shape)

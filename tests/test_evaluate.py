@@ -63,9 +63,10 @@ class ThumbnailEncoder:
     def encode_image_tokens(self, images):
         return torch.from_numpy(self.encode_images(images))[:, None, :]
 
-    def match_logits(self, captions, image_tokens):
+    def match_logits(self, captions, image_tokens, image_index=None):
         """A stand-in ITM head: the caption vector's agreement with the photo, sharpened."""
-        return torch.from_numpy(5.0 * (self.encode_texts(captions) * image_tokens[:, 0].numpy()).sum(axis=1))
+        tokens = image_tokens if image_index is None else image_tokens[image_index]
+        return torch.from_numpy(5.0 * (self.encode_texts(captions) * tokens[:, 0].numpy()).sum(axis=1))
 
     def encode_sketch_queries(self, sketches, captions):
         self.sketch_batches += 1
@@ -276,8 +277,15 @@ def test_itm_candidates_score_each_pair_once_and_as_the_head_would_alone() -> No
     captions = [[f"a face {i}"] + ([f"another face {i}"] if i % 2 else []) for i in range(6)]
     encoder = ThumbnailEncoder()
     scored: list[int] = []
+    passed_images: list[int] = []
     match_logits = encoder.match_logits
-    encoder.match_logits = lambda texts, tokens: scored.append(len(texts)) or match_logits(texts, tokens)
+
+    def counted(texts, tokens, index):
+        scored.append(len(texts))
+        passed_images.append(len(tokens))
+        return match_logits(texts, tokens, index)
+
+    encoder.match_logits = counted
     gallery = embed_gallery(encoder, [f"p{i}" for i in range(6)], images, captions, batch_size=4)
     matches = match_candidates(encoder, gallery, images, k=3, batch_size=5)
 
@@ -296,3 +304,5 @@ def test_itm_candidates_score_each_pair_once_and_as_the_head_would_alone() -> No
     nominated = {(c, int(p)) for c in range(len(gallery.captions)) for p in t2i_rows[c]}
     nominated |= {(int(c), p) for p in range(6) for c in i2t_rows[p]}
     assert sum(scored) == len(nominated) < t2i_rows.size + i2t_rows.size
+    # Batches go in photo order: a photo's tokens are passed once per batch, not once per pair.
+    assert sum(passed_images) < sum(scored)

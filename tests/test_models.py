@@ -323,3 +323,15 @@ def test_matching_head_gathers_each_rows_image_and_matches_open_clips_cross_atte
     torch.testing.assert_close(gathered_grad, copied_grad, atol=1e-5, rtol=1e-5)
     # Without an index every row reads its own image tokens.
     torch.testing.assert_close(grounded(model.backbone, text, image_tokens[index]), gathered, atol=1e-6, rtol=1e-6)
+
+
+def test_tokenizer_tokenizes_each_distinct_text_once_and_gives_open_clips_ids() -> None:
+    tokenizer = get_tokenizer("fvlp-vit-tiny")
+    tokenized: list[str] = []
+    tokenize = tokenizer.tokenize
+    tokenizer.tokenize = lambda texts: tokenized.extend(texts) or tokenize(texts)
+    captions = ["a man with glasses", "a young woman with arched eyebrows", "a man with glasses"]
+    first, again = tokenizer(captions), tokenizer(captions[::-1] + ["a bald man"])
+    assert tokenized == ["a man with glasses", "a young woman with arched eyebrows", "a bald man"]
+    full = open_clip.get_tokenizer("fvlp-vit-tiny")(captions[::-1] + ["a bald man"])
+    assert torch.equal(again, full[:, : again.shape[1]]) and torch.equal(first, again[[2, 1, 0]])
