@@ -75,7 +75,12 @@ class BareFinetune(nn.Module):
 
 
 def make_steps(
-    model_name: str, batch: int, device: torch.device, autocast_dtype: torch.dtype | None, full_context: bool
+    model_name: str,
+    batch: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    full_context: bool,
+    grad_checkpointing: bool = False,
 ) -> dict[str, Callable[[int], None]]:
     torch.manual_seed(0)
     size = image_size(open_clip.create_model(model_name))
@@ -128,6 +133,7 @@ def make_steps(
         ) -> None:
             for match in (False, True):
                 built = model().to(device)
+                built.backbone.set_grad_checkpointing(grad_checkpointing)  # as the engine does
                 steps[f"fvlp {stage}, {settings}{', ITM' if match else ''}"] = step_of(
                     built, lambda seed, built=built, match=match: sum(losses(built, seed, match).values())
                 )
@@ -171,10 +177,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps per variant per round")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--full-context", action="store_true", help="feed ours open_clip's padded captions too")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="ours recompute block activations")
     args = parser.parse_args()
     device = torch.device(args.device)
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
-    steps = make_steps(args.model, args.batch_size, device, autocast_dtype, args.full_context)
+    steps = make_steps(args.model, args.batch_size, device, autocast_dtype, args.full_context, args.grad_checkpointing)
     for step in steps.values():  # warm-up: allocator, kernels, queues
         step(0)
     per_step: dict[str, list[float]] = {name: [] for name in steps}
@@ -191,6 +198,7 @@ def main() -> None:
         f"model {args.model}, batch {args.batch_size}, device {device}, "
         f"precision {'bf16' if autocast_dtype else 'fp32'}, torch threads {torch.get_num_threads()}, "
         f"captions {'padded to the context' if args.full_context else 'cut after the longest (ours)'}"
+        f"{', ours with gradient checkpointing' if args.grad_checkpointing else ''}"
     )
     median = {name: statistics.median(times) for name, times in per_step.items()}
     print(f"{'variant':<34} {'s/step':>8} {'samples/s':>10} {'vs bare':>8}")

@@ -253,6 +253,11 @@ class TrainConfig(StrictModel):
         ge=1,
         description="CPU threads per training process (default: the cores this process may use / nproc_per_node)",
     )
+    grad_checkpointing: bool = Field(
+        False,
+        description="Recompute each ViT and text block's activations in the backward pass (open_clip's "
+        "set_grad_checkpointing): far less activation memory for larger GPU batches, at about a third more compute",
+    )
     loader_workers: int | None = Field(
         None,
         ge=0,

@@ -139,7 +139,10 @@ def build_architecture(config: TrainConfig, train_rows: int) -> dict[str, Any]:
 
 def build_model(stage: str, config: TrainConfig, architecture: dict[str, Any]) -> nn.Module:
     start = config.pretrained_checkpoint if isinstance(config, FinetuneConfig) else None
-    return create_model(stage, architecture, start or config.init_checkpoint)
+    model = create_model(stage, architecture, start or config.init_checkpoint)
+    # Training's own backbone only: the momentum copy runs without gradients.
+    model.backbone.set_grad_checkpointing(config.grad_checkpointing)
+    return model
 
 
 def build_stream(stage: str, config: TrainConfig, runtime: Runtime) -> FacePairStream | SketchEpisodeStream:

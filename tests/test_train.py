@@ -307,6 +307,25 @@ def test_training_children_spin_wait_only_with_the_cpu_to_themselves_unless_told
         SHARING_CPU.reset(alone)
 
 
+def test_gradient_checkpointing_recomputes_activations_without_changing_the_gradients():
+    from fvlp_train.engine import build_model
+
+    batch = 4
+    images, groups = torch.randn(batch, 3, 64, 64), torch.arange(batch)
+    text = get_tokenizer("fvlp-vit-tiny")([f"a face {i}" for i in range(batch)])
+    gradients = []
+    for checkpointing in (False, True):
+        config = PretrainConfig(device="cpu", grad_checkpointing=checkpointing)
+        torch.manual_seed(0)
+        model = build_model("pretrain", config, config.architecture())
+        assert model.backbone.visual.transformer.grad_checkpointing is checkpointing
+        sum(model(images, text, groups, seed=0).values()).backward()
+        gradients.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert gradients[0].keys() == gradients[1].keys()
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_torchrun_command_for_several_processes(tmp_path):
     config = PretrainConfig(run_id="r", nproc_per_node=4, nnodes=2, rdzv_endpoint="head:29400")
     command = training_command("pretrain", config, tmp_path / "c.json")
