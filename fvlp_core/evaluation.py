@@ -177,6 +177,12 @@ class EpisodeEmbedder:
         self.queries["sketch"][rows, cols] = _array(only)
         self.queries["sketch+text"][rows, cols] = _array(fused)
 
+    def repeat(self, photo_id: str, from_step: int, to_step: int) -> None:
+        """``to_step``'s queries are ``from_step``'s (already added): the same picture."""
+        row = self.row[photo_id]
+        for queries in self.queries.values():
+            queries[row, to_step] = queries[row, from_step]
+
     def finish(self) -> EpisodeEmbeddings:
         """Episodes with every step embedded; a photo with a partial episode is an error."""
         filled = np.asarray(~np.isnan(self.queries["sketch"]).any(axis=2))

@@ -168,6 +168,12 @@ def validate_finetune(
     with tqdm(total=wanted, unit="sketch", desc=f"validating on {split}", leave=False) as bar:
         for photo_id, step, image in SketchSteps(config.episodes_dir, split).sketches_of(photo_ids):
             if step in slots[photo_id]:
+                if pending and pending[-1][0] == row[photo_id] and pending[-1][2] == image:
+                    # A step that added no stroke: the picture before it, encoded once for both.
+                    r, ts, _ = pending[-1]
+                    pending[-1] = (r, ts + slots[photo_id][step], image)
+                    bar.update(1)
+                    continue
                 pending.append((row[photo_id], slots[photo_id][step], image))
                 if len(pending) == EVAL_BATCH:
                     bar.update(len(pending))

@@ -306,3 +306,34 @@ def test_itm_candidates_score_each_pair_once_and_as_the_head_would_alone() -> No
     assert sum(scored) == len(nominated) < t2i_rows.size + i2t_rows.size
     # Batches go in photo order: a photo's tokens are passed once per batch, not once per pair.
     assert sum(passed_images) < sum(scored)
+
+
+def test_a_step_repeating_the_picture_before_it_is_encoded_once(prefect_harness, data_root: Paths, monkeypatch) -> None:
+    """Steps that add no stroke repeat the previous picture: evaluation encodes it once and
+    fills the step from it (an unfilled step would fail the evaluation as a partial episode)."""
+    from flows.evaluate import evaluate_flow
+    from storage.episodes import sketches_dir
+    from storage.shards import list_shards, read_shard, write_shard
+
+    encoder = ThumbnailEncoder()
+    encoded: list[int] = []
+    encode = encoder.encode_sketch_queries
+    monkeypatch.setattr(encoder, "encode_sketch_queries", lambda s, c: encoded.append(len(s)) or encode(s, c))
+    _use_encoder(monkeypatch, encoder)
+    assert _build_episodes(data_root)["built"]
+    # Plant repeats: in every test episode, steps 2 and 3 show step 1's picture again.
+    steps, repeats = 0, 0
+    for path in list_shards(sketches_dir(data_root.episodes_dir)):
+        rows = read_shard(path).to_pylist()
+        step_one = {r["photo_id"]: r["image"] for r in rows if r["split"] == "test" and r["step"] == 1}
+        repeats += 2 * len(step_one)
+        for r in rows:
+            if r["split"] == "test":
+                steps += 1
+                if r["step"] in (2, 3):
+                    r["image"] = step_one[r["photo_id"]]
+        write_shard(pa.Table.from_pylist(rows, schema=read_shard(path).schema), path, row_group_per="photo_id")
+    out = evaluate_flow(EvaluateConfig(paths=data_root, batch_size=16))
+    assert sum(encoded) == steps - repeats
+    store = ResultsStore(data_root.results_store)
+    assert store.query("SELECT count(*) FROM curves WHERE run_id = ?", [out["run_id"]]) == [(2 * 5 * STEPS,)]
