@@ -52,6 +52,7 @@ def validate_pretrain(model: FVLPPretrain, config: PretrainConfig, device: torch
         return {"heldout_pairs": float(len(crops))}
     tokenizer = get_tokenizer(config.model)
     size = image_size(model.backbone)
+    matching = config.loss_weights["itm"] > 0
     images, texts, matched, mismatched = [], [], [], []
     for chunk in _batched(list(zip(crops, captions))):
         pixels = torch.stack([image_bytes_tensor(c, size, f"{s} SAMPLE_ID {i}") for (s, i, c), _ in chunk]).to(device)
@@ -60,18 +61,24 @@ def validate_pretrain(model: FVLPPretrain, config: PretrainConfig, device: torch
         chunk_captions = [caption for _, caption in chunk]
         text = tokenizer(chunk_captions).to(device)
         texts.append(F.normalize(encode_text_tokens(model.backbone, text)[0].float(), dim=-1).cpu())
-        other = _other_caption(chunk_captions)
-        matched.append(_match_probability(model, text, tokens))
-        mismatched.append(_match_probability(model, text[other], tokens))
+        if matching:
+            other = _other_caption(chunk_captions)
+            matched.append(_match_probability(model, text, tokens))
+            mismatched.append(_match_probability(model, text[other], tokens))
     recall = text_image_recall(torch.cat(texts), torch.cat(images), np.arange(len(crops)))
-    itm = matching_scores(torch.cat(matched).numpy(), torch.cat(mismatched).numpy())
-    return {
+    found = {
         "heldout_pairs": float(len(crops)),
         "heldout_t2i_r_at_1": recall["t2i_r_at_1"],
         "heldout_i2t_r_at_1": recall["i2t_r_at_1"],
         "heldout_t2i_r_at_10": recall["t2i_r_at_10"],
         "chance_r_at_1": 100.0 / len(crops),
-        # Balanced pairs (each crop with its caption and with another's): 50 is a head at its prior.
+    }
+    if not matching:
+        return found  # the head was never trained (ITM weight 0): its scores would mean nothing
+    itm = matching_scores(torch.cat(matched).numpy(), torch.cat(mismatched).numpy())
+    # Balanced pairs (each crop with its caption and with another's): 50 is a head at its prior.
+    return {
+        **found,
         "heldout_itm_accuracy": itm["accuracy"],
         "heldout_itm_auc": itm["auc"],
         "chance_itm_accuracy": 50.0,

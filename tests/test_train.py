@@ -374,6 +374,10 @@ def test_a_zero_matching_weight_skips_the_matching_head_and_leaves_its_weights_a
     )
     tuned = train("finetune", config)
     assert "final_itm" not in tuned["metrics"] and "final_itsc" in tuned["metrics"]
+    untrained = train(
+        "pretrain", pretrain_config(data_root, epochs=1, run_id="pre-no-itm", loss_weights={"itc": 1, "itm": 0})
+    )
+    assert "heldout_t2i_r_at_1" in untrained["metrics"] and "heldout_itm_auc" not in untrained["metrics"]
     before = load_checkpoint(Path(pre["checkpoint"]))["model"]
     after = load_checkpoint(Path(tuned["checkpoint"]).with_name("checkpoint.pt"))["model"]
     grounded = [name for name in before if name.startswith("grounded.")]
