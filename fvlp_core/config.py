@@ -257,7 +257,7 @@ class TrainConfig(StrictModel):
         False,
         description="Recompute each ViT and text block's activations in the backward pass (open_clip's "
         "set_grad_checkpointing): far less activation memory for larger GPU batches, for a second forward pass "
-        "(10-15% more step time on a CPU)",
+        "(10-15 percent more step time on a CPU)",
     )
     loader_workers: int | None = Field(
         None,

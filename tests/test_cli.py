@@ -54,3 +54,17 @@ def test_bad_input_ends_with_one_line_saying_why_and_no_traceback(tmp_path, pref
     )
     with pytest.raises(Exception, match="not readable as CSV"):
         main(["--debug", *argv, "--data-root", str(tmp_path / "data")])
+
+
+def test_every_subcommand_renders_its_help(capsys) -> None:
+    """Flag help comes from the configs' field descriptions: a stray % in one breaks argparse's
+    --help for its whole subcommand."""
+    import argparse
+
+    from flows.cli import build_parser
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"ingest", "clean", "pretrain", "finetune", "evaluate", "run"} <= set(subcommands)
+    for name, subparser in subcommands.items():
+        assert name in subparser.format_help()
