@@ -59,7 +59,13 @@ class StreamPlan:
 
 
 class FacePairStream:
-    """Cleaned (crop, caption) pairs streamed shard by shard in a seeded shard/row order."""
+    """Cleaned (crop, caption) pairs streamed shard by shard in a seeded shard/row order.
+
+    Under DDP each rank reads only its own shards (shard k belongs to rank k mod world size),
+    so the ranks read the dataset once between them, not once each; every rank yields the
+    same number of batches (the smallest rank's share; a larger share's last rows in that
+    epoch's order are left out), as DistributedDataParallel needs. One process reads them all.
+    """
 
     def __init__(
         self,
@@ -83,23 +89,33 @@ class FacePairStream:
             shard: [s for s in face_sample_ids(shard) if not is_held_out(s, holdout_fraction)] for shard in self.shards
         }
         self.rows = sum(len(ids) for ids in self.train_ids.values())
-        if self.rows < plan.global_batch:
+        rank_rows = [
+            sum(len(self.train_ids[shard]) for shard in self.shards[rank :: plan.world_size])
+            for rank in range(plan.world_size)
+        ]
+        if min(rank_rows) < plan.batch_size:
             raise ValueError(
-                f"{self.clean_dir}: {self.rows} training pairs, fewer than one batch ({plan.global_batch})"
+                f"{self.clean_dir}: {self.rows} training pairs in {len(self.shards)} shard(s) leave a rank "
+                f"{min(rank_rows)}, fewer than one batch ({plan.batch_size}) each of {plan.world_size} process(es)"
             )
+        self.batches = min(rank_rows) // plan.batch_size
 
     def batches_per_epoch(self) -> int:
-        return self.rows // self.plan.global_batch
+        return self.batches
 
     def _order(self, epoch: int) -> Iterator[tuple[Path, int]]:
+        """This rank's pairs: the epoch's seeded shard order, each shard's rows shuffled (every
+        shard's shuffle is drawn, so the stream of draws is the same whatever the rank)."""
+        mine = set(self.shards[self.plan.rank :: self.plan.world_size])
         rng = random.Random(f"{self.seed}-{epoch}")
         shards = list(self.shards)
         rng.shuffle(shards)
         for shard in shards:
             ids = list(self.train_ids[shard])
             rng.shuffle(ids)
-            for sample_id in ids:
-                yield shard, sample_id
+            if shard in mine:
+                for sample_id in ids:
+                    yield shard, sample_id
 
     def _pick_caption(self, caption: str, text: str | None, epoch: int, sample_id: int) -> str:
         """The pair's caption under ``caption_source`` (``both``: drawn per seed, epoch and sample,
@@ -116,11 +132,11 @@ class FacePairStream:
         order = self._order(epoch)
         loaded: dict[Path, dict[int, tuple[bytes, str, str | None]]] = {}
         for index in range(self.batches_per_epoch()):
-            rows = [next(order) for _ in range(self.plan.global_batch)]
+            rows = [next(order) for _ in range(self.plan.batch_size)]
             if index < start_batch or not _in_share(index - start_batch, share):
                 continue
             images, captions = [], []
-            for shard, sample_id in self.plan.my_rows(rows):
+            for shard, sample_id in rows:
                 if shard not in loaded:
                     # One shard in memory at a time: the order visits shards contiguously.
                     loaded.clear()

@@ -208,6 +208,34 @@ def test_loader_worker_processes_hand_on_the_same_batches_in_the_same_order(data
     assert PretrainConfig(threads=4, loader_workers=2).data_workers("cpu") == 2
 
 
+def test_ddp_ranks_read_only_their_own_face_shards_and_yield_as_many_batches(data_root, monkeypatch):
+    import fvlp_train.data as data
+
+    tokenizer = get_tokenizer("fvlp-vit-tiny")
+    clean_dir = Paths(data_root=data_root).clean_dir
+
+    def stream(world_size: int, rank: int) -> FacePairStream:
+        plan = StreamPlan(batch_size=4, world_size=world_size, rank=rank)
+        return FacePairStream(clean_dir, tokenizer, 32, seed=3, holdout_fraction=0.15, plan=plan)
+
+    read_face_pairs = data.read_face_pairs
+    read: dict[int, set[str]] = {0: set(), 1: set()}
+    seen: dict[int, list[int]] = {0: [], 1: []}
+    ranks = [stream(2, rank) for rank in (0, 1)]
+    assert ranks[0].batches_per_epoch() == ranks[1].batches_per_epoch() > 0
+    for rank, ranked in enumerate(ranks):
+        monkeypatch.setattr(
+            data, "read_face_pairs", lambda shard, r=rank: read[r].add(shard.name) or read_face_pairs(shard)
+        )
+        for batch in ranked.epoch(0):
+            seen[rank] += batch["groups"].tolist()
+    assert read[0] and read[1] and not read[0] & read[1]  # the shards split between the ranks
+    assert len(seen[0]) == len(seen[1]) == 4 * ranks[0].batches_per_epoch()
+    # One process reads every shard, in the order it always had.
+    single = stream(1, 0)
+    assert single.batches_per_epoch() == single.rows // 4
+
+
 def test_ranks_take_disjoint_slices_of_each_global_batch(data_root):
     tokenizer = get_tokenizer("fvlp-vit-tiny")
     episodes = Paths(data_root=data_root).episodes_dir
