@@ -337,6 +337,11 @@ class TrainConfig(StrictModel):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return self.threads or max(1, cores // self.nproc_per_node)
 
+    @property
+    def trains_matching(self) -> bool:
+        """False when the ITM loss weighs 0: training then skips the matching head and freezes it."""
+        return self.loss_weights["itm"] > 0
+
     def data_workers(self, device_type: str) -> int:
         """``loader_workers``, or its default for a training process on ``device_type``."""
         if self.loader_workers is not None:

@@ -195,8 +195,7 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
     model = build_model(stage, config, architecture).to(runtime.device)
     # A zero ITM weight skips the matching head's forward pass; frozen, it is no parameter that
     # never gets a gradient (DistributedDataParallel refuses those) and the optimizer skips it.
-    matching = config.loss_weights["itm"] > 0
-    if not matching:
+    if not config.trains_matching:
         model.grounded.requires_grad_(False)
     micro_per_epoch = stream.batches_per_epoch()
     steps_per_epoch = micro_per_epoch // config.grad_accum
@@ -305,7 +304,7 @@ def train(stage: str, config: TrainConfig) -> dict[str, Any]:
                 # weight up (as ALBEF/BLIP do).
                 batch["alpha"] = config.alpha * ramp(step, config.alpha_ramp_epochs, steps_per_epoch)
                 batch["hardness"] = config.hard_negative_weight
-                batch["match"] = matching
+                batch["match"] = config.trains_matching
                 with nullcontext() if sync else wrapped.no_sync(), autocast:
                     parts = wrapped(**batch, seed=step_seed(config.seed, step, micro, runtime.rank))
                     loss = sum(config.loss_weights[name] * value for name, value in parts.items())

@@ -52,7 +52,6 @@ def validate_pretrain(model: FVLPPretrain, config: PretrainConfig, device: torch
         return {"heldout_pairs": float(len(crops))}
     tokenizer = get_tokenizer(config.model)
     size = image_size(model.backbone)
-    matching = config.loss_weights["itm"] > 0
     images, texts, matched, mismatched = [], [], [], []
     for chunk in _batched(list(zip(crops, captions))):
         pixels = torch.stack([image_bytes_tensor(c, size, f"{s} SAMPLE_ID {i}") for (s, i, c), _ in chunk]).to(device)
@@ -61,7 +60,7 @@ def validate_pretrain(model: FVLPPretrain, config: PretrainConfig, device: torch
         chunk_captions = [caption for _, caption in chunk]
         text = tokenizer(chunk_captions).to(device)
         texts.append(F.normalize(encode_text_tokens(model.backbone, text)[0].float(), dim=-1).cpu())
-        if matching:
+        if config.trains_matching:
             other = _other_caption(chunk_captions)
             matched.append(_match_probability(model, text, tokens))
             mismatched.append(_match_probability(model, text[other], tokens))
@@ -73,7 +72,7 @@ def validate_pretrain(model: FVLPPretrain, config: PretrainConfig, device: torch
         "heldout_t2i_r_at_10": recall["t2i_r_at_10"],
         "chance_r_at_1": 100.0 / len(crops),
     }
-    if not matching:
+    if not config.trains_matching:
         return found  # the head was never trained (ITM weight 0): its scores would mean nothing
     itm = matching_scores(torch.cat(matched).numpy(), torch.cat(mismatched).numpy())
     # Balanced pairs (each crop with its caption and with another's): 50 is a head at its prior.
