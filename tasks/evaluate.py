@@ -78,9 +78,9 @@ def embed_episodes(
         # test steps): it is encoded once and its queries copied.
         repeats = [i for i in range(1, len(ids)) if ids[i] == ids[i - 1] and images[i] == images[i - 1]]
         repeated = set(repeats)
-        new = [i for i in range(len(ids)) if i not in repeated]
-        for start in range(0, len(new), config.batch_size):
-            batch = new[start : start + config.batch_size]
+        pictures = [i for i in range(len(ids)) if i not in repeated]  # the steps to encode
+        for start in range(0, len(pictures), config.batch_size):
+            batch = pictures[start : start + config.batch_size]
             embedder.add([ids[i] for i in batch], [step_numbers[i] for i in batch], [_decode(images[i]) for i in batch])
         for i in repeats:  # in step order: the step before is filled, encoded or copied
             embedder.repeat(ids[i], step_numbers[i - 1], step_numbers[i])
